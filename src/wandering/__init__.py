@@ -1,0 +1,18 @@
+"""wandering: trainable sums of Gaussian bumps whose parameters can be bounded and
+whose gradients can be perturbed, so that bumps random-walk where data gives no gradient."""
+
+from ._engine import bump_sum
+from ._reference import bump_sum_reference
+from .modules import BumpFcn, SlowSumOfBumpFcns, SumOfBumpFcns, WanderingModule
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "WanderingModule",
+    "BumpFcn",
+    "SumOfBumpFcns",
+    "SlowSumOfBumpFcns",
+    "bump_sum",
+    "bump_sum_reference",
+    "__version__",
+]

@@ -1,0 +1,391 @@
+"""The seed's wandering modules: a single bump and two sums of bumps.
+
+Every bump has the form ``y = m * exp(-sum_j ((x_j - c_j) / w_j) ** 2)``.
+Parameters can be clamped into bounds (:meth:`bound`) and their gradients
+perturbed with noise (:meth:`pert_grads`), so bumps random-walk where the data
+gives them no gradient.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import torch
+
+from . import _checks, _noise
+from ._engine import bump_sum
+from ._reference import support_halfwidths
+
+__all__ = ["WanderingModule", "BumpFcn", "SumOfBumpFcns", "SlowSumOfBumpFcns"]
+
+
+class WanderingModule(abc.ABC, torch.nn.Module):
+    """Base class for wandering modules: modules whose parameters can be bounded and
+    whose gradients can be perturbed during fitting.
+
+    Subclasses implement :meth:`bound` (called after an optimizer step) and
+    :meth:`pert_grads` (called after ``backward()`` and before the step).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @abc.abstractmethod
+    def bound(self) -> None:
+        """Bounds parameters in the module, in place, from bounds kept as attributes."""
+
+    @abc.abstractmethod
+    def pert_grads(self) -> None:
+        """Perturbs (or adjusts) gradients of the module's parameters, in place."""
+
+
+class _BumpModule(WanderingModule):
+    """Shared machinery: parameters, bounds, keyed gradient noise, repr.
+
+    ``_bounds_dim`` is the axis of the bounds tensors that holds (lower, upper):
+    0 for BumpFcn's (2, d) layout, 1 for the sums' (d, 2) layout.
+    """
+
+    _bounds_dim: int
+
+    def _init_common(
+        self,
+        c: torch.Tensor,
+        w: torch.Tensor,
+        m: torch.Tensor,
+        c_bounds: Any,
+        w_bounds: Any,
+        c_grad_std: float,
+        w_grad_std: float,
+        m_grad_gain: float,
+        support_p: float | None,
+    ) -> None:
+        d = c.shape[0]
+        self.c = torch.nn.Parameter(c)
+        self.w = torch.nn.Parameter(w)
+        self.m = torch.nn.Parameter(m)
+        self.register_buffer(
+            "c_bounds", _checks.check_bounds(c_bounds, "c_bounds", d, self._bounds_dim, c.dtype, c.device)
+        )
+        self.register_buffer(
+            "w_bounds", _checks.check_bounds(w_bounds, "w_bounds", d, self._bounds_dim, c.dtype, c.device)
+        )
+        if self.w_bounds is not None:
+            lower_w = self.w_bounds.select(self._bounds_dim, 0)
+            if bool((lower_w <= 0).any()):
+                raise ValueError(f"w_bounds lower bounds must be > 0, but got min={float(lower_w.min())}")
+        self.c_grad_std = _checks.check_nonneg(c_grad_std, "c_grad_std")
+        self.w_grad_std = _checks.check_nonneg(w_grad_std, "w_grad_std")
+        self.m_grad_gain = _checks.check_nonneg(m_grad_gain, "m_grad_gain")
+        self.support_p = support_p
+        # Counter-based noise state (see _noise): travels with state_dict and DDP buffer sync.
+        self.register_buffer("noise_seed", torch.tensor(_noise.draw_seed(), dtype=torch.int64, device=c.device))
+        self.register_buffer("noise_step", torch.tensor(0, dtype=torch.int64, device=c.device))
+
+    # -- shape facts -------------------------------------------------------
+    @property
+    def n_dims(self) -> int:
+        return int(self.c.shape[0])
+
+    @property
+    def n_bumps(self) -> int:
+        return 1 if self.c.dim() == 1 else int(self.c.shape[1])
+
+    def _bound_pair(self, bounds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._bounds_dim == 0:  # (2, d): rows are lower, upper; params are (d,)
+            return bounds[0], bounds[1]
+        return bounds[:, 0:1], bounds[:, 1:2]  # (d, 2) -> (d, 1), broadcast over bumps
+
+    # -- seed API ------------------------------------------------------------
+    def bound(self) -> None:
+        """Clamps ``c`` and ``w`` into their bounds in place; a None bound leaves that parameter alone."""
+        with torch.no_grad():
+            for param, bounds in ((self.c, self.c_bounds), (self.w, self.w_bounds)):
+                if bounds is not None:
+                    lower, upper = self._bound_pair(bounds)
+                    param.clamp_(min=lower, max=upper)
+
+    def pert_grads(self) -> None:
+        """Perturbs gradients in place.
+
+        Adds independent N(0, c_grad_std**2) noise to every entry of c's gradient and
+        N(0, w_grad_std**2) to w's, and subtracts ``m_grad_gain * m`` from m's gradient.
+        A missing gradient counts as zero, so a bump no point touches still wanders.
+        With all settings 0, gradients are left exactly as they were.
+
+        The noise is a function of ``(noise_seed, noise_step)`` only, and each call
+        advances ``noise_step``: runs reproduce from ``torch.manual_seed`` before
+        construction, resume exactly from ``state_dict``, and agree across DDP ranks.
+        """
+        c_std = _checks.check_nonneg(self.c_grad_std, "c_grad_std")
+        w_std = _checks.check_nonneg(self.w_grad_std, "w_grad_std")
+        m_gain = _checks.check_nonneg(self.m_grad_gain, "m_grad_gain")
+        seed, step = int(self.noise_seed), int(self.noise_step)
+        with torch.no_grad():
+            for param, std, stream in (
+                (self.c, c_std, _noise.STREAM_C_GRAD),
+                (self.w, w_std, _noise.STREAM_W_GRAD),
+            ):
+                if std > 0:
+                    noise = _noise.keyed_normal(param.shape, seed, step, stream, param.dtype, param.device)
+                    _add_to_grad(param, noise.mul_(std))
+            if m_gain > 0:
+                _add_to_grad(self.m, self.m.detach() * (-m_gain))
+            self.noise_step.add_(1)
+
+    def extra_repr(self) -> str:
+        def fmt_bounds(b: torch.Tensor | None) -> str:
+            if b is None:
+                return "None"
+            lower, upper = b.unbind(self._bounds_dim)
+            return "[" + ", ".join(f"({lo:.4g}, {hi:.4g})" for lo, hi in zip(lower.tolist(), upper.tolist())) + "]"
+
+        return (
+            f"d={self.n_dims}, n_bumps={self.n_bumps}, support_p={self.support_p}, "
+            f"c_bounds={fmt_bounds(self.c_bounds)}, w_bounds={fmt_bounds(self.w_bounds)}, "
+            f"c_grad_std={self.c_grad_std}, w_grad_std={self.w_grad_std}, m_grad_gain={self.m_grad_gain}"
+        )
+
+
+def _add_to_grad(param: torch.nn.Parameter, delta: torch.Tensor) -> None:
+    if param.grad is None:
+        param.grad = delta.to(param.dtype).clone()
+    else:
+        param.grad.add_(delta)
+
+
+def _stacked_params(
+    c: Any, w: Any, m: Any, device: Any, dtype: torch.dtype | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Validate and copy (d, K) centres/widths and (K,) magnitudes for the sums."""
+    c_t = _checks.as_float_tensor(c, "c", dtype=dtype, device=device)
+    if c_t.dim() != 2:
+        raise ValueError(f"c must have shape (d, K), one column per bump, but got {tuple(c_t.shape)}")
+    w_t = _checks.as_float_tensor(w, "w", dtype=c_t.dtype, device=c_t.device)
+    _checks.check_shape(w_t, tuple(c_t.shape), "w", "(d, K) like c")
+    m_t = _checks.as_float_tensor(m, "m", dtype=c_t.dtype, device=c_t.device)
+    if m_t.dim() != 1 or m_t.shape[0] != c_t.shape[1]:
+        raise ValueError(f"m must have shape (K,) = ({c_t.shape[1]},), but got {tuple(m_t.shape)}")
+    if c_t.shape[0] < 1:
+        raise ValueError(f"c must have at least one dimension (row), but got shape {tuple(c_t.shape)}")
+    for t, name in ((c_t, "c"), (w_t, "w"), (m_t, "m")):
+        _checks.check_finite(t, name)
+    _checks.check_widths(w_t, "w")
+    return c_t, w_t, m_t
+
+
+class BumpFcn(_BumpModule):
+    """A single Gaussian bump ``y = m * exp(-sum_j ((x_j - c_j) / w_j) ** 2)``.
+
+    The bump is evaluated only inside its support box, where in every dimension
+    ``|x_j - c_j| < sqrt(-ln(support_p)) * w_j``; elsewhere it is exactly 0.
+
+    Args:
+        c: Initial centre, shape (d,).
+        w: Initial widths, shape (d,), all > 0.
+        m: Initial magnitude (a float, or a one-element tensor).
+        c_bounds: Bounds for c, shape (2, d): row 0 lower, row 1 upper. None: unbounded.
+        w_bounds: Bounds for w, shape (2, d). None: unbounded.
+        c_grad_std: Std of the noise added to c's gradient by :meth:`pert_grads`.
+        w_grad_std: Std of the noise added to w's gradient.
+        m_grad_gain: :meth:`pert_grads` subtracts ``m_grad_gain * m`` from m's gradient.
+        support_p: Fraction of the peak at which the support box ends, in (0, 1).
+        device: Device of the parameters (default: c's).
+        dtype: Floating dtype of the parameters (default: c's if floating, else the default dtype).
+
+    Shape:
+        - Input: (n_smps, d)
+        - Output: (n_smps,)
+
+    Raises:
+        ValueError: bad shapes, widths <= 0, bounds with lower > upper, support_p outside (0, 1),
+            negative noise settings.
+        TypeError: arguments that are not numbers or tensors.
+
+    Example:
+        >>> f = BumpFcn(torch.zeros(2), torch.ones(2), 1.0)
+        >>> f(torch.zeros(3, 2))
+        tensor([1., 1., 1.], grad_fn=...)
+    """
+
+    _bounds_dim = 0
+
+    def __init__(
+        self,
+        c: torch.Tensor,
+        w: torch.Tensor,
+        m: float,
+        c_bounds: torch.Tensor = None,
+        w_bounds: torch.Tensor = None,
+        c_grad_std: float = 0.0,
+        w_grad_std: float = 0.0,
+        m_grad_gain: float = 0.0,
+        support_p: float = 0.01,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        c_t = _checks.as_float_tensor(c, "c", dtype=dtype, device=device)
+        if c_t.dim() != 1 or c_t.shape[0] < 1:
+            raise ValueError(f"c must have shape (d,), but got {tuple(c_t.shape)}")
+        w_t = _checks.as_float_tensor(w, "w", dtype=c_t.dtype, device=c_t.device)
+        _checks.check_shape(w_t, tuple(c_t.shape), "w", "(d,) like c")
+        m_t = _checks.as_float_tensor(m, "m", dtype=c_t.dtype, device=c_t.device).reshape(-1)
+        if m_t.numel() != 1:
+            raise ValueError(f"m must be a single number, but got shape {tuple(m_t.shape)}")
+        for t, name in ((c_t, "c"), (w_t, "w"), (m_t, "m")):
+            _checks.check_finite(t, name)
+        _checks.check_widths(w_t, "w")
+        support_p = _checks.check_support_p(support_p)
+        self._init_common(c_t, w_t, m_t, c_bounds, w_bounds, c_grad_std, w_grad_std, m_grad_gain, support_p)
+
+    def forward(self, x: torch.Tensor, small_output: bool = False):
+        """Computes output from input.
+
+        Args:
+            x: Input of shape (n_smps, d).
+            small_output: If False, return y of shape (n_smps,). If True, return a tuple
+                ``(indices, values)``: the indices (int64, shape (n_in,)) of the points inside the
+                support box and the bump's values there (shape (n_in,)).
+        """
+        x = _checks.check_input(x, self.n_dims, self.c.dtype, self.c.device)
+        half = support_halfwidths(self.w, self.support_p)
+        inside = ((x.detach() - self.c.detach()).abs() < half).all(dim=1)
+        idx = inside.nonzero().squeeze(1)
+        z = (x[idx] - self.c) / self.w
+        values = self.m * torch.exp(-(z * z).sum(dim=1))
+        if small_output:
+            return idx, values
+        return torch.zeros(x.shape[0], dtype=values.dtype, device=values.device).index_add(0, idx, values)
+
+
+class _SumModule(_BumpModule):
+    """Shared constructor/forward of the two sums: c, w of shape (d, K), m of shape (K,)."""
+
+    _bounds_dim = 1
+
+    def _init_sum(
+        self, c, w, m, c_bounds, w_bounds, c_grad_std, w_grad_std, m_grad_gain, support_p, backend, device, dtype
+    ) -> None:
+        c_t, w_t, m_t = _stacked_params(c, w, m, device, dtype)
+        self._init_common(c_t, w_t, m_t, c_bounds, w_bounds, c_grad_std, w_grad_std, m_grad_gain, support_p)
+        if not isinstance(backend, str):
+            raise TypeError(f"backend must be a str, but got {type(backend).__name__}")
+        self.backend = backend
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Computes output from input.
+
+        Args:
+            x: Input of shape (n_smps, d).
+
+        Returns:
+            y of shape (n_smps,).
+        """
+        x = _checks.check_input(x, self.n_dims, self.c.dtype, self.c.device)
+        return bump_sum(x, self.c, self.w, self.m, support_p=self.support_p, backend=self.backend)
+
+
+class SumOfBumpFcns(_SumModule):
+    """A sum of K Gaussian bumps with learnable centres, widths and magnitudes.
+
+    Exact by default: every bump counts at every point. Pass the keyword-only
+    ``support_p`` to skip (point, bump) pairs outside each bump's support box.
+    As in the seed, :meth:`pert_grads` does nothing unless the keyword-only
+    noise settings are given.
+
+    Args:
+        c: Initial centres, shape (d, K); each column is one bump's centre.
+        w: Initial widths, shape (d, K), all > 0.
+        m: Initial magnitudes, shape (K,).
+        c_bounds: Bounds for c, shape (d, 2): column 0 lower, column 1 upper, shared by all bumps.
+            None: unbounded.
+        w_bounds: Bounds for w, shape (d, 2). None: unbounded.
+        c_grad_std: (keyword-only) Std of the noise added to c's gradient. Default 0.
+        w_grad_std: (keyword-only) Std of the noise added to w's gradient. Default 0.
+        m_grad_gain: (keyword-only) Gain subtracted as ``m_grad_gain * m`` from m's gradient. Default 0.
+        support_p: (keyword-only) None (exact, the default) or the support cut-off in (0, 1).
+        backend: (keyword-only) Engine name, "auto" by default.
+        device, dtype: Factory kwargs as in ``torch.nn.Linear``.
+
+    Shape:
+        - Input: (n_smps, d)
+        - Output: (n_smps,)
+
+    Example:
+        >>> f = SumOfBumpFcns(torch.rand(2, 8), torch.full((2, 8), 0.3), torch.ones(8), None, None)
+        >>> f(torch.rand(5, 2)).shape
+        torch.Size([5])
+    """
+
+    def __init__(
+        self,
+        c: torch.Tensor,
+        w: torch.Tensor,
+        m: torch.Tensor,
+        c_bounds: torch.Tensor,
+        w_bounds: torch.Tensor,
+        *,
+        c_grad_std: float = 0.0,
+        w_grad_std: float = 0.0,
+        m_grad_gain: float = 0.0,
+        support_p: float | None = None,
+        backend: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        support_p = _checks.check_support_p(support_p, allow_none=True)
+        self._init_sum(
+            c, w, m, c_bounds, w_bounds, c_grad_std, w_grad_std, m_grad_gain, support_p, backend, device, dtype
+        )
+
+
+class SlowSumOfBumpFcns(_SumModule):
+    """A sum of K Gaussian bumps, each evaluated only inside its support box.
+
+    Computes the same function as K :class:`BumpFcn` modules added together, with
+    bounds and gradient noise. The name is the seed's; the evaluation is not slow:
+    parameters are stacked as (d, K) tensors and summed by the culled engine.
+
+    Args:
+        c: Initial centres, shape (d, K); each column is one bump's centre.
+        w: Initial widths, shape (d, K), all > 0.
+        m: Initial magnitudes, shape (K,).
+        c_bounds: Bounds for c, shape (d, 2): column 0 lower, column 1 upper. None: unbounded.
+        w_bounds: Bounds for w, shape (d, 2). None: unbounded.
+        c_grad_std: Std of the noise added to c's gradient by :meth:`pert_grads`.
+        w_grad_std: Std of the noise added to w's gradient.
+        m_grad_gain: :meth:`pert_grads` subtracts ``m_grad_gain * m`` from m's gradient.
+        support_p: Fraction of the peak at which each support box ends, in (0, 1).
+        backend: (keyword-only) Engine name, "auto" by default.
+        device, dtype: Factory kwargs as in ``torch.nn.Linear``.
+
+    Shape:
+        - Input: (n_smps, d)
+        - Output: (n_smps,)
+    """
+
+    def __init__(
+        self,
+        c: torch.Tensor,
+        w: torch.Tensor,
+        m: torch.Tensor,
+        c_bounds: torch.Tensor,
+        w_bounds: torch.Tensor,
+        c_grad_std: float = 0.0,
+        w_grad_std: float = 0.0,
+        m_grad_gain: float = 0.0,
+        support_p: float = 0.01,
+        *,
+        backend: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        support_p = _checks.check_support_p(support_p)
+        self._init_sum(
+            c, w, m, c_bounds, w_bounds, c_grad_std, w_grad_std, m_grad_gain, support_p, backend, device, dtype
+        )
