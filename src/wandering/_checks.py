@@ -26,7 +26,8 @@ def as_float_tensor(
         raise TypeError(f"{name} must be a tensor or array of numbers, but got {type(value).__name__}")
     else:
         try:
-            t = torch.as_tensor(value)
+            # Convert straight to the target dtype: a Python float must not round through float32.
+            t = torch.as_tensor(value, dtype=dtype)
         except (TypeError, ValueError, RuntimeError) as exc:
             raise TypeError(
                 f"{name} must be a tensor or array of numbers, but got {type(value).__name__}"
