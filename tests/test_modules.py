@@ -375,3 +375,45 @@ def test_end_to_end_fit_with_adam():
     rmse = loss.sqrt().item()
     assert rmse < 0.05 * target.std().item()
     assert (module.c >= 0).all() and (module.c <= 1).all() and (module.w >= 0.05).all()
+
+
+# --------------------------------------------------------------------------- gradcheck and edges
+
+
+def test_modules_gradcheck_float64():
+    x, c, w, m = random_problem(9, 2, 3, dtype=torch.float64, seed=11, width=(0.3, 0.7))
+    for module in (
+        make_sum(SumOfBumpFcns, c, w, m),
+        make_sum(SlowSumOfBumpFcns, c, w, m, support_p=0.05),
+        BumpFcn(c[:, 0], w[:, 0], float(m[0]), support_p=0.05),
+    ):
+        names, params = zip(*module.named_parameters())
+
+        def fn(xx, *ps):
+            return torch.func.functional_call(module, dict(zip(names, ps)), (xx,))
+
+        inputs = [x.clone().requires_grad_(True)] + [p.detach().clone().requires_grad_(True) for p in params]
+        assert torch.autograd.gradcheck(fn, inputs)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_culled_modules_at_and_near_support_edges(dtype):
+    c = torch.tensor([[0.3, 0.7], [0.5, 0.5]], dtype=dtype)
+    w = torch.tensor([[0.05, 0.1], [0.2, 0.07]], dtype=dtype)
+    m = torch.tensor([1.0, 2.0], dtype=dtype)
+    half = support_halfwidths(w, 0.01)
+    pts = []
+    for k in range(2):
+        for sign in (-1.0, 1.0):
+            edge = c[0, k] + sign * half[0, k]
+            for target in (c[0, k], edge + sign):  # one ulp inside, one ulp outside
+                pts.append(torch.stack([torch.nextafter(edge, target), c[1, k]]))
+            pts.append(torch.stack([edge, c[1, k]]))  # exactly on the edge: outside
+    x = torch.stack(pts)
+    module = make_sum(SlowSumOfBumpFcns, c, w, m)
+    y = module(x)
+    torch.testing.assert_close(y, per_bump_loop(x, c, w, m, 0.01), **TOL[dtype])
+    torch.testing.assert_close(y, bump_sum_reference(x, c, w, m, 0.01), **TOL[dtype])
+    bump = BumpFcn(c[:, 0], w[:, 0], 1.0, support_p=0.01, dtype=dtype)
+    idx, _ = bump(x, small_output=True)
+    assert idx.tolist() == [0, 3]  # the two one-ulp-inside points of bump 0
