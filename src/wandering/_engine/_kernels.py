@@ -1,0 +1,403 @@
+"""Numba CPU kernels for bump sums (forward and recomputing backward).
+
+Layout: points transposed to (d, n) and parameters (d, K), so every inner loop
+runs over a contiguous 1-D buffer starting at index 0 (LLVM only vectorised
+those here). Points are processed in blocks of ``_B``; each thread owns its
+buffers and its slice of the float64 gradient accumulators, so there are no races.
+
+``half`` holds the support half-widths (+inf for the exact sum); the support
+test ``abs(x - c) < half`` is the reference's float op. ``iw`` is 1/w clamped
+to the largest finite float, so a tiny width gives a huge but finite z.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange, types
+from numba.extending import overload
+
+# Everything but nnan/ninf: the kernels rely on inf/NaN comparing as IEEE says.
+FM = {"nsz", "arcp", "contract", "afn", "reassoc"}
+FM_EXP = {"nsz", "contract"}  # no reassoc: it would undo the Cody-Waite split
+_B = 256  # points per block: buffers stay in L1
+
+# exp(-s) in float32: 2**n * p(r), r = -s - n*ln2, |r| <= ln2/2 (Cephes-style minimax).
+_LOG2E = np.float32(1.4426950408889634)
+_LN2_HI = np.float32(0.693359375)
+_LN2_LO = np.float32(-2.12194440e-4)
+_P0 = np.float32(1.9875691500e-4)
+_P1 = np.float32(1.3981999507e-3)
+_P2 = np.float32(8.3334519073e-3)
+_P3 = np.float32(4.1665795894e-2)
+_P4 = np.float32(1.6666665459e-1)
+_P5 = np.float32(5.0000001201e-1)
+_ONE32 = np.float32(1.0)
+_HALF32 = np.float32(0.5)
+_LIM32 = np.float32(87.0)  # below exp(-87) we return 0 (no denormals)
+_LIM64 = 708.0
+
+
+def neg_exp_block(s, e, nb, ibuf):
+    """e[:nb] = exp(-s[:nb]), 0 where s >= limit or s is NaN; ibuf is int32 scratch."""
+
+
+@overload(neg_exp_block, jit_options={"fastmath": FM_EXP})
+def _neg_exp_block_impl(s, e, nb, ibuf):
+    if s.dtype == types.float32:
+
+        def impl32(s, e, nb, ibuf):
+            fb = ibuf.view(np.float32)
+            for i in range(nb):
+                si = s[i]
+                ok = si < _LIM32
+                t = -(si if ok else _LIM32)
+                ni = np.int32(np.floor(t * _LOG2E + _HALF32))
+                n = np.float32(ni)
+                r = t - n * _LN2_HI - n * _LN2_LO
+                p = ((((_P0 * r + _P1) * r + _P2) * r + _P3) * r + _P4) * r + _P5
+                p = p * r * r + r + _ONE32
+                ibuf[i] = (ni + np.int32(127)) << np.int32(23)
+                e[i] = p if ok else np.float32(0.0)
+            for i in range(nb):
+                e[i] = e[i] * fb[i]
+
+        return impl32
+
+    def impl64(s, e, nb, ibuf):
+        for i in range(nb):
+            si = s[i]
+            e[i] = math.exp(-si) if si < _LIM64 else 0.0
+
+    return impl64
+
+
+@njit(fastmath=FM, cache=True)
+def _pair_block(xb, c, iw, half, k, nb, s, gate):
+    """s = sum_j z_j**2 and gate = 1/0 (support test) for bump k against nb points in xb."""
+    d = xb.shape[0]
+    one = s.dtype.type(1.0)
+    zero = s.dtype.type(0.0)
+    for i in range(nb):
+        s[i] = zero
+        gate[i] = one
+    for j in range(d):
+        xj = xb[j]
+        cj = c[j, k]
+        iwj = iw[j, k]
+        hj = half[j, k]
+        for i in range(nb):
+            df = xj[i] - cj
+            z = df * iwj
+            s[i] += z * z
+            gate[i] = gate[i] if abs(df) < hj else zero
+
+
+@njit(fastmath=FM, cache=True)
+def _grad_block(xb, gb, c, iw, half, m, k, nb, s, gate, e, ibuf, tm, gxb, part, t):
+    """Recompute bump k on a block and add its gradient contributions (float32 sums into float64)."""
+    d = xb.shape[0]
+    zero = s.dtype.type(0.0)
+    two = s.dtype.type(2.0)
+    _pair_block(xb, c, iw, half, k, nb, s, gate)
+    neg_exp_block(s, e, nb, ibuf)
+    mk2 = two * m[k]
+    sm = zero
+    for i in range(nb):
+        el = e[i] * gate[i]
+        ge = gb[i] * el
+        sm += ge
+        tm[i] = ge * mk2 if el > zero else zero
+    part[t, 2 * d, k] += sm
+    for j in range(d):
+        xj = xb[j]
+        gxj = gxb[j]
+        cj = c[j, k]
+        iwj = iw[j, k]
+        sc = zero
+        sw = zero
+        for i in range(nb):
+            z = (xj[i] - cj) * iwj
+            a = tm[i] * z * iwj
+            a = a if tm[i] != zero else zero  # dead pairs: z may be inf
+            sc += a
+            sw += a * z
+            gxj[i] -= a
+        part[t, j, k] += sc
+        part[t, d + j, k] += sw
+
+
+@njit(parallel=True, fastmath=FM, cache=True)
+def dense_forward(xT, c, iw, half, m, y, nt):
+    d, n = xT.shape
+    K = m.shape[0]
+    dt = xT.dtype
+    nblk = (n + _B - 1) // _B
+    for t in prange(nt):
+        xb = np.empty((d, _B), dt)
+        s = np.empty(_B, dt)
+        gate = np.empty(_B, dt)
+        e = np.empty(_B, dt)
+        acc = np.empty(_B, dt)
+        ibuf = np.empty(_B, np.int32)
+        for blk in range(t, nblk, nt):
+            i0 = blk * _B
+            nb = min(_B, n - i0)
+            for j in range(d):
+                for i in range(nb):
+                    xb[j, i] = xT[j, i0 + i]
+            for i in range(nb):
+                acc[i] = 0
+            for k in range(K):
+                _pair_block(xb, c, iw, half, k, nb, s, gate)
+                neg_exp_block(s, e, nb, ibuf)
+                mk = m[k]
+                for i in range(nb):
+                    acc[i] += mk * (e[i] * gate[i])
+            for i in range(nb):
+                y[i0 + i] = acc[i]
+
+
+@njit(parallel=True, fastmath=FM, cache=True)
+def dense_backward(xT, c, iw, half, m, g, gxT, part, nt):
+    """gxT (d, n) gets dL/dx; part (nt, 2d+1, K) float64 gets per-thread dL/dc, dL/dw, dL/dm."""
+    d, n = xT.shape
+    K = m.shape[0]
+    dt = xT.dtype
+    nblk = (n + _B - 1) // _B
+    for t in prange(nt):
+        xb = np.empty((d, _B), dt)
+        gxb = np.empty((d, _B), dt)
+        gb = np.empty(_B, dt)
+        s = np.empty(_B, dt)
+        gate = np.empty(_B, dt)
+        e = np.empty(_B, dt)
+        tm = np.empty(_B, dt)
+        ibuf = np.empty(_B, np.int32)
+        for blk in range(t, nblk, nt):
+            i0 = blk * _B
+            nb = min(_B, n - i0)
+            for j in range(d):
+                for i in range(nb):
+                    xb[j, i] = xT[j, i0 + i]
+                    gxb[j, i] = 0
+            for i in range(nb):
+                gb[i] = g[i0 + i]
+            for k in range(K):
+                _grad_block(xb, gb, c, iw, half, m, k, nb, s, gate, e, ibuf, tm, gxb, part, t)
+            for j in range(d):
+                for i in range(nb):
+                    gxT[j, i0 + i] = gxb[j, i]
+
+
+# ---------------------------------------------------------------- culled (grid) path
+# Points are binned on a uniform grid over the first gd = min(d, 3) dims and
+# sorted by cell (counting sort). A "row" is a line of cells along the last grid
+# dim; its points are contiguous. Each bump is registered, per call, in every row
+# its support box overlaps, with the range of cells along that line; each row is
+# then owned by one thread (no races on y or grad x).
+
+
+@njit(cache=True)
+def bin_points(xT, gd, lo, inv_h, ncell):
+    """Cell of every point (float64 arithmetic, monotone in x) and a counting sort by cell."""
+    d, n = xT.shape
+    total = 1
+    for j in range(gd):
+        total *= ncell[j]
+    cell = np.empty(n, np.int64)
+    for i in range(n):
+        idx = 0
+        for j in range(gd):
+            q = math.floor((np.float64(xT[j, i]) - lo[j]) * inv_h[j])
+            q = min(max(q, 0), ncell[j] - 1)
+            idx = idx * ncell[j] + np.int64(q)
+        cell[i] = idx
+    start = np.zeros(total + 1, np.int64)
+    for i in range(n):
+        start[cell[i] + 1] += 1
+    for q in range(total):
+        start[q + 1] += start[q]
+    fill = start[:-1].copy()
+    perm = np.empty(n, np.int64)
+    for i in range(n):
+        q = cell[i]
+        perm[fill[q]] = i
+        fill[q] += 1
+    xs = np.empty((d, n), xT.dtype)
+    for j in range(d):
+        for p in range(n):
+            xs[j, p] = xT[j, perm[p]]
+    return perm, start, xs
+
+
+@njit(cache=True)
+def _cell_range(a, b, lo, inv_h, nc):
+    q0 = math.floor((a - lo) * inv_h)
+    q1 = math.floor((b - lo) * inv_h)
+    return max(q0, 0), min(q1, nc - 1)
+
+
+@njit(cache=True)
+def register_bumps(c, half, gd, lo, inv_h, ncell, start):
+    """Per row, the bumps whose support box reaches it and their segment of points.
+
+    Returns (row_start, reg_k, reg_p0, reg_p1, n_candidates). The box is widened by
+    a relative 2**-20 so float32 rounding in the support test can never put an
+    inside point in a cell the bump skips.
+    """
+    K = c.shape[1]
+    nrows = 1
+    for j in range(gd - 1):
+        nrows *= ncell[j]
+    nz = ncell[gd - 1]
+    r0 = np.zeros((gd, K), np.int64)
+    r1 = np.zeros((gd, K), np.int64)
+    valid = np.ones(K, np.bool_)
+    for k in range(K):
+        for j in range(gd):
+            cj = np.float64(c[j, k])
+            hj = np.float64(half[j, k])
+            tol = (abs(cj) + hj) * 2.0**-20
+            a, b = _cell_range(cj - hj - tol, cj + hj + tol, lo[j], inv_h[j], ncell[j])
+            if not (a <= b) or not (hj > 0):
+                valid[k] = False
+            r0[j, k] = a
+            r1[j, k] = b
+    counts = np.zeros(nrows + 1, np.int64)
+    for k in range(K):
+        if valid[k]:
+            nr = 1
+            for j in range(gd - 1):
+                nr *= r1[j, k] - r0[j, k] + 1
+            _visit_rows(k, gd, r0, r1, ncell, counts, nr, 0, np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64), start, nz)
+    row_start = np.zeros(nrows + 1, np.int64)
+    for r in range(nrows):
+        row_start[r + 1] = row_start[r] + counts[r + 1]
+    nreg = row_start[nrows]
+    reg_k = np.empty(nreg, np.int64)
+    reg_p0 = np.empty(nreg, np.int64)
+    reg_p1 = np.empty(nreg, np.int64)
+    fill = row_start[:-1].copy()
+    for k in range(K):
+        if valid[k]:
+            _visit_rows(k, gd, r0, r1, ncell, fill, 0, 1, reg_k, reg_p0, reg_p1, start, nz)
+    ncand = 0
+    for q in range(nreg):
+        ncand += reg_p1[q] - reg_p0[q]
+    return row_start, reg_k, reg_p0, reg_p1, ncand
+
+
+@njit(cache=True)
+def _visit_rows(k, gd, r0, r1, ncell, arr, nr, mode, reg_k, reg_p0, reg_p1, start, nz):
+    """mode 0: count bump k in every row it overlaps; mode 1: write its registrations."""
+    # Rows are over the first gd-1 grid dims (at most 2 here).
+    z0 = r0[gd - 1, k]
+    z1 = r1[gd - 1, k]
+    if gd == 1:
+        rows_a0, rows_a1, rows_b0, rows_b1, nb_ = 0, 0, 0, 0, 1
+    elif gd == 2:
+        rows_a0, rows_a1, rows_b0, rows_b1, nb_ = 0, 0, r0[0, k], r1[0, k], ncell[0]
+    else:
+        rows_a0, rows_a1, rows_b0, rows_b1, nb_ = r0[0, k], r1[0, k], r0[1, k], r1[1, k], ncell[1]
+    for a in range(rows_a0, rows_a1 + 1):
+        for b in range(rows_b0, rows_b1 + 1):
+            row = a * nb_ + b if gd == 3 else b
+            if mode == 0:
+                arr[row + 1] += 1
+            else:
+                q = arr[row]
+                reg_k[q] = k
+                reg_p0[q] = start[row * nz + z0]
+                reg_p1[q] = start[row * nz + z1 + 1]
+                arr[row] += 1
+
+
+@njit(fastmath=FM, cache=True)
+def _load_segment(xs, p0, L, xb):
+    d = xs.shape[0]
+    for j in range(d):
+        xj = xb[j]
+        for i in range(L):
+            xj[i] = xs[j, p0 + i]
+
+
+@njit(parallel=True, fastmath=FM, cache=True)
+def culled_forward(xs, c, iw, half, m, row_start, reg_k, reg_p0, reg_p1, maxlen, ys, nt):
+    """ys (sorted point order) += sum over registered bumps; each row is owned by one thread."""
+    d, n = xs.shape
+    dt = xs.dtype
+    nrows = row_start.shape[0] - 1
+    for t in prange(nt):
+        xb = np.empty((d, maxlen), dt)
+        s = np.empty(maxlen, dt)
+        gate = np.empty(maxlen, dt)
+        e = np.empty(maxlen, dt)
+        ibuf = np.empty(maxlen, np.int32)
+        for r in range(t, nrows, nt):
+            for q in range(row_start[r], row_start[r + 1]):
+                p0 = reg_p0[q]
+                L = reg_p1[q] - p0
+                if L == 0:
+                    continue
+                k = reg_k[q]
+                _load_segment(xs, p0, L, xb)
+                _pair_block(xb, c, iw, half, k, L, s, gate)
+                neg_exp_block(s, e, L, ibuf)
+                mk = m[k]
+                for i in range(L):
+                    ys[p0 + i] += mk * (e[i] * gate[i])
+
+
+@njit(parallel=True, fastmath=FM, cache=True)
+def culled_backward(xs, c, iw, half, m, gs, row_start, reg_k, reg_p0, reg_p1, maxlen, gxs, part, nt):
+    d, n = xs.shape
+    dt = xs.dtype
+    nrows = row_start.shape[0] - 1
+    for t in prange(nt):
+        xb = np.empty((d, maxlen), dt)
+        gxb = np.empty((d, maxlen), dt)
+        gb = np.empty(maxlen, dt)
+        s = np.empty(maxlen, dt)
+        gate = np.empty(maxlen, dt)
+        e = np.empty(maxlen, dt)
+        tm = np.empty(maxlen, dt)
+        ibuf = np.empty(maxlen, np.int32)
+        for r in range(t, nrows, nt):
+            for q in range(row_start[r], row_start[r + 1]):
+                p0 = reg_p0[q]
+                L = reg_p1[q] - p0
+                if L == 0:
+                    continue
+                k = reg_k[q]
+                _load_segment(xs, p0, L, xb)
+                for i in range(L):
+                    gb[i] = gs[p0 + i]
+                for j in range(d):
+                    for i in range(L):
+                        gxb[j, i] = 0
+                _grad_block(xb, gb, c, iw, half, m, k, L, s, gate, e, ibuf, tm, gxb, part, t)
+                for j in range(d):
+                    for i in range(L):
+                        gxs[j, p0 + i] += gxb[j, i]
+
+
+@njit(parallel=True, cache=True)
+def culled_pair_count(xs, c, half, row_start, reg_k, reg_p0, reg_p1, nt):
+    """Number of in-support (point, bump) pairs the culled engine visits (for tests)."""
+    d = xs.shape[0]
+    nrows = row_start.shape[0] - 1
+    counts = np.zeros(nt, np.int64)
+    for t in prange(nt):
+        for r in range(t, nrows, nt):
+            for q in range(row_start[r], row_start[r + 1]):
+                k = reg_k[q]
+                for p in range(reg_p0[q], reg_p1[q]):
+                    ok = True
+                    for j in range(d):
+                        if not (abs(xs[j, p] - c[j, k]) < half[j, k]):
+                            ok = False
+                    if ok:
+                        counts[t] += 1
+    return counts.sum()
