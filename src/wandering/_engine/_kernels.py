@@ -234,9 +234,15 @@ def bin_points(xT, gd, lo, inv_h, ncell):
 
 @njit(cache=True)
 def _cell_range(a, b, lo, inv_h, nc):
+    """Cells [q0, q1] (clipped) that [a, b] covers; q0 > q1 when no point can lie in it.
+
+    Points get floor((x - lo) * inv_h) in [0, nc] before clipping, so the test
+    uses nc, not nc - 1, as the top."""
     q0 = math.floor((a - lo) * inv_h)
     q1 = math.floor((b - lo) * inv_h)
-    return max(q0, 0), min(q1, nc - 1)
+    if q1 < 0 or q0 > nc:
+        return 1, 0
+    return min(max(q0, 0), nc - 1), max(min(q1, nc - 1), 0)
 
 
 @njit(cache=True)
