@@ -1,0 +1,59 @@
+"""A small fitting problem shared by the training, DDP and resume tests (and their subprocesses).
+
+Data come from a private generator, never the global one, so every process builds
+the same points however its global generator has been used.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from wandering import SlowSumOfBumpFcns
+
+N_POINTS = 64
+K = 6
+D = 2
+
+
+def data(dtype=torch.float64):
+    gen = torch.Generator().manual_seed(1234)
+    x = torch.rand(N_POINTS, D, generator=gen, dtype=dtype)
+    y = torch.sin(3 * x[:, 0]) * torch.cos(2 * x[:, 1])
+    return x, y
+
+
+def make_model(dtype=torch.float64, c_grad_std=0.05, w_grad_std=0.02, m_grad_gain=0.01):
+    """A sum of bumps whose parameters (and noise seed) come from the global generator."""
+    c = torch.rand(D, K, dtype=dtype)
+    w = 0.2 + 0.2 * torch.rand(D, K, dtype=dtype)
+    m = torch.randn(K, dtype=dtype)
+    bounds_c = torch.tensor([[0.0, 1.0]] * D, dtype=dtype)
+    bounds_w = torch.tensor([[0.05, 0.6]] * D, dtype=dtype)
+    return SlowSumOfBumpFcns(c, w, m, bounds_c, bounds_w, c_grad_std, w_grad_std, m_grad_gain, 0.01)
+
+
+def loss_fn(model, x, y):
+    return ((model(x) - y) ** 2).mean()
+
+
+def seed_loop_step(model, opt, x, y, modules=None):
+    """One step of the seed's loop: backward, pert_grads, step, bound."""
+    modules = [model] if modules is None else modules
+    opt.zero_grad()
+    loss_fn(model, x, y).backward()
+    for mod in modules:
+        mod.pert_grads()
+    opt.step()
+    for mod in modules:
+        mod.bound()
+
+
+def hooked_step(model, opt, x, y):
+    """One step with the noise and bounds done by hooks attached to ``opt``."""
+    opt.zero_grad()
+    loss_fn(model, x, y).backward()
+    opt.step()
+
+
+def params_of(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
