@@ -45,6 +45,7 @@ class _Binning:
     lo: np.ndarray
     inv_h: np.ndarray
     ncell: np.ndarray
+    x_copy: torch.Tensor  # the binned values: writes through x.data do not bump x._version
 
 
 @dataclass
@@ -92,7 +93,7 @@ def _make_binning(x: torch.Tensor) -> _Binning | None:
                 inv_h[j] = ncell[j] / ext[j]
     xT = _np(xd.T)
     perm, start, xs = _kernels.bin_points(xT, gd, lo, inv_h, ncell)
-    return _Binning(torch.from_numpy(perm), start, xs, gd, lo, inv_h, ncell)
+    return _Binning(torch.from_numpy(perm), start, xs, gd, lo, inv_h, ncell, xd.clone())
 
 
 def get_binning(x: torch.Tensor) -> _Binning | None:
@@ -100,7 +101,9 @@ def get_binning(x: torch.Tensor) -> _Binning | None:
     key = _x_key(x)
     hit = _BIN_CACHE.get(id(x))
     if hit is not None and hit[0]() is x and hit[1] == key:
-        return hit[2]
+        # O(n*d) compare, far cheaper than re-binning; catches in-place writes via x.data.
+        if hit[2] is None or torch.equal(hit[2].x_copy, x.detach()):
+            return hit[2]
     b = _make_binning(x)
     while len(_BIN_CACHE) >= _BIN_CACHE_MAX:
         _BIN_CACHE.pop(next(iter(_BIN_CACHE)))

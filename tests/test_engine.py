@@ -1,0 +1,336 @@
+"""Engines vs the broadcast reference: outputs, gradients, support edges, culling, dispatch."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import wandering._engine as eng
+from wandering._engine import BACKENDS, bump_sum, resolve_backend
+from wandering._reference import bump_sum_reference, support_halfwidths, support_mask_reference
+
+numba_engine = pytest.importorskip("wandering._engine._numba_engine")
+kernels = pytest.importorskip("wandering._engine._kernels")
+
+# "numba-cull" forces the grid path even where the dense fallback would be picked.
+ENGINES = ("reference", "torch", "numba", "numba-cull")
+DTYPES = (torch.float32, torch.float64)
+
+
+@contextlib.contextmanager
+def _forced_cull(engine: str):
+    old = numba_engine._CULL_FRACTION
+    if engine == "numba-cull":
+        numba_engine._CULL_FRACTION = math.inf
+    try:
+        yield
+    finally:
+        numba_engine._CULL_FRACTION = old
+
+
+def _run(engine, x, c, w, m, support_p):
+    with _forced_cull(engine):
+        return bump_sum(x, c, w, m, support_p=support_p, backend=engine.split("-")[0])
+
+
+def _tol(dtype):
+    return {"rtol": 2e-5, "atol": 2e-5} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-12}
+
+
+def _problem(n, d, K, dtype, seed, w_lo=0.1, w_hi=0.6, x_req=True):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, d, generator=g, dtype=dtype).requires_grad_(x_req)
+    c = torch.rand(d, K, generator=g, dtype=dtype).requires_grad_()
+    w = (w_lo + (w_hi - w_lo) * torch.rand(d, K, generator=g, dtype=dtype)).requires_grad_()
+    m = torch.randn(K, generator=g, dtype=dtype).requires_grad_()
+    return x, c, w, m
+
+
+def _outputs_and_grads(fn, x, c, w, m, gy):
+    y = fn(x, c, w, m)
+    inputs = [t for t in (x, c, w, m) if t.requires_grad]
+    grads = torch.autograd.grad(y, inputs, gy, allow_unused=True)
+    grads = [torch.zeros_like(t) if gr is None else gr for t, gr in zip(inputs, grads)]
+    return y, grads
+
+
+def _assert_parity(engine, x, c, w, m, support_p, seed=0):
+    g = torch.Generator().manual_seed(seed + 1)
+    gy = torch.randn(x.shape[0], generator=g, dtype=x.dtype)
+    y_ref, g_ref = _outputs_and_grads(lambda *a: bump_sum_reference(*a, support_p), x, c, w, m, gy)
+    y, grads = _outputs_and_grads(lambda *a: _run(engine, *a, support_p), x, c, w, m, gy)
+    tol = _tol(x.dtype)
+    scale = 1.0 + float(m.detach().abs().sum())
+    torch.testing.assert_close(y, y_ref, rtol=tol["rtol"], atol=tol["atol"] * scale)
+    for name, a, b in zip("xcwm", grads, g_ref):
+        assert torch.isfinite(a).all(), name
+        gscale = 1.0 + float(b.abs().max()) if b.numel() else 1.0
+        torch.testing.assert_close(a, b, rtol=tol["rtol"], atol=tol["atol"] * gscale * 10, msg=f"grad {name}")
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    d=st.integers(1, 5),
+    K=st.integers(0, 20),
+    n=st.sampled_from([0, 1, 37, 300]),
+    support_p=st.sampled_from([None, 0.01, 0.4]),
+    dtype=st.sampled_from(DTYPES),
+    seed=st.integers(0, 2**16),
+)
+@pytest.mark.parametrize("engine", ENGINES[1:])
+def test_parity_with_reference(engine, d, K, n, support_p, dtype, seed):
+    x, c, w, m = _problem(n, d, K, dtype, seed)
+    _assert_parity(engine, x, c, w, m, support_p, seed)
+
+
+@pytest.mark.parametrize("engine", ENGINES[1:])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_points_on_and_near_support_edges(engine, dtype):
+    d, K, support_p = 3, 4, 0.05
+    _, c, w, m = _problem(0, d, K, dtype, 3, w_lo=0.05, w_hi=0.2)
+    half = support_halfwidths(w, support_p)
+    rows = []
+    for k in range(K):
+        for j in range(d):
+            for sign in (-1.0, 1.0):
+                edge = c[:, k].detach().clone()  # centre, then moved to the edge in dim j
+                edge[j] = c[j, k].detach() + sign * half[j, k]
+                toward = c[j, k].detach()
+                away = edge[j] + sign
+                for v in (edge[j], torch.nextafter(edge[j], toward), torch.nextafter(edge[j], away)):
+                    p = edge.clone()
+                    p[j] = v
+                    rows.append(p)
+    x = torch.stack(rows).requires_grad_()
+    mask = support_mask_reference(x, c, w, support_p)
+    assert 0 < int(mask.sum()) < mask.numel()  # both sides of the edges are exercised
+    _assert_parity(engine, x, c, w, m, support_p)
+    if engine == "numba-cull":
+        with _forced_cull(engine):
+            assert numba_engine.culled_pair_count(x, c, w, support_p) == int(mask.sum())
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_all_points_outside_every_support(engine):
+    x, c, w, m = _problem(50, 3, 6, torch.float32, 4, w_lo=0.01, w_hi=0.02)
+    x = (x.detach() + 5.0).requires_grad_()
+    y = _run(engine, x, c, w, m, 0.01)
+    assert torch.equal(y, torch.zeros_like(y))
+    y.sum().backward()
+    for t in (x, c, w, m):
+        assert t.grad is not None and torch.equal(t.grad, torch.zeros_like(t))
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("support_p", [None, 0.05])
+def test_gradcheck_float64(engine, support_p):
+    x, c, w, m = _problem(9, 2, 3, torch.float64, 5, w_lo=0.3, w_hi=0.8)
+    # Keep points away from support edges, where the function jumps.
+    assert torch.autograd.gradcheck(lambda *a: _run(engine, *a, support_p), (x, c, w, m), eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("d", [1, 2, 3, 4])
+def test_culled_pairs_match_reference_mask(d):
+    x, c, w, m = _problem(3000, d, 40, torch.float32, 6, w_lo=0.02, w_hi=0.15)
+    for support_p in (0.01, 0.3):
+        got = numba_engine.culled_pair_count(x, c, w, support_p)
+        assert got is not None  # culling pays here
+        assert got == int(support_mask_reference(x, c, w, support_p).sum())
+
+
+def test_culled_path_on_clustered_data_with_outlying_bumps():
+    g = torch.Generator().manual_seed(7)
+    x = torch.cat([0.1 * torch.randn(2000, 3, generator=g), torch.rand(500, 3, generator=g) * 4 - 2]).requires_grad_()
+    c = (torch.rand(3, 30, generator=g) * 6 - 3).requires_grad_()  # some boxes far outside the data
+    w = (0.05 + 0.3 * torch.rand(3, 30, generator=g)).requires_grad_()
+    m = torch.randn(30, generator=g).requires_grad_()
+    assert numba_engine.culled_pair_count(x, c, w, 0.01) == int(support_mask_reference(x, c, w, 0.01).sum())
+    _assert_parity("numba-cull", x, c, w, m, 0.01)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("support_p", [None, 0.01])
+def test_tiny_width_gives_no_nan_gradients(engine, support_p):
+    x, c, w, m = _problem(40, 3, 5, torch.float32, 8)
+    with torch.no_grad():
+        w[:, 0] = 1e-30
+        c[:, 0] = 10.0  # bump 0 touches no point
+    _assert_parity(engine, x, c, w, m, support_p)
+    y = _run(engine, x, c, w, m, support_p)
+    gx, gc, gw, gm = torch.autograd.grad(y, (x, c, w, m), torch.randn_like(y))
+    for t in (gx, gc, gw, gm):
+        assert torch.isfinite(t).all()
+    assert gc[:, 0].abs().sum() == 0 and gw[:, 0].abs().sum() == 0
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("n, K", [(0, 5), (7, 0), (0, 0)])
+def test_empty_problems_give_zero_gradients(engine, n, K):
+    x, c, w, m = _problem(n, 2, K, torch.float32, 9)
+    y = _run(engine, x, c, w, m, 0.01)
+    assert y.shape == (n,)
+    y.sum().backward()
+    for t in (x, c, w, m):
+        assert t.grad is not None and t.grad.shape == t.shape and torch.equal(t.grad, torch.zeros_like(t))
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_non_contiguous_inputs(engine):
+    x0, c0, w0, m0 = _problem(60, 6, 14, torch.float64, 10, x_req=False)
+    x = x0[::2, ::2].requires_grad_()  # (30, 3), strided
+    c = c0.detach().T.contiguous().T[::2, ::2].requires_grad_()
+    w = w0.detach()[::2, ::2].requires_grad_()
+    m = m0.detach()[::2].requires_grad_()
+    assert not (x.is_contiguous() and c.is_contiguous() and w.is_contiguous())
+    for support_p in (None, 0.05):
+        _assert_parity(engine, x, c, w, m, support_p)
+
+
+def test_x_without_grad_gets_none_and_params_still_match():
+    x, c, w, m = _problem(200, 3, 8, torch.float32, 11, x_req=False)
+    for engine in ENGINES[1:]:
+        _assert_parity(engine, x, c, w, m, 0.01)
+
+
+def test_fast_paths_actually_run(monkeypatch):
+    calls = []
+    for name in ("dense_forward", "dense_backward", "culled_forward", "culled_backward"):
+        orig = getattr(kernels, name)
+
+        def spy(*args, _orig=orig, _name=name):
+            calls.append(_name)
+            return _orig(*args)
+
+        monkeypatch.setattr(kernels, name, spy)
+    x, c, w, m = _problem(4000, 3, 64, torch.float32, 12, w_lo=0.02, w_hi=0.05)
+    assert resolve_backend("auto", x, 64) == "numba"
+    bump_sum(x, c, w, m).sum().backward()
+    assert calls == ["dense_forward", "dense_backward"]
+    calls.clear()
+    bump_sum(x, c, w, m, support_p=0.01).sum().backward()
+    assert calls == ["culled_forward", "culled_backward"]
+
+
+def test_wide_supports_fall_back_to_dense_with_support_test(monkeypatch):
+    x, c, w, m = _problem(500, 3, 10, torch.float32, 13, w_lo=2.0, w_hi=3.0)
+    assert numba_engine.culled_pair_count(x, c, w, 0.01) is None
+    calls = []
+    orig = kernels.dense_forward
+    monkeypatch.setattr(kernels, "dense_forward", lambda *a: (calls.append(1), orig(*a))[1])
+    _assert_parity("numba", x, c, w, m, 0.01)
+    assert calls
+
+
+def test_binning_reused_for_unchanged_x_and_invalidated_in_place():
+    x, c, w, m = _problem(3000, 3, 30, torch.float32, 14, w_lo=0.02, w_hi=0.05, x_req=False)
+    before = numba_engine.bin_calls
+    y1 = bump_sum(x, c, w, m, support_p=0.01, backend="numba")
+    y2 = bump_sum(x, c, w, m, support_p=0.01, backend="numba")
+    assert numba_engine.bin_calls == before + 1
+    torch.testing.assert_close(y1, y2, rtol=0, atol=0)
+    with torch.no_grad():
+        x.mul_(0.5)  # same tensor, new values
+    y3 = bump_sum(x, c, w, m, support_p=0.01, backend="numba")
+    assert numba_engine.bin_calls == before + 2
+    torch.testing.assert_close(y3, bump_sum_reference(x, c, w, m, 0.01), rtol=2e-5, atol=2e-5)
+    x.data.add_(0.25)  # writes through .data leave x._version alone (gradcheck does this)
+    y4 = bump_sum(x, c, w, m, support_p=0.01, backend="numba")
+    assert numba_engine.bin_calls == before + 3
+    torch.testing.assert_close(y4, bump_sum_reference(x, c, w, m, 0.01), rtol=2e-5, atol=2e-5)
+    before += 1
+    # A new tensor with the same values is binned afresh; dead tensors leave the cache.
+    x2 = x.clone()
+    bump_sum(x2, c, w, m, support_p=0.01, backend="numba")
+    assert numba_engine.bin_calls == before + 3
+    key = id(x2)
+    del x2
+    assert key not in numba_engine._BIN_CACHE
+
+
+def test_backend_env_override(monkeypatch):
+    x, c, w, m = _problem(100, 3, 400, torch.float32, 15)
+    monkeypatch.setenv(eng.ENV_VAR, "torch")
+    assert resolve_backend("auto", x, 400) == "torch"
+    assert resolve_backend("reference", x, 400) == "reference"  # explicit names win
+    monkeypatch.setenv(eng.ENV_VAR, "bogus")
+    with pytest.raises(ValueError, match=r"WANDERING_BACKEND must be one of .*'numba'.*'bogus'"):
+        bump_sum(x, c, w, m)
+
+
+def test_unknown_backend_lists_valid_names():
+    x, c, w, m = _problem(5, 2, 3, torch.float32, 16)
+    with pytest.raises(ValueError, match=r"backend must be one of \['auto', 'reference', 'torch', 'numba'\]"):
+        bump_sum(x, c, w, m, backend="cuda-magic")
+    with pytest.raises(TypeError, match="backend must be a str"):
+        bump_sum(x, c, w, m, backend=3)
+    assert set(BACKENDS) == {"auto", "reference", "torch", "numba"}
+
+
+def test_auto_picks_reference_for_tiny_and_torch_off_cpu():
+    assert resolve_backend("auto", torch.empty(10, 3), 4) == "reference"
+    assert resolve_backend("auto", torch.empty(10**5, 3), 64) == "numba"
+    assert resolve_backend("auto", torch.empty(10**5, 3, device="meta"), 64) == "torch"
+    assert resolve_backend("auto", torch.empty(10**5, 3, dtype=torch.bfloat16), 64) == "torch"
+
+
+def test_missing_numba_warns_once_and_falls_back(monkeypatch):
+    monkeypatch.setattr(eng, "_numba_engine", None)
+    monkeypatch.setattr(eng, "_NUMBA_ERROR", ImportError("no numba"))
+    monkeypatch.setattr(eng, "_warned_no_numba", False)
+    x, c, w, m = _problem(2000, 3, 64, torch.float32, 17)
+    with pytest.warns(RuntimeWarning, match="numba is unavailable"):
+        y = bump_sum(x, c, w, m)
+    torch.testing.assert_close(y, bump_sum_reference(x, c, w, m), rtol=2e-5, atol=1e-4)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bump_sum(x, c, w, m)  # warned only once
+    with pytest.raises(RuntimeError, match="numba"):
+        bump_sum(x, c, w, m, backend="numba")
+
+
+@pytest.mark.parametrize(
+    "args, exc, match",
+    [
+        ((torch.rand(5, 2), torch.rand(3, 4), torch.rand(3, 4), torch.rand(4)), ValueError, r"x must have shape \(n_smps, 3\)"),
+        ((torch.rand(5, 3), torch.rand(3, 4), torch.rand(3, 5), torch.rand(4)), ValueError, r"w must have shape \(3, 4\)"),
+        ((torch.rand(5, 3), torch.rand(3, 4), torch.rand(3, 4), torch.rand(3)), ValueError, r"m must have shape \(4,\)"),
+        ((torch.rand(5, 3).double(), torch.rand(3, 4), torch.rand(3, 4), torch.rand(4)), TypeError, "x must have dtype"),
+        (([[0.0]], torch.rand(1, 4), torch.rand(1, 4), torch.rand(4)), TypeError, "x must be a torch.Tensor"),
+        ((torch.rand(5, 3), torch.rand(3), torch.rand(3, 4), torch.rand(4)), ValueError, r"c must have shape \(d, K\)"),
+    ],
+)
+def test_bad_inputs_name_the_argument(args, exc, match):
+    with pytest.raises(exc, match=match):
+        bump_sum(*args)
+
+
+@pytest.mark.parametrize("support_p, exc", [(0.0, ValueError), (1.5, ValueError), ("0.1", TypeError)])
+def test_bad_support_p(support_p, exc):
+    x, c, w, m = _problem(5, 2, 3, torch.float32, 18)
+    with pytest.raises(exc, match="support_p"):
+        bump_sum(x, c, w, m, support_p=support_p)
+
+
+def test_float32_exp_is_accurate():
+    import numpy as np
+    from numba import njit
+
+    @njit
+    def run(s, e, ibuf):
+        kernels.neg_exp_block(s, e, s.shape[0], ibuf)
+
+    s = np.linspace(0.0, 90.0, 200001).astype(np.float32)
+    e = np.empty_like(s)
+    run(s, e, np.empty(s.shape[0], np.int32))
+    ref = np.exp(-s.astype(np.float64))
+    live = s < kernels._LIM32
+    rel = np.abs(e[live] - ref[live]) / ref[live]
+    assert rel.max() < 3 * 2.0**-24  # within ~2 ulp
+    assert np.all(e[~live] == 0)
