@@ -63,15 +63,20 @@ def plot_demo(path, f, x, y, res, predict, n_grid: int = 160) -> None:
     ax = axes[1, 1]
     ax.contour(g0, g1, truth, levels=12, colors="0.75", linewidths=0.6)
     paths = res.paths  # (T, 2, K)
-    cmap = plt.get_cmap("viridis")
-    for k in range(paths.shape[2]):
-        col = cmap(k / max(1, paths.shape[2] - 1))
+    # Colour by final |m|: bumps doing real work (dark) hold still, idle ones (light) wander.
+    mag = np.abs(res.model.bumps.m.detach().cpu().numpy())
+    cmap = plt.get_cmap("magma_r")
+    norm = plt.Normalize(0.0, float(mag.max()) or 1.0)
+    for k in np.argsort(mag):  # strongest drawn last, on top
+        col = cmap(0.15 + 0.85 * norm(mag[k]))
         ax.plot(paths[:, 0, k], paths[:, 1, k], "-", color=col, lw=1.0, alpha=0.85)
         ax.plot(paths[0, 0, k], paths[0, 1, k], "o", mfc="none", mec=col, ms=4)
         ax.plot(paths[-1, 0, k], paths[-1, 1, k], "o", color=col, ms=4)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_aspect("equal")
+    sm = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
+    fig.colorbar(sm, ax=ax, shrink=0.85, label="final |m| of the bump")
     ax.set_title("centre paths: open circle = start, dot = end\n(grey: target contours)")
     for a in axes.flat:
         a.set_xlabel("x0")

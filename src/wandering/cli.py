@@ -85,10 +85,10 @@ def _parse_bounds(text: str | None, d: int) -> np.ndarray | None:
 @dataclass
 class FitSettings:
     bumps: int = 64
-    steps: int = 1500
+    steps: int = 2000
     lr: float = 0.02
     batch: int = 4096
-    c_grad_std: float = 0.02
+    c_grad_std: float = 0.001
     w_grad_std: float = 0.0
     m_grad_gain: float = 0.0
     support_p: float = 0.01
@@ -410,7 +410,8 @@ def _cmd_predict(a: argparse.Namespace) -> int:
     return 0
 
 
-DEMO_SETTINGS = FitSettings(bumps=48, steps=1500, lr=0.02, c_grad_std=0.02, record_every=10)
+# Small gradient noise: idle bumps visibly wander, working ones hold still (see demo.png).
+DEMO_SETTINGS = FitSettings(bumps=48, steps=1500, lr=0.01, c_grad_std=0.001, record_every=10)
 
 
 def demo_target(seed: int, n_points: int, n_true: int = 10):
