@@ -146,7 +146,7 @@ def plot_fit(path, table, res, predict_arrays, n_grid: int = 120) -> None:
             a.set_ylabel(names[1])
     elif d == 3:
         qs = np.quantile(x[:, 2], [0.2, 0.5, 0.8])
-        slab = 0.1 * max(hi[2] - lo[2], 1e-12)
+        slab = 0.05 * max(hi[2] - lo[2], 1e-12)
         fig, axes = plt.subplots(1, 3, figsize=(16, 5), dpi=100, constrained_layout=True)
         vmin, vmax = float(y.min()), float(y.max())
         g0, g1, pts = _grid(lo, hi, n_grid)
@@ -154,7 +154,7 @@ def plot_fit(path, table, res, predict_arrays, n_grid: int = 120) -> None:
             p3 = np.concatenate([pts, np.full((len(pts), 1), q)], 1)
             im = ax.imshow(pred_fn(p3).reshape(g0.shape), origin="lower", extent=(lo[0], hi[0], lo[1], hi[1]),
                            aspect="auto", cmap="viridis", vmin=vmin, vmax=vmax)
-            near = np.abs(x[:, 2] - q) < slab
+            near = np.flatnonzero(np.abs(x[:, 2] - q) < slab)[:300]  # few enough that the fit shows through
             ax.scatter(x[near, 0], x[near, 1], c=y[near], s=12, cmap="viridis", vmin=vmin, vmax=vmax,
                        edgecolors="k", linewidths=0.3)
             ax.set_title(f"fit at {names[2]} = {q:.3g}; dots: data within +-{slab:.2g}")
