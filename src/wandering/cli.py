@@ -470,7 +470,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_fit_options(p: argparse.ArgumentParser, defaults: FitSettings, hidden: bool = False) -> None:
-    h = (lambda text: argparse.SUPPRESS) if hidden else (lambda text: text)  # noqa: E731
+    h = (lambda text: argparse.SUPPRESS) if hidden else (lambda text: text + " (default: %(default)s)")  # noqa: E731
     p.add_argument("--bumps", type=int, default=defaults.bumps, metavar="K", help=h("number of bumps"))
     p.add_argument("--steps", type=int, default=defaults.steps, metavar="S", help=h("optimizer steps"))
     p.add_argument("--lr", type=float, default=defaults.lr, help=h("Adam learning rate (unit-box coordinates)"))
@@ -482,7 +482,7 @@ def _add_fit_options(p: argparse.ArgumentParser, defaults: FitSettings, hidden: 
     p.add_argument("--holdout", type=float, default=defaults.holdout, help=h("fraction held out for R^2/RMSE"))
     p.add_argument("--seed", type=int, default=defaults.seed, help=h("random seed"))
     p.add_argument("--device", default=defaults.device, help=h("torch device (cpu, cuda, cuda:1, ...)"))
-    p.add_argument("--quiet", action="store_true", help=h("no progress bar"))
+    p.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS if hidden else "no progress bar")
 
 
 def _build_parser() -> argparse.ArgumentParser:
