@@ -82,6 +82,7 @@ class _BumpModule(WanderingModule):
         # Counter-based noise state (see _noise): travels with state_dict and DDP buffer sync.
         self.register_buffer("noise_seed", torch.tensor(_noise.draw_seed(), dtype=torch.int64, device=c.device))
         self.register_buffer("noise_step", torch.tensor(0, dtype=torch.int64, device=c.device))
+        self.register_buffer("param_noise_step", torch.tensor(0, dtype=torch.int64, device=c.device))
 
     # -- shape facts -------------------------------------------------------
     @property
@@ -141,8 +142,7 @@ class _BumpModule(WanderingModule):
         Unlike :meth:`pert_grads`, the step size does not pass through the optimizer, so the
         noise has the same size under Adam as under SGD. Draws are keyed by
         ``(noise_seed, param_noise_step)``; ``param_noise_step`` is its own int64 buffer,
-        created on the first call (absent means 0), so gradient noise keeps the seed's
-        sequence whether or not parameter noise is used. Does not bound: call
+        so gradient noise keeps the same sequence whether or not parameter noise is used. Does not bound: call
         :meth:`bound` afterwards.
         """
         stds = [
@@ -150,8 +150,6 @@ class _BumpModule(WanderingModule):
             (self.w, _checks.check_nonneg(w_std, "w_std"), _noise.STREAM_W_PARAM),
             (self.m, _checks.check_nonneg(m_std, "m_std"), _noise.STREAM_M_PARAM),
         ]
-        if getattr(self, "param_noise_step", None) is None:
-            self.register_buffer("param_noise_step", torch.zeros((), dtype=torch.int64, device=self.c.device))
         seed, step = int(self.noise_seed), int(self.param_noise_step)
         with torch.no_grad():
             for param, std, stream in stds:
@@ -159,18 +157,6 @@ class _BumpModule(WanderingModule):
                     noise = _noise.keyed_normal(param.shape, seed, step, stream, param.dtype, param.device)
                     param.add_(noise, alpha=std)
             self.param_noise_step.add_(1)
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
-        # param_noise_step exists only once parameter noise was drawn; mirror the checkpoint
-        # so fresh modules load it and older checkpoints (no key, i.e. step 0) still load strictly.
-        key = prefix + "param_noise_step"
-        if key in state_dict and getattr(self, "param_noise_step", None) is None:
-            self.register_buffer("param_noise_step", torch.zeros((), dtype=torch.int64, device=self.c.device))
-        elif key not in state_dict and getattr(self, "param_noise_step", None) is not None:
-            del self._buffers["param_noise_step"]
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
 
     def extra_repr(self) -> str:
         def fmt_bounds(b: torch.Tensor | None) -> str:
