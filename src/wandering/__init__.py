@@ -4,6 +4,7 @@ whose gradients can be perturbed, so that bumps random-walk where data gives no 
 from ._engine import bump_sum
 from ._reference import bump_sum_reference
 from .modules import BumpFcn, SlowSumOfBumpFcns, SumOfBumpFcns, WanderingModule
+from .training import WanderingHooks, attach, bound_params, perturb_grads, perturb_params, wandering_modules
 
 __version__ = "0.1.0"
 
@@ -14,5 +15,11 @@ __all__ = [
     "SlowSumOfBumpFcns",
     "bump_sum",
     "bump_sum_reference",
+    "wandering_modules",
+    "perturb_grads",
+    "bound_params",
+    "perturb_params",
+    "attach",
+    "WanderingHooks",
     "__version__",
 ]
