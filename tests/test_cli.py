@@ -90,7 +90,7 @@ def test_demo_refuses_to_overwrite_then_force(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_demo_default_is_accurate_and_quick(tmp_path, capsys):
-    """The real demo, as the README runs it (about 5-30 s on 2 cores)."""
+    """The real demo, as the README runs it (well under a minute on 2 cores)."""
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--quiet"]) == 0
     m = json.loads((out / "metrics.json").read_text())

@@ -51,7 +51,8 @@ def plot_demo(path, f, x, y, res, predict, n_grid: int = 160) -> None:
     ax.plot(c[:, 0], c[:, 1], "k.", ms=4, label="bump centres")
     ax.legend(loc="upper right", fontsize=8)
     r2 = res.metrics["r2"]
-    ax.set_title(f"fit: {res.metrics['bumps']} bumps, held-out R$^2$ = {r2:.3f}")
+    r2_txt = "n/a" if r2 is None else f"{r2:.3f}"
+    ax.set_title(f"fit: {res.metrics['bumps']} bumps, held-out R$^2$ = {r2_txt}")
     fig.colorbar(im, ax=ax, shrink=0.85)
 
     ax = axes[1, 0]

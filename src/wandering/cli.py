@@ -119,12 +119,13 @@ def _kmeans_centres(xs: np.ndarray, k: int, rng: np.random.Generator, iters: int
         cent += rng.normal(scale=0.01, size=cent.shape)
         return np.clip(cent, 0.0, 1.0)
     for _ in range(iters):
-        d2 = ((xs[:, None, :] - cent[None]) ** 2).sum(-1)
-        lab = d2.argmin(1)
-        for j in range(k):
-            pts = xs[lab == j]
-            if len(pts):
-                cent[j] = pts.mean(0)
+        # |x|^2 is the same for every centre, so (n, K) distances need no (n, K, d) array.
+        lab = ((cent * cent).sum(1)[None] - 2.0 * xs @ cent.T).argmin(1)
+        counts = np.bincount(lab, minlength=k)
+        sums = np.zeros_like(cent)
+        np.add.at(sums, lab, xs)
+        filled = counts > 0  # an empty cluster keeps its centre
+        cent[filled] = sums[filled] / counts[filled, None]
     return cent
 
 
@@ -411,7 +412,7 @@ def _cmd_predict(a: argparse.Namespace) -> int:
 
 
 # Small gradient noise: idle bumps visibly wander, working ones hold still (see demo.png).
-DEMO_SETTINGS = FitSettings(bumps=48, steps=1500, lr=0.01, c_grad_std=0.001, record_every=10)
+DEMO_SETTINGS = FitSettings(bumps=48, steps=800, lr=0.01, c_grad_std=0.001, record_every=10)
 
 
 def demo_target(seed: int, n_points: int, n_true: int = 10):
