@@ -58,7 +58,7 @@ def plot_demo(path, f, x, y, res, predict, n_grid: int = 160) -> None:
     ax = axes[1, 0]
     rmax = max(float(np.abs(resid).max()), 1e-12)
     im = ax.imshow(resid, origin="lower", extent=ext, cmap="PuOr_r", vmin=-rmax, vmax=rmax)
-    ax.set_title(f"residual: fit - target (note the colour scale: +-{rmax:.2g})")
+    ax.set_title(f"residual: fit - target (note the colour scale: \u00b1{rmax:.2g})")
     fig.colorbar(im, ax=ax, shrink=0.85)
 
     ax = axes[1, 1]
@@ -158,7 +158,7 @@ def plot_fit(path, table, res, predict_arrays, n_grid: int = 120) -> None:
             near = np.flatnonzero(np.abs(x[:, 2] - q) < slab)[:300]  # few enough that the fit shows through
             ax.scatter(x[near, 0], x[near, 1], c=y[near], s=12, cmap="viridis", vmin=vmin, vmax=vmax,
                        edgecolors="k", linewidths=0.3)
-            ax.set_title(f"fit at {names[2]} = {q:.3g}; dots: data within +-{slab:.2g}")
+            ax.set_title(f"fit at {names[2]} = {q:.3g}; dots: data within \u00b1{slab:.2g}")
             ax.set_xlabel(names[0])
             ax.set_ylabel(names[1])
         fig.colorbar(im, ax=axes)
