@@ -231,6 +231,8 @@ def test_bad_inputs_fit(tmp_path, capsys, fitted):
     binary = tmp_path / "bin.csv"
     binary.write_bytes(b"\xff\xfe\x00\x81" * 10)
     np.savez(tmp_path / "noy.npz", x=np.zeros((20, 2)))
+    np.savez(tmp_path / "nany.npz", x=np.zeros((20, 2)), y=np.r_[np.zeros(19), np.nan])
+    np.savez(tmp_path / "strx.npz", x=np.array([["a", "b"]] * 20), y=np.zeros(20))
     cases = [
         (["fit", str(tmp_path / "missing.csv"), "--out", out], "no such file"),
         (["fit", str(empty), "--out", out], "empty file"),
@@ -241,6 +243,8 @@ def test_bad_inputs_fit(tmp_path, capsys, fitted):
         (["fit", good, "--out", out, "--y-col", "zzz"], "no column 'zzz'"),
         (["fit", few_csv, "--out", out], "too few rows"),
         (["fit", str(tmp_path / "noy.npz"), "--out", out], "no array 'y'"),
+        (["fit", str(tmp_path / "nany.npz"), "--out", out], "contains NaN"),
+        (["fit", str(tmp_path / "strx.npz"), "--out", out], "not numeric"),
         (["fit", good, "--out", out, "--bumps", "0"], "--bumps must be a positive"),
         (["fit", good, "--out", out, "--steps", "-3"], "--steps must be a positive"),
         (["fit", good, "--out", out, "--steps", "ten"], "invalid int value"),
