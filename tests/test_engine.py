@@ -334,3 +334,15 @@ def test_float32_exp_is_accurate():
     rel = np.abs(e[live] - ref[live]) / ref[live]
     assert rel.max() < 3 * 2.0**-24  # within ~2 ulp
     assert np.all(e[~live] == 0)
+
+
+def test_flat_data_keeps_grid_small_and_exact():
+    g = torch.Generator().manual_seed(19)
+    x = torch.rand(5000, 3, generator=g)
+    x[:, 2] *= 1e-9  # almost no extent in one dimension
+    c = torch.rand(3, 30, generator=g)
+    c[2] *= 1e-9
+    w = 0.02 + 0.1 * torch.rand(3, 30, generator=g)
+    b = numba_engine.get_binning(x)
+    assert int(b.ncell.prod()) <= 4 * 5000 / numba_engine._POINTS_PER_CELL + 64
+    assert numba_engine.culled_pair_count(x, c, w, 0.01) == int(support_mask_reference(x, c, w, 0.01).sum())

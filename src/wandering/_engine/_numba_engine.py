@@ -91,6 +91,11 @@ def _make_binning(x: torch.Tensor) -> _Binning | None:
             if pos[j]:
                 ncell[j] = int(min(max(1, math.ceil(ext[j] / h)), 4096))
                 inv_h[j] = ncell[j] / ext[j]
+        # Very flat data could ask for far more cells than points: coarsen the finest dims.
+        while np.prod(ncell) > 4 * total + 64:
+            j = int(np.argmax(ncell))
+            ncell[j] = max(1, ncell[j] // 2)
+            inv_h[j] = ncell[j] / ext[j]
     xT = _np(xd.T)
     perm, start, xs = _kernels.bin_points(xT, gd, lo, inv_h, ncell)
     return _Binning(torch.from_numpy(perm), start, xs, gd, lo, inv_h, ncell, xd.clone())
