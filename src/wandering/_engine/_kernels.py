@@ -274,10 +274,8 @@ def register_bumps(c, half, gd, lo, inv_h, ncell, start):
     counts = np.zeros(nrows + 1, np.int64)
     for k in range(K):
         if valid[k]:
-            nr = 1
-            for j in range(gd - 1):
-                nr *= r1[j, k] - r0[j, k] + 1
-            _visit_rows(k, gd, r0, r1, ncell, counts, nr, 0, np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64), start, nz)
+            empty = np.empty(0, np.int64)
+            _visit_rows(k, gd, r0, r1, ncell, counts, 0, empty, empty, empty, start, nz)
     row_start = np.zeros(nrows + 1, np.int64)
     for r in range(nrows):
         row_start[r + 1] = row_start[r] + counts[r + 1]
@@ -288,7 +286,7 @@ def register_bumps(c, half, gd, lo, inv_h, ncell, start):
     fill = row_start[:-1].copy()
     for k in range(K):
         if valid[k]:
-            _visit_rows(k, gd, r0, r1, ncell, fill, 0, 1, reg_k, reg_p0, reg_p1, start, nz)
+            _visit_rows(k, gd, r0, r1, ncell, fill, 1, reg_k, reg_p0, reg_p1, start, nz)
     ncand = 0
     for q in range(nreg):
         ncand += reg_p1[q] - reg_p0[q]
@@ -296,7 +294,7 @@ def register_bumps(c, half, gd, lo, inv_h, ncell, start):
 
 
 @njit(cache=True)
-def _visit_rows(k, gd, r0, r1, ncell, arr, nr, mode, reg_k, reg_p0, reg_p1, start, nz):
+def _visit_rows(k, gd, r0, r1, ncell, arr, mode, reg_k, reg_p0, reg_p1, start, nz):
     """mode 0: count bump k in every row it overlaps; mode 1: write its registrations."""
     # Rows are over the first gd-1 grid dims (at most 2 here).
     z0 = r0[gd - 1, k]
