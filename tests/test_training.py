@@ -372,13 +372,13 @@ def test_errors_name_the_argument():
     other = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
     with pytest.raises(ValueError, match="optimizer must hold parameters of at least one WanderingModule"):
         attach(other, model)
-    with pytest.raises(ValueError, match="param_c_std must be a finite float >= 0, but got -1.0"):
+    with pytest.raises(ValueError, match="param_c_std must be >= 0 and finite, but got -1.0"):
         attach(opt, model, param_c_std=-1.0)
     with pytest.raises(TypeError, match="pert_grads must be a bool, but got int"):
         attach(opt, model, pert_grads=1)
-    with pytest.raises(TypeError, match="c_std must be a float, but got str"):
+    with pytest.raises(TypeError, match="c_std must be a non-negative float, but got str"):
         perturb_params(model, c_std="0.1")
-    with pytest.raises(ValueError, match="w_std must be a finite float >= 0, but got nan"):
+    with pytest.raises(ValueError, match="w_std must be >= 0 and finite, but got nan"):
         perturb_params(model, w_std=float("nan"))
     user = CountingWanderer()
     with pytest.raises(TypeError, match="perturb_params.*CountingWanderer"):

@@ -16,11 +16,11 @@ DDP rank adds the same noise without a collective, and ``state_dict`` resumes it
 
 from __future__ import annotations
 
-import math
 from typing import Iterator
 
 import torch
 
+from ._checks import check_nonneg
 from .modules import WanderingModule
 
 __all__ = [
@@ -107,15 +107,6 @@ def bound_params(model: torch.nn.Module) -> int:
     return len(mods)
 
 
-def _check_std(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a float, but got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite float >= 0, but got {value}")
-    return value
-
-
 def perturb_params(
     model: torch.nn.Module,
     *,
@@ -147,7 +138,7 @@ def perturb_params(
             has no ``perturb_params`` method (a user subclass that does not implement it).
         ValueError: a std is negative or not finite; ``model`` has no wandering module.
     """
-    stds = dict(c_std=_check_std(c_std, "c_std"), w_std=_check_std(w_std, "w_std"), m_std=_check_std(m_std, "m_std"))
+    stds = dict(c_std=check_nonneg(c_std, "c_std"), w_std=check_nonneg(w_std, "w_std"), m_std=check_nonneg(m_std, "m_std"))
     mods = _require_modules(model, "perturb_params")
     _check_param_noise_support(mods)
     for mod in mods:
@@ -252,9 +243,9 @@ def attach(
     if not isinstance(pert_grads, bool):
         raise TypeError(f"pert_grads must be a bool, but got {type(pert_grads).__name__}")
     stds = dict(
-        c_std=_check_std(param_c_std, "param_c_std"),
-        w_std=_check_std(param_w_std, "param_w_std"),
-        m_std=_check_std(param_m_std, "param_m_std"),
+        c_std=check_nonneg(param_c_std, "param_c_std"),
+        w_std=check_nonneg(param_w_std, "param_w_std"),
+        m_std=check_nonneg(param_m_std, "param_m_std"),
     )
     param_noise = any(v > 0 for v in stds.values())
 
