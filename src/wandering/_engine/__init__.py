@@ -17,6 +17,7 @@ import warnings
 
 import torch
 
+from .._checks import check_support_p
 from .._reference import bump_sum_reference, support_halfwidths
 from ._torch_engine import bump_sum_torch
 
@@ -64,11 +65,7 @@ def _check_args(x, c, w, m, support_p) -> None:
             raise TypeError(f"{name} must have dtype {c.dtype} like c, but got {t.dtype}")
         if t.device != c.device:
             raise ValueError(f"{name} must be on device {c.device} like c, but got {t.device}")
-    if support_p is not None:
-        if isinstance(support_p, bool) or not isinstance(support_p, (int, float)):
-            raise TypeError(f"support_p must be a float or None, but got {type(support_p).__name__}")
-        if not 0.0 < float(support_p) < 1.0:
-            raise ValueError(f"support_p must be in (0, 1), but got {support_p}")
+    check_support_p(support_p, allow_none=True)
 
 
 def resolve_backend(backend: str, x: torch.Tensor, K: int) -> str:
@@ -129,6 +126,11 @@ def bump_sum(
     """
     _check_backend(backend)
     _check_args(x, c, w, m, support_p)
+    return evaluate_checked(x, c, w, m, support_p, backend)
+
+
+def evaluate_checked(x, c, w, m, support_p, backend: str) -> torch.Tensor:
+    """``bump_sum`` without the argument checks, for callers that validated already (the modules)."""
     engine = resolve_backend(backend, x, c.shape[1])
     if engine == "reference":
         return bump_sum_reference(x, c, w, m, support_p)
