@@ -52,8 +52,11 @@ def check_shape(t: torch.Tensor, expected: tuple[int, ...], name: str, layout: s
 
 
 def check_widths(w: torch.Tensor, name: str = "w") -> None:
-    if w.numel() and float(w.min()) <= 0:
-        raise ValueError(f"{name} must be > 0, but got min={float(w.min())}")
+    """Initial widths may be negative (only w**2 and |w| matter) but not 0: a bump
+    with a zero width is 0 everywhere, which no one asks for on purpose."""
+    zeros = int((w == 0).sum())
+    if zeros:
+        raise ValueError(f"{name} must be nonzero, but got {zeros} zero entr{'y' if zeros == 1 else 'ies'}")
 
 
 def check_support_p(support_p: Any, name: str = "support_p", allow_none: bool = False) -> float | None:

@@ -1,39 +1,25 @@
-"""Plain PyTorch reference for bump sums: dense broadcast, any dtype, autograd.
+"""Plain PyTorch reference for bump sums: dense broadcast, any dtype, plain autograd.
 
-This is the oracle every fast engine is tested against. It materialises an
+This is the oracle every engine is tested against. It materialises an
 (n_smps, d, K) tensor, so it is for tests and small problems only.
 
-    y[i] = sum_k m[k] * exp(-sum_j ((x[i, j] - c[j, k]) / w[j, k]) ** 2)
+    y[i, p] = sum_k m[k, p] * exp(-sum_j ((x[i, j] - c[j, k]) / w[j, k]) ** 2)
 
 With ``support_p`` set, bump k counts at point i only when, in every dimension j,
-``|x[i, j] - c[j, k]| < support_halfwidths(w, support_p)[j, k]``.
+``|x[i, j] - c[j, k]| < support_halfwidths(w, support_p)[j, k]``. A bump with a
+zero width counts nowhere (see ``wandering._geometry``).
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-
-def support_scale(support_p: float) -> float:
-    """k such that exp(-k**2) == support_p: a bump has fallen to support_p of its peak at c +- k*w."""
-    return math.sqrt(-math.log(support_p))
+from ._geometry import support_halfwidths, support_mask
 
 
-def support_halfwidths(w: torch.Tensor, support_p: float) -> torch.Tensor:
-    """Half-widths of the support boxes, k * |w|, in w's dtype.
-
-    Every engine computes the support test from this one tensor, so all agree
-    exactly on which (point, bump) pairs are inside.
-    """
-    return support_scale(support_p) * w.detach().abs()
-
-
-def support_mask_reference(x: torch.Tensor, c: torch.Tensor, w: torch.Tensor, support_p: float) -> torch.Tensor:
+def support_mask_reference(x: torch.Tensor, c: torch.Tensor, w: torch.Tensor, support_p: float | None) -> torch.Tensor:
     """Boolean (n_smps, K): True where point i lies inside bump k's support box."""
-    half = support_halfwidths(w, support_p)
-    return ((x.detach()[:, :, None] - c.detach()[None]).abs() < half[None]).all(dim=1)
+    return support_mask(x, c, support_halfwidths(w, support_p))
 
 
 def bump_sum_reference(
@@ -43,27 +29,26 @@ def bump_sum_reference(
     m: torch.Tensor,
     support_p: float | None = None,
 ) -> torch.Tensor:
-    """Sum of Gaussian bumps by dense broadcasting.
+    """Sum of Gaussian bumps by dense broadcasting, differentiable to any order.
 
     Args:
         x: Points, shape (n_smps, d).
         c: Centres, shape (d, K), one column per bump.
         w: Widths, shape (d, K).
-        m: Magnitudes, shape (K,).
+        m: Magnitudes, shape (K,) or (K, P) for P functions sharing c and w.
         support_p: If given, a bump contributes exactly 0 outside its support box.
 
     Returns:
-        y of shape (n_smps,).
+        y of shape (n_smps,) for m of shape (K,), else (n_smps, P).
 
-    Pairs whose value underflows to 0 (or lie outside the support) are masked
-    before dividing by w, so a tiny width never puts NaN in any gradient.
+    Pairs whose value underflows to 0, or that lie outside the support, are
+    masked before dividing by w, so no gradient of any order is NaN.
     """
     diff = x[:, :, None] - c[None]  # (n, d, K)
     with torch.no_grad():
-        s_probe = ((diff / w[None]) ** 2).sum(dim=1)  # (n, K)
-        live = torch.exp(-s_probe) > 0
-        if support_p is not None:
-            live &= support_mask_reference(x, c, w, support_p)
+        live = support_mask(x, c, support_halfwidths(w, support_p))
+        w_probe = torch.where(w == 0, torch.ones_like(w), w)
+        live &= torch.exp(-((diff / w_probe[None]) ** 2).sum(dim=1)) > 0
     w_safe = torch.where(live[:, None, :], w[None], torch.ones_like(w)[None])
     z = diff / w_safe
     e = torch.exp(-(z * z).sum(dim=1))

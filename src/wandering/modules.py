@@ -14,8 +14,8 @@ from typing import Any
 import torch
 
 from . import _checks, _noise
-from ._engine import evaluate_checked
-from ._reference import support_halfwidths
+from ._engine import check_backend, check_magnitudes, evaluate_checked
+from ._geometry import support_halfwidths, support_mask
 
 __all__ = ["WanderingModule", "BumpFcn", "SumOfBumpFcns", "SlowSumOfBumpFcns"]
 
@@ -71,18 +71,62 @@ class _BumpModule(WanderingModule):
         self.register_buffer(
             "w_bounds", _checks.check_bounds(w_bounds, "w_bounds", d, self._bounds_dim, c.dtype, c.device)
         )
-        if self.w_bounds is not None:
-            lower_w = self.w_bounds.select(self._bounds_dim, 0)
-            if bool((lower_w <= 0).any()):
-                raise ValueError(f"w_bounds lower bounds must be > 0, but got min={float(lower_w.min())}")
-        self.c_grad_std = _checks.check_nonneg(c_grad_std, "c_grad_std")
-        self.w_grad_std = _checks.check_nonneg(w_grad_std, "w_grad_std")
-        self.m_grad_gain = _checks.check_nonneg(m_grad_gain, "m_grad_gain")
+        # Any lower <= upper is accepted, as in the seed: wide symmetric bounds such as
+        # [-1e6, 1e6] mean "unbounded", and a width that crosses 0 is well defined (see _geometry).
+        self.c_grad_std = c_grad_std
+        self.w_grad_std = w_grad_std
+        self.m_grad_gain = m_grad_gain
         self.support_p = support_p
         # Counter-based noise state (see _noise): travels with state_dict and DDP buffer sync.
         self.register_buffer("noise_seed", torch.tensor(_noise.draw_seed(), dtype=torch.int64, device=c.device))
         self.register_buffer("noise_step", torch.tensor(0, dtype=torch.int64, device=c.device))
         self.register_buffer("param_noise_step", torch.tensor(0, dtype=torch.int64, device=c.device))
+
+    # -- settings, validated whenever they are set ---------------------------
+    @property
+    def c_grad_std(self) -> float:
+        """Std of the noise :meth:`pert_grads` adds to c's gradient (>= 0)."""
+        return self._c_grad_std
+
+    @c_grad_std.setter
+    def c_grad_std(self, value: float) -> None:
+        self._c_grad_std = _checks.check_nonneg(value, "c_grad_std")
+
+    @property
+    def w_grad_std(self) -> float:
+        """Std of the noise :meth:`pert_grads` adds to w's gradient (>= 0)."""
+        return self._w_grad_std
+
+    @w_grad_std.setter
+    def w_grad_std(self, value: float) -> None:
+        self._w_grad_std = _checks.check_nonneg(value, "w_grad_std")
+
+    @property
+    def m_grad_gain(self) -> float:
+        """:meth:`pert_grads` subtracts ``m_grad_gain * m`` from m's gradient (>= 0)."""
+        return self._m_grad_gain
+
+    @m_grad_gain.setter
+    def m_grad_gain(self, value: float) -> None:
+        self._m_grad_gain = _checks.check_nonneg(value, "m_grad_gain")
+
+    @property
+    def support_p(self) -> float | None:
+        """Support cut-off in (0, 1); None evaluates every bump at every point."""
+        return self._support_p
+
+    @support_p.setter
+    def support_p(self, value: float | None) -> None:
+        self._support_p = _checks.check_support_p(value, allow_none=True)
+
+    @property
+    def backend(self) -> str:
+        """Engine name (see ``wandering.BACKENDS``); checked when set, not at the first forward."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        self._backend = check_backend(value)
 
     # -- shape facts -------------------------------------------------------
     @property
@@ -92,6 +136,11 @@ class _BumpModule(WanderingModule):
     @property
     def n_bumps(self) -> int:
         return 1 if self.c.dim() == 1 else int(self.c.shape[1])
+
+    @property
+    def n_outputs(self) -> int | None:
+        """P for multi-output magnitudes, None for a single output."""
+        return self._n_outputs
 
     def _bound_pair(self, bounds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self._bounds_dim == 0:  # (2, d): rows are lower, upper; params are (d,)
@@ -113,25 +162,26 @@ class _BumpModule(WanderingModule):
         Adds independent N(0, c_grad_std**2) noise to every entry of c's gradient and
         N(0, w_grad_std**2) to w's, and subtracts ``m_grad_gain * m`` from m's gradient.
         A missing gradient counts as zero, so a bump no point touches still wanders.
-        With all settings 0, gradients are left exactly as they were.
+        With all settings 0, gradients are left exactly as they were. Parameters
+        frozen with ``requires_grad_(False)`` are left alone (their draws are still
+        consumed, so freezing one parameter does not change the others' noise).
 
         The noise is a function of ``(noise_seed, noise_step)`` only, and each call
         advances ``noise_step``: runs reproduce from ``torch.manual_seed`` before
         construction, resume exactly from ``state_dict``, and agree across DDP ranks.
         """
-        c_std = _checks.check_nonneg(self.c_grad_std, "c_grad_std")
-        w_std = _checks.check_nonneg(self.w_grad_std, "w_grad_std")
-        m_gain = _checks.check_nonneg(self.m_grad_gain, "m_grad_gain")
+        c_std, w_std, m_gain = self.c_grad_std, self.w_grad_std, self.m_grad_gain
         seed, step = int(self.noise_seed), int(self.noise_step)
         with torch.no_grad():
             for param, std, stream in (
                 (self.c, c_std, _noise.STREAM_C_GRAD),
                 (self.w, w_std, _noise.STREAM_W_GRAD),
             ):
-                if std > 0:
+                # A frozen parameter (requires_grad False) gets no noise: freezing must hold.
+                if std > 0 and param.requires_grad:
                     noise = _noise.keyed_normal(param.shape, seed, step, stream, param.dtype, param.device)
                     _add_to_grad(param, noise.mul_(std))
-            if m_gain > 0:
+            if m_gain > 0 and self.m.requires_grad:
                 _add_to_grad(self.m, self.m.detach() * (-m_gain))
             self.noise_step.add_(1)
 
@@ -153,7 +203,7 @@ class _BumpModule(WanderingModule):
         seed, step = int(self.noise_seed), int(self.param_noise_step)
         with torch.no_grad():
             for param, std, stream in stds:
-                if std > 0:
+                if std > 0 and param.requires_grad:
                     noise = _noise.keyed_normal(param.shape, seed, step, stream, param.dtype, param.device)
                     param.add_(noise, alpha=std)
             self.param_noise_step.add_(1)
@@ -166,7 +216,9 @@ class _BumpModule(WanderingModule):
             return "[" + ", ".join(f"({lo:.4g}, {hi:.4g})" for lo, hi in zip(lower.tolist(), upper.tolist())) + "]"
 
         return (
-            f"d={self.n_dims}, n_bumps={self.n_bumps}, support_p={self.support_p}, "
+            f"d={self.n_dims}, n_bumps={self.n_bumps}"
+            + ("" if self.n_outputs is None else f", n_outputs={self.n_outputs}")
+            + f", support_p={self.support_p}, backend={self.backend!r}, "
             f"c_bounds={fmt_bounds(self.c_bounds)}, w_bounds={fmt_bounds(self.w_bounds)}, "
             f"c_grad_std={self.c_grad_std}, w_grad_std={self.w_grad_std}, m_grad_gain={self.m_grad_gain}"
         )
@@ -182,15 +234,14 @@ def _add_to_grad(param: torch.nn.Parameter, delta: torch.Tensor) -> None:
 def _stacked_params(
     c: Any, w: Any, m: Any, device: Any, dtype: torch.dtype | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Validate and copy (d, K) centres/widths and (K,) magnitudes for the sums."""
+    """Validate and copy (d, K) centres/widths and (K,) or (K, P) magnitudes for the sums."""
     c_t = _checks.as_float_tensor(c, "c", dtype=dtype, device=device)
     if c_t.dim() != 2:
         raise ValueError(f"c must have shape (d, K), one column per bump, but got {tuple(c_t.shape)}")
     w_t = _checks.as_float_tensor(w, "w", dtype=c_t.dtype, device=c_t.device)
     _checks.check_shape(w_t, tuple(c_t.shape), "w", "(d, K) like c")
     m_t = _checks.as_float_tensor(m, "m", dtype=c_t.dtype, device=c_t.device)
-    if m_t.dim() != 1 or m_t.shape[0] != c_t.shape[1]:
-        raise ValueError(f"m must have shape (K,) = ({c_t.shape[1]},), but got {tuple(m_t.shape)}")
+    check_magnitudes(m_t, c_t.shape[1])
     if c_t.shape[0] < 1:
         raise ValueError(f"c must have at least one dimension (row), but got shape {tuple(c_t.shape)}")
     for t, name in ((c_t, "c"), (w_t, "w"), (m_t, "m")):
@@ -247,6 +298,7 @@ class BumpFcn(_BumpModule):
         m_grad_gain: float = 0.0,
         support_p: float = 0.01,
         *,
+        backend: str = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -256,13 +308,19 @@ class BumpFcn(_BumpModule):
             raise ValueError(f"c must have shape (d,), but got {tuple(c_t.shape)}")
         w_t = _checks.as_float_tensor(w, "w", dtype=c_t.dtype, device=c_t.device)
         _checks.check_shape(w_t, tuple(c_t.shape), "w", "(d,) like c")
-        m_t = _checks.as_float_tensor(m, "m", dtype=c_t.dtype, device=c_t.device).reshape(-1)
-        if m_t.numel() != 1:
-            raise ValueError(f"m must be a single number, but got shape {tuple(m_t.shape)}")
+        m_t = _checks.as_float_tensor(m, "m", dtype=c_t.dtype, device=c_t.device)
+        if m_t.dim() > 1:
+            raise ValueError(f"m must be a number or a 1-D tensor of P magnitudes, but got shape {tuple(m_t.shape)}")
+        # A number (or one-element tensor) is the seed's single output; P > 1 entries give P outputs.
+        self._n_outputs = int(m_t.numel()) if m_t.numel() > 1 else None
+        m_t = m_t.reshape(-1)
+        if m_t.numel() == 0:
+            raise ValueError("m must hold at least one magnitude, but got an empty tensor")
         for t, name in ((c_t, "c"), (w_t, "w"), (m_t, "m")):
             _checks.check_finite(t, name)
         _checks.check_widths(w_t, "w")
         support_p = _checks.check_support_p(support_p)
+        self.backend = backend
         self._init_common(c_t, w_t, m_t, c_bounds, w_bounds, c_grad_std, w_grad_std, m_grad_gain, support_p)
 
     def forward(self, x: torch.Tensor, small_output: bool = False):
@@ -275,14 +333,13 @@ class BumpFcn(_BumpModule):
                 support box and the bump's values there (shape (n_in,)).
         """
         x = _checks.check_input(x, self.n_dims, self.c.dtype, self.c.device)
-        half = support_halfwidths(self.w, self.support_p)
-        inside = ((x.detach() - self.c.detach()).abs() < half).all(dim=1)
-        idx = inside.nonzero().squeeze(1)
-        z = (x[idx] - self.c) / self.w
-        values = self.m * torch.exp(-(z * z).sum(dim=1))
+        m = self.m if self._n_outputs is None else self.m[None, :]  # (1,) or (1, P)
+        y = evaluate_checked(x, self.c[:, None], self.w[:, None], m, self.support_p, self.backend)
         if small_output:
-            return idx, values
-        return torch.zeros(x.shape[0], dtype=values.dtype, device=values.device).index_add(0, idx, values)
+            half = support_halfwidths(self.w[:, None], self.support_p)
+            idx = support_mask(x, self.c[:, None], half)[:, 0].nonzero().squeeze(1)
+            return idx, y[idx]
+        return y
 
 
 class _SumModule(_BumpModule):
@@ -294,9 +351,8 @@ class _SumModule(_BumpModule):
         self, c, w, m, c_bounds, w_bounds, c_grad_std, w_grad_std, m_grad_gain, support_p, backend, device, dtype
     ) -> None:
         c_t, w_t, m_t = _stacked_params(c, w, m, device, dtype)
+        self._n_outputs = None if m_t.dim() == 1 else int(m_t.shape[1])
         self._init_common(c_t, w_t, m_t, c_bounds, w_bounds, c_grad_std, w_grad_std, m_grad_gain, support_p)
-        if not isinstance(backend, str):
-            raise TypeError(f"backend must be a str, but got {type(backend).__name__}")
         self.backend = backend
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

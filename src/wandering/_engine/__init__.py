@@ -1,48 +1,47 @@
 """Evaluation engines for bump sums.
 
-``bump_sum`` is the one entry point the modules call. Engines:
+Data flows one way: modules -> :func:`bump_sum` (checks, engine choice) -> the
+``wandering::bump_sum`` op (``_op``: autograd, torch.compile) -> an engine from
+the registry (``_registry``, where the engine contract is written down).
 
-- ``"reference"``: the dense broadcast oracle (plain autograd, O(n*d*K) memory).
-- ``"torch"``: pure-PyTorch, chunked over points, recomputing in backward (any device).
-- ``"numba"``: compiled multi-threaded CPU kernels; fused dense sum, or grid culling
-  when ``support_p`` is given.
-- ``"auto"``: reference for tiny problems, numba on CPU, torch elsewhere. The
-  environment variable ``WANDERING_BACKEND`` replaces ``"auto"`` by a named engine.
+Engines: ``"reference"`` (one dense broadcast; tiny problems), ``"torch"``
+(chunked pure PyTorch; any device), ``"numba"`` (compiled CPU kernels; fused
+dense sum or grid-culled sum). ``"auto"`` picks the reference for tiny problems,
+else the available engine of highest priority that supports the device and
+dtype. The environment variable ``WANDERING_BACKEND`` replaces ``"auto"`` by a
+named engine; an explicit ``backend=`` wins over it.
 """
 
 from __future__ import annotations
 
 import os
-import warnings
 
 import torch
 
 from .._checks import check_support_p
-from .._reference import bump_sum_reference, support_halfwidths
-from ._torch_engine import bump_sum_torch
+from .._geometry import support_halfwidths
+from . import _op
+from ._registry import AUTO, BACKENDS, ENGINES, ENV_VAR, SMALL_WORK, Engine
 
-BACKENDS = ("auto", "reference", "torch", "numba")
-ENV_VAR = "WANDERING_BACKEND"
-# Below this many n*d*K the plain broadcast beats the engines' ~0.25 ms fixed cost (measured:
-# equal near 4e3-8e3 on 2 cores, fwd+bwd, d=3).
-SMALL_WORK = 1 << 13
-
-try:
-    from . import _numba_engine
-except Exception as exc:  # noqa: BLE001 -- any import/compile failure means "no numba"
-    _numba_engine = None
-    _NUMBA_ERROR: Exception | None = exc
-else:
-    _NUMBA_ERROR = None
-_warned_no_numba = False
+__all__ = ["bump_sum", "resolve_backend", "check_backend", "BACKENDS", "ENGINES", "ENV_VAR", "SMALL_WORK", "Engine"]
 
 
-def _check_backend(backend: object, name: str = "backend") -> str:
+_BY_PRIORITY = sorted(ENGINES.values(), key=lambda e: -e.priority)
+
+
+def check_backend(backend: object, name: str = "backend") -> str:
     if not isinstance(backend, str):
         raise TypeError(f"{name} must be a str, but got {type(backend).__name__}")
     if backend not in BACKENDS:
         raise ValueError(f"{name} must be one of {list(BACKENDS)}, but got {backend!r}")
     return backend
+
+
+def check_magnitudes(m: torch.Tensor, K: int, name: str = "m") -> None:
+    if m.dim() not in (1, 2) or m.shape[0] != K:
+        raise ValueError(
+            f"{name} must have shape (K,) or (K, P) with K = {K} (one row per bump), but got {tuple(m.shape)}"
+        )
 
 
 def _check_args(x, c, w, m, support_p) -> None:
@@ -58,8 +57,7 @@ def _check_args(x, c, w, m, support_p) -> None:
         raise ValueError(f"x must have shape (n_smps, {d}), but got {tuple(x.shape)}")
     if tuple(w.shape) != (d, K):
         raise ValueError(f"w must have shape ({d}, {K}) like c, but got {tuple(w.shape)}")
-    if tuple(m.shape) != (K,):
-        raise ValueError(f"m must have shape ({K},), but got {tuple(m.shape)}")
+    check_magnitudes(m, K)
     for name, t in (("x", x), ("w", w), ("m", m)):
         if t.dtype != c.dtype:
             raise TypeError(f"{name} must have dtype {c.dtype} like c, but got {t.dtype}")
@@ -69,35 +67,28 @@ def _check_args(x, c, w, m, support_p) -> None:
 
 
 def resolve_backend(backend: str, x: torch.Tensor, K: int) -> str:
-    """The engine ``bump_sum`` will run for this backend name and problem."""
-    global _warned_no_numba
-    _check_backend(backend)
-    if backend == "auto":
+    """The engine :func:`bump_sum` runs for this backend name and problem."""
+    check_backend(backend)
+    if backend == AUTO:
         env = os.environ.get(ENV_VAR, "").strip()
         if env:
-            backend = _check_backend(env, f"environment variable {ENV_VAR}")
-    if backend == "numba":
-        if _numba_engine is None:
-            raise RuntimeError(f"backend 'numba' is unavailable: numba failed to import ({_NUMBA_ERROR!r})")
-        if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
-            raise ValueError(f"backend 'numba' needs float32/float64 CPU tensors, but got {x.dtype} on {x.device}")
-        return "numba"
-    if backend != "auto":
+            backend = check_backend(env, f"environment variable {ENV_VAR}")
+    if backend != AUTO:
+        engine = ENGINES[backend]
+        if not engine.available:
+            raise RuntimeError(f"backend {backend!r} is unavailable here: {engine.unavailable}")
+        if not engine.supports(x.device, x.dtype):
+            raise ValueError(
+                f"backend {backend!r} needs {'/'.join(sorted(str(t).removeprefix('torch.') for t in engine.dtypes))} "
+                f"tensors on {'/'.join(sorted(engine.devices))}, but got {x.dtype} on {x.device}"
+            )
         return backend
-    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
-        return "torch"
     if x.shape[0] * x.shape[1] * K <= SMALL_WORK:
         return "reference"
-    if _numba_engine is None:
-        if not _warned_no_numba:
-            warnings.warn(
-                f"numba is unavailable ({_NUMBA_ERROR!r}); bump sums fall back to the slower torch engine",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-            _warned_no_numba = True
-        return "torch"
-    return "numba"
+    for engine in _BY_PRIORITY:
+        if engine.available and engine.supports(x.device, x.dtype):
+            return engine.name
+    raise ValueError(f"no engine runs {x.dtype} tensors on {x.device}")
 
 
 def bump_sum(
@@ -108,33 +99,39 @@ def bump_sum(
     support_p: float | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """Sum of Gaussian bumps; see :func:`wandering._reference.bump_sum_reference` for the maths.
+    """Sum of Gaussian bumps; see :func:`wandering.bump_sum_reference` for the maths.
+
+    Differentiable in x, c, w and m, to any order (second derivatives are exact on
+    every engine), and traceable by ``torch.compile(fullgraph=True)``.
 
     Args:
-        x: Points, shape (n_smps, d).
+        x: Points, shape (n_smps, d), finite.
         c: Centres, shape (d, K).
-        w: Widths, shape (d, K).
-        m: Magnitudes, shape (K,).
+        w: Widths, shape (d, K); only w**2 and |w| matter, and a bump with a zero width is 0.
+        m: Magnitudes, shape (K,), or (K, P) for P functions sharing the bumps' geometry.
         support_p: None for the exact sum, else the support cut-off in (0, 1).
         backend: One of ``BACKENDS``.
 
     Returns:
-        y of shape (n_smps,).
+        y of shape (n_smps,) for m of shape (K,), else (n_smps, P).
 
     Raises:
-        TypeError, ValueError: bad arguments or an unknown backend name.
+        TypeError, ValueError: bad arguments, an unknown backend name, or non-finite values.
+
+    Example:
+        >>> y = bump_sum(torch.rand(100, 2), torch.rand(2, 8), torch.full((2, 8), 0.3), torch.ones(8, 3))
+        >>> y.shape
+        torch.Size([100, 3])
     """
-    _check_backend(backend)
+    check_backend(backend)
     _check_args(x, c, w, m, support_p)
     return evaluate_checked(x, c, w, m, support_p, backend)
 
 
 def evaluate_checked(x, c, w, m, support_p, backend: str) -> torch.Tensor:
-    """``bump_sum`` without the argument checks, for callers that validated already (the modules)."""
+    """:func:`bump_sum` without the argument checks, for callers that validated already (the modules)."""
     engine = resolve_backend(backend, x, c.shape[1])
-    if engine == "reference":
-        return bump_sum_reference(x, c, w, m, support_p)
-    half = None if support_p is None else support_halfwidths(w, float(support_p))
-    if engine == "torch":
-        return bump_sum_torch(x, c, w, m, half)
-    return _numba_engine.bump_sum_numba(x, c, w, m, half)
+    half = support_halfwidths(w, support_p)
+    m2 = m[:, None] if m.dim() == 1 else m
+    y = _op.bump_sum_op(x, c, w, m2, half, engine, support_p is not None)
+    return y[:, 0] if m.dim() == 1 else y

@@ -143,7 +143,7 @@ def make_plan(x: torch.Tensor, c: torch.Tensor, half: torch.Tensor) -> _Plan | N
 
 def culled_pair_count(x: torch.Tensor, c: torch.Tensor, w: torch.Tensor, support_p: float) -> int | None:
     """In-support pairs the culled engine visits, or None when it would run dense."""
-    from .._reference import support_halfwidths
+    from .._geometry import support_halfwidths
 
     half = support_halfwidths(w, support_p)
     plan = make_plan(x, c, half)
@@ -226,3 +226,28 @@ def bump_sum_numba(x, c, w, m, half, cull: bool = True):
     if half is not None and cull and x.shape[0] > 0 and m.shape[0] > 0:
         plan = make_plan(x, c, half)
     return _NumbaBumpSum.apply(x, c, w, m, half, plan)
+
+
+# ---- TEMPORARY shim to the new engine contract (replaced by the multi-output rewrite) ----
+def forward(x, c, w, m, half, cull):
+    h = half if cull else None
+    cols = [bump_sum_numba(x, c, w, m[:, p].contiguous(), h) for p in range(m.shape[1])]
+    return torch.stack(cols, dim=1) if cols else x.new_zeros((x.shape[0], 0))
+
+
+def backward(gy, x, c, w, m, half, cull, need_x):
+    h = half if cull else None
+    gx = torch.zeros_like(x) if need_x else None
+    gc, gw, gm = torch.zeros_like(c), torch.zeros_like(w), torch.zeros_like(m)
+    for p in range(m.shape[1]):
+        xx = x.detach().requires_grad_(need_x)
+        cc, ww, mm = (t.detach().requires_grad_() for t in (c, w, m[:, p].contiguous()))
+        with torch.enable_grad():
+            y = bump_sum_numba(xx, cc, ww, mm, h)
+        ins = [t for t in (xx, cc, ww, mm) if t.requires_grad]
+        gs = torch.autograd.grad(y, ins, gy[:, p].contiguous(), allow_unused=True)
+        if need_x:
+            gx += gs[0]
+            gs = gs[1:]
+        gc += gs[0]; gw += gs[1]; gm[:, p] = gs[2]
+    return gx, gc, gw, gm

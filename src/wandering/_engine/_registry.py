@@ -36,7 +36,7 @@ entry here plus its own file.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -50,69 +50,57 @@ SMALL_WORK = 1 << 13
 
 @dataclass(frozen=True)
 class Engine:
-    """One engine: where it runs and how to load it.
+    """One engine: what it runs on and its two functions.
 
     Attributes:
         name: The backend name users pass.
-        module: Module (relative to this package) holding ``forward`` and ``backward``.
         devices: Device types it runs on.
         dtypes: Dtypes it runs.
         culls: Whether it skips pairs outside support boxes (else it tests every pair).
         priority: Higher wins under ``"auto"``.
-        requires: Top-level package the engine needs (None: only torch).
+        forward, backward: The contract's functions (None when unavailable).
+        unavailable: Why the engine cannot run here, or None when it can.
     """
 
     name: str
-    module: str
-    devices: frozenset[str]
-    dtypes: frozenset[torch.dtype]
+    devices: frozenset
+    dtypes: frozenset
     culls: bool
     priority: int
-    requires: str | None = None
-    _loaded: dict = field(default_factory=dict, compare=False, repr=False)
+    forward: Callable | None
+    backward: Callable | None
+    unavailable: str | None = None
 
-    def load(self):
-        """The engine's module; raises ImportError when its requirement is missing."""
-        if "mod" not in self._loaded:
-            self._loaded["mod"] = importlib.import_module(self.module, __package__)
-        return self._loaded["mod"]
-
+    @property
     def available(self) -> bool:
-        try:
-            self.load()
-        except ImportError:
-            return False
-        return True
+        return self.unavailable is None
 
     def supports(self, device: torch.device, dtype: torch.dtype) -> bool:
         return device.type in self.devices and dtype in self.dtypes
 
-    @property
-    def forward(self) -> Callable:
-        return self.load().forward
 
-    @property
-    def backward(self) -> Callable:
-        return self.load().backward
+def _engine(name, module, devices, dtypes, culls, priority, optional=False) -> Engine:
+    """Imports the engine's module. A required engine that fails to import fails loudly;
+    an optional one is listed as unavailable, with the reason."""
+    try:
+        mod = importlib.import_module(module, __package__)
+    except ImportError as exc:
+        if not optional:
+            raise ImportError(f"wandering's {name!r} engine failed to import: {exc}") from exc
+        return Engine(name, frozenset(devices), frozenset(dtypes), culls, priority, None, None, repr(exc))
+    return Engine(name, frozenset(devices), frozenset(dtypes), culls, priority, mod.forward, mod.backward)
 
 
-_ANY_DEVICE = frozenset({"cpu", "cuda", "mps", "xpu", "meta"})
-_FLOATS = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
+_ANY_DEVICE = ("cpu", "cuda", "mps", "xpu", "meta")
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
+# Numba is a required dependency: the CPU engine the library is built around.
 ENGINES: dict[str, Engine] = {
     e.name: e
     for e in (
-        Engine("reference", "._reference_engine", _ANY_DEVICE, _FLOATS, culls=False, priority=0),
-        Engine("torch", "._torch_engine", _ANY_DEVICE, _FLOATS, culls=False, priority=10),
-        Engine(
-            "numba",
-            "._numba_engine",
-            frozenset({"cpu"}),
-            frozenset({torch.float32, torch.float64}),
-            culls=True,
-            priority=20,
-            requires="numba",
-        ),
+        _engine("reference", "._reference_engine", _ANY_DEVICE, _FLOATS, culls=False, priority=0),
+        _engine("torch", "._torch_engine", _ANY_DEVICE, _FLOATS, culls=False, priority=10),
+        _engine("numba", "._numba_engine", ("cpu",), (torch.float32, torch.float64), culls=True, priority=20),
     )
 }
 

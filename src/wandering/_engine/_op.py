@@ -1,0 +1,133 @@
+"""Bump sums as ``torch.library`` custom ops, so autograd and ``torch.compile`` understand them.
+
+``wandering::bump_sum(x, c, w, m, half, engine, cull) -> y`` runs an engine's
+forward; ``wandering::bump_sum_backward`` runs its first-order backward. Both
+have fake (meta) implementations, so ``torch.compile(fullgraph=True)`` traces
+through them without a graph break, and ``torch.library.opcheck`` tests them.
+
+Second derivatives. An engine's backward kernel is not itself differentiable.
+When autograd asks for a differentiable backward (``create_graph=True``: a
+Hessian-vector product, a gradient penalty), the registered backward instead
+builds the gradients from the differentiable pair formula below, with plain
+torch ops over the pairs that count. It is exact to any order and agrees with the
+engines on which pairs count, at a memory cost of O(pairs x (d + P)): the
+in-support pairs for a culled sum, all n_smps x K pairs for an exact one.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._registry import ENGINES
+from ._torch_engine import chunk_rows
+
+
+def _check_finite(**tensors: Tensor) -> None:
+    for name, t in tensors.items():
+        finite = torch.isfinite(t)
+        if not bool(finite.all()):
+            bad = int((~finite).sum())
+            raise ValueError(
+                f"{name} must be finite, but got {bad} non-finite entr{'y' if bad == 1 else 'ies'} (NaN or +-inf); "
+                f"drop or impute those {'points' if name == 'x' else 'entries'} first"
+            )
+
+
+@torch.library.custom_op("wandering::bump_sum", mutates_args=())
+def bump_sum_op(x: Tensor, c: Tensor, w: Tensor, m: Tensor, half: Tensor, engine: str, cull: bool) -> Tensor:
+    """y (n, P) = sum over bumps of m (K, P) times the bump values; see ``_registry`` for the contract."""
+    _check_finite(x=x, c=c, w=w, m=m)
+    return ENGINES[engine].forward(x.detach(), c.detach(), w.detach(), m.detach(), half.detach(), cull)
+
+
+@bump_sum_op.register_fake
+def _(x, c, w, m, half, engine, cull):
+    return x.new_empty((x.shape[0], m.shape[1]))
+
+
+@torch.library.custom_op("wandering::bump_sum_backward", mutates_args=())
+def bump_sum_backward_op(
+    gy: Tensor, x: Tensor, c: Tensor, w: Tensor, m: Tensor, half: Tensor, engine: str, cull: bool, need_x: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(gx, gc, gw, gm) of ``sum(gy * y)``; gx has 0 rows when ``need_x`` is False."""
+    gx, gc, gw, gm = ENGINES[engine].backward(
+        gy.detach(), x.detach(), c.detach(), w.detach(), m.detach(), half.detach(), cull, need_x
+    )
+    if gx is None:
+        gx = x.new_empty((0, x.shape[1]))
+    return gx, gc, gw, gm
+
+
+@bump_sum_backward_op.register_fake
+def _(gy, x, c, w, m, half, engine, cull, need_x):
+    gx = x.new_empty(x.shape if need_x else (0, x.shape[1]))
+    return gx, c.new_empty(c.shape), w.new_empty(w.shape), m.new_empty(m.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    x, c, w, m, half, engine, cull = inputs
+    ctx.save_for_backward(x, c, w, m, half)
+    ctx.engine, ctx.cull = engine, cull
+
+
+def _backward(ctx, gy):
+    x, c, w, m, half = ctx.saved_tensors
+    need = ctx.needs_input_grad[:4]
+    if torch.is_grad_enabled():
+        # create_graph=True: gradients that are themselves differentiable.
+        grads = pair_formula_grads(gy, x, c, w, m, half)
+    else:
+        gx, gc, gw, gm = bump_sum_backward_op(gy, x, c, w, m, half, ctx.engine, ctx.cull, need[0])
+        grads = (gx if need[0] else None, gc, gw, gm)
+    grads = tuple(g if n else None for g, n in zip(grads, need))
+    return (*grads, None, None, None)
+
+
+torch.library.register_autograd("wandering::bump_sum", _backward, setup_context=_setup_context)
+
+
+def _live_pairs(x: Tensor, c: Tensor, w: Tensor, half: Tensor) -> tuple[Tensor, Tensor]:
+    """Indices (i, k) of the pairs that count: inside the box and not underflowed.
+
+    Chunked over points, so the (chunk, d, K) test never holds all pairs at once."""
+    from ._torch_engine import inverse_widths
+
+    n, d = x.shape
+    K = c.shape[1]
+    iw = inverse_widths(w.detach())
+    rows, cols = [], []
+    step = chunk_rows(d, K)
+    with torch.no_grad():
+        for i0 in range(0, n, step):
+            diff = x.detach()[i0 : i0 + step, :, None] - c.detach()[None]
+            live = (diff.abs() < half[None]).all(dim=1)
+            z = diff * iw[None]
+            live &= torch.exp(-(z * z).sum(dim=1)) > 0
+            i, k = live.nonzero(as_tuple=True)
+            rows.append(i + i0)
+            cols.append(k)
+    if not rows:
+        empty = torch.zeros(0, dtype=torch.long, device=x.device)
+        return empty, empty
+    return torch.cat(rows), torch.cat(cols)
+
+
+def pair_formula_grads(gy: Tensor, x: Tensor, c: Tensor, w: Tensor, m: Tensor, half: Tensor):
+    """Gradients of ``sum(gy * y)`` with respect to x, c, w, m, in differentiable torch ops.
+
+    With z = (x_i - c_k) / w_k and e = exp(-|z|^2) on each pair (i, k) that counts:
+    gm[k] += gy[i] e;  a = 2 e (gy[i] . m[k]) z / w_k;  gc[k] += a;  gw[k] += a z;  gx[i] -= a.
+    """
+    i, k = _live_pairs(x, c, w, half)
+    cT, wT = c.T, w.T  # (K, d)
+    z = (x[i] - cT[k]) / wT[k]  # (pairs, d); every width here is nonzero
+    e = torch.exp(-(z * z).sum(dim=1))
+    gyi = gy[i].to(x.dtype)  # (pairs, P)
+    K, P = m.shape
+    gm = m.new_zeros((K, P)).index_add(0, k, gyi * e[:, None])
+    a = (2.0 * e * (gyi * m[k]).sum(dim=1))[:, None] * z / wT[k]  # (pairs, d)
+    gc = c.new_zeros((K, c.shape[0])).index_add(0, k, a).T
+    gw = w.new_zeros((K, w.shape[0])).index_add(0, k, a * z).T
+    gx = x.new_zeros(x.shape).index_add(0, i, -a)
+    return gx, gc, gw, gm

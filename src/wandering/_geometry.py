@@ -1,0 +1,41 @@
+"""Support geometry shared by every engine, the oracle and the modules.
+
+A bump ``m * exp(-sum_j ((x_j - c_j) / w_j) ** 2)`` depends on w only through
+w**2, so a negative width is the same bump as its absolute value. Its support
+box is ``|x_j - c_j| < support_scale(support_p) * |w_j|`` in every dimension j.
+
+A width of exactly 0 makes ``(x - c) / w`` undefined; such a bump is defined to
+be 0 everywhere, with 0 gradient for every argument (the limit w -> 0 of the
+bump is 0 at every point but x_j == c_j, a set of measure zero). Its box has
+half-width 0, so no point is inside it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def support_scale(support_p: float) -> float:
+    """k such that exp(-k**2) == support_p: a bump has fallen to support_p of its peak at c +- k*w."""
+    return math.sqrt(-math.log(support_p))
+
+
+def support_halfwidths(w: torch.Tensor, support_p: float | None) -> torch.Tensor:
+    """Half-widths (d, K) of the support boxes, in w's dtype, detached.
+
+    ``k * |w|`` for a culled sum; +inf for an exact sum (``support_p`` None), except
+    0 where a width is 0. Every engine computes its support test
+    ``abs(x - c) < half`` from this one tensor, so all agree exactly on which
+    (point, bump) pairs count.
+    """
+    wd = w.detach()
+    if support_p is not None:
+        return support_scale(support_p) * wd.abs()
+    return torch.where(wd == 0, torch.zeros_like(wd), torch.full_like(wd, math.inf))
+
+
+def support_mask(x: torch.Tensor, c: torch.Tensor, half: torch.Tensor) -> torch.Tensor:
+    """Boolean (n, K): True where point i lies inside bump k's box (dense broadcast; small inputs)."""
+    return ((x.detach()[:, :, None] - c.detach()[None]).abs() < half[None]).all(dim=1)
