@@ -49,7 +49,7 @@ def per_bump_loop(x, c, w, m, support_p, bumps=None):
     """The seed's algorithm: a Python loop over bumps, each evaluated only inside its support box."""
     import torch
 
-    from wandering._reference import support_halfwidths
+    from wandering._geometry import support_halfwidths
 
     y = torch.zeros(x.shape[0], dtype=x.dtype)
     half = None if support_p is None else support_halfwidths(w, support_p)
@@ -138,7 +138,7 @@ def _worker(case: str, engine: str, repeats: int, quick: bool) -> dict:
     times = [step() for _ in range(repeats)]
     pairs = n * K
     if support_p is not None:
-        from wandering._reference import support_halfwidths
+        from wandering._geometry import support_halfwidths
 
         from wandering._engine import _numba_engine
 

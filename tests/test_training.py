@@ -23,6 +23,9 @@ from wandering.training import (  # noqa: E402
     wandering_modules,
 )
 
+# Every test here runs once per engine (see conftest.engine).
+pytestmark = pytest.mark.usefixtures("engine")
+
 
 class CountingWanderer(WanderingModule):
     """A user subclass: counts calls, no perturb_params."""

@@ -16,6 +16,7 @@ DDP rank adds the same noise without a collective, and ``state_dict`` resumes it
 
 from __future__ import annotations
 
+import weakref
 from typing import Iterator
 
 import torch
@@ -157,6 +158,10 @@ def _check_param_noise_support(mods: list[WanderingModule]) -> None:
             )
 
 
+# Which live hooks perturb each module: attaching a module twice would add its noise twice per step.
+_ATTACHED: "weakref.WeakKeyDictionary[WanderingModule, WanderingHooks]" = weakref.WeakKeyDictionary()
+
+
 class WanderingHooks:
     """Handle returned by :func:`attach`: ``remove()`` detaches both hooks (idempotent).
     Also a context manager that removes them on exit.
@@ -165,18 +170,23 @@ class WanderingHooks:
         modules: The wandering modules the hooks act on.
     """
 
-    def __init__(self, handles: list, modules: list[WanderingModule]) -> None:
+    def __init__(self, handles: list, modules: list[WanderingModule], optimizer: torch.optim.Optimizer) -> None:
         self._handles = handles
+        self._optimizer = weakref.ref(optimizer)
         self.modules = modules
 
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        for mod in self.modules:
+            if _ATTACHED.get(mod) is self:
+                del _ATTACHED[mod]
 
     @property
     def attached(self) -> bool:
-        return bool(self._handles)
+        """True while the hooks are on an optimizer that still exists."""
+        return bool(self._handles) and self._optimizer() is not None
 
     def __enter__(self) -> "WanderingHooks":
         return self
@@ -201,7 +211,10 @@ def attach(
 
     Only the wandering modules of ``model`` that have at least one parameter in
     ``optimizer`` are hooked, so a model split over several optimizers gets each
-    module perturbed once per step of its own optimizer.
+    module perturbed once per step of its own optimizer. A module is attached at
+    most once: attaching it again (to the same optimizer, or to a second optimizer
+    that holds some of its parameters) while the earlier hooks are on raises
+    ``ValueError``, since its noise would be added twice per step.
 
     Before each step (pre-hook): ``pert_grads()`` on each module, unless ``pert_grads=False``.
     After each step (post-hook): ``perturb_params(...)`` when any ``param_*_std`` > 0,
@@ -229,7 +242,7 @@ def attach(
         TypeError: ``optimizer`` is not a ``torch.optim.Optimizer``; ``model`` not a module;
             a std not a number; parameter noise asked of a module without ``perturb_params``.
         ValueError: no wandering module of ``model`` has a parameter in ``optimizer``;
-            a std negative or not finite.
+            one of them is attached already; a std negative or not finite.
 
     Example:
         >>> hooks = attach(opt, model)
@@ -259,6 +272,14 @@ def attach(
         )
     if param_noise:
         _check_param_noise_support(mods)
+    for mod in mods:
+        earlier = _ATTACHED.get(mod)
+        if earlier is not None and earlier.attached:
+            raise ValueError(
+                f"model's {type(mod).__name__} must be attached once, but it is already attached to "
+                f"{'this' if earlier._optimizer() is optimizer else 'another'} optimizer, so its noise would be "
+                f"added twice per step; call remove() on the earlier handle first"
+            )
 
     def pre_hook(opt, args, kwargs):
         for mod in mods:
@@ -274,4 +295,7 @@ def attach(
     if pert_grads:
         handles.append(optimizer.register_step_pre_hook(pre_hook))
     handles.append(optimizer.register_step_post_hook(post_hook))
-    return WanderingHooks(handles, mods)
+    hooks = WanderingHooks(handles, mods, optimizer)
+    for mod in mods:
+        _ATTACHED[mod] = hooks
+    return hooks

@@ -1,0 +1,26 @@
+"""Shared fixtures: run a test through every engine this machine has."""
+
+from __future__ import annotations
+
+import pytest
+
+from wandering._engine import ENGINES, ENV_VAR
+
+AVAILABLE_ENGINES = tuple(name for name, e in ENGINES.items() if e.available)
+
+
+@pytest.fixture(params=AVAILABLE_ENGINES)
+def engine(request, monkeypatch):
+    """Routes every ``backend="auto"`` evaluation, whatever its size, to one engine.
+
+    ``WANDERING_BACKEND`` replaces ``"auto"``, so the size threshold that sends tiny
+    problems to the reference does not apply, and subprocesses (DDP, resume) inherit it."""
+    monkeypatch.setenv(ENV_VAR, request.param)
+    return request.param
+
+
+# The engine fixture is function-scoped but constant across a test's examples.
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+settings.register_profile("wandering", suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
+settings.load_profile("wandering")
