@@ -391,3 +391,59 @@ def test_errors_name_the_argument():
     attach(torch.optim.SGD(user.parameters(), lr=0.1), user)  # gradient noise alone is fine
     with pytest.raises(ValueError, match="c_std must be >= 0 and finite, but got -1.0"):
         BumpFcn(torch.zeros(1), torch.ones(1), 1.0).perturb_params(c_std=-1.0)
+
+
+# -- misuse: loud, never silent ---------------------------------------------------------
+
+
+def test_frozen_parameters_get_no_noise_even_in_an_attached_optimizer():
+    torch.manual_seed(0)
+    model = tp.make_model()
+    x, y = tp.data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    attach(opt, model, param_c_std=0.1, param_w_std=0.1, param_m_std=0.1)
+    model.requires_grad_(False)  # frozen, but still in the optimizer
+    before = [p.detach().clone() for p in model.parameters()]
+    for _ in range(3):
+        opt.zero_grad()
+        opt.step()
+    for p, b in zip(model.parameters(), before):
+        assert p.grad is None
+        assert torch.equal(p.detach(), b)
+    model.c.requires_grad_(True)  # only c thaws: only c moves
+    opt.step()
+    assert not torch.equal(model.c.detach(), before[0])
+    assert torch.equal(model.w.detach(), before[1]) and torch.equal(model.m.detach(), before[2])
+
+
+def test_attach_twice_is_refused_and_allowed_again_after_remove():
+    torch.manual_seed(0)
+    model = tp.make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    hooks = attach(opt, model)
+    with pytest.raises(ValueError, match=r"SlowSumOfBumpFcns must be attached once, but it is already attached to this optimizer"):
+        attach(opt, model)
+    hooks.remove()
+    attach(opt, model).remove()
+
+
+def test_one_module_split_over_two_attached_optimizers_is_refused():
+    torch.manual_seed(0)
+    model = tp.make_model()
+    opt_cw = torch.optim.SGD([model.c, model.w], lr=0.1)
+    opt_m = torch.optim.Adam([model.m], lr=0.1)
+    attach(opt_cw, model)
+    with pytest.raises(ValueError, match=r"already attached to another optimizer, so its noise would be added twice per step"):
+        attach(opt_m, model)
+
+
+def test_a_dropped_optimizer_releases_its_modules():
+    import gc
+
+    torch.manual_seed(0)
+    model = tp.make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    attach(opt, model)
+    del opt
+    gc.collect()
+    attach(torch.optim.SGD(model.parameters(), lr=0.1), model)  # no error: the old hooks are gone
