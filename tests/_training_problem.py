@@ -6,6 +6,8 @@ the same points however its global generator has been used.
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from wandering import SlowSumOfBumpFcns
@@ -13,12 +15,23 @@ from wandering import SlowSumOfBumpFcns
 N_POINTS = 64
 K = 6
 D = 2
+# Number of outputs P (m of shape (K, P)); unset means m of shape (K,). An environment
+# variable so that the DDP and resume subprocesses build the same problem as the test.
+OUTPUTS_ENV = "WANDERING_TEST_OUTPUTS"
+
+
+def n_outputs() -> int | None:
+    value = os.environ.get(OUTPUTS_ENV, "")
+    return int(value) if value else None
 
 
 def data(dtype=torch.float64):
     gen = torch.Generator().manual_seed(1234)
     x = torch.rand(N_POINTS, D, generator=gen, dtype=dtype)
     y = torch.sin(3 * x[:, 0]) * torch.cos(2 * x[:, 1])
+    P = n_outputs()
+    if P is not None:
+        y = torch.stack([y * (1 + p) + 0.1 * p * x[:, 1] for p in range(P)], dim=1)
     return x, y
 
 
@@ -26,7 +39,8 @@ def make_model(dtype=torch.float64, c_grad_std=0.05, w_grad_std=0.02, m_grad_gai
     """A sum of bumps whose parameters (and noise seed) come from the global generator."""
     c = torch.rand(D, K, dtype=dtype)
     w = 0.2 + 0.2 * torch.rand(D, K, dtype=dtype)
-    m = torch.randn(K, dtype=dtype)
+    P = n_outputs()
+    m = torch.randn(K, dtype=dtype) if P is None else torch.randn(K, P, dtype=dtype)
     bounds_c = torch.tensor([[0.0, 1.0]] * D, dtype=dtype)
     bounds_w = torch.tensor([[0.05, 0.6]] * D, dtype=dtype)
     return SlowSumOfBumpFcns(c, w, m, bounds_c, bounds_w, c_grad_std, w_grad_std, m_grad_gain, 0.01)

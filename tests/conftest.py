@@ -19,6 +19,18 @@ def engine(request, monkeypatch):
     return request.param
 
 
+@pytest.fixture(params=[None, 3], ids=["m(K,)", "m(K,3)"])
+def outputs(request, monkeypatch):
+    """Runs the shared training problem (tests/_training_problem.py) with m of shape (K,) or (K, 3)."""
+    from _training_problem import OUTPUTS_ENV
+
+    if request.param is None:
+        monkeypatch.delenv(OUTPUTS_ENV, raising=False)
+    else:
+        monkeypatch.setenv(OUTPUTS_ENV, str(request.param))
+    return request.param
+
+
 # The engine fixture is function-scoped but constant across a test's examples.
 from hypothesis import HealthCheck, settings  # noqa: E402
 

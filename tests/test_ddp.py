@@ -28,7 +28,10 @@ WORLD = 2
 STEPS = 30
 TIMEOUT_S = 90
 
-pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
+pytestmark = [
+    pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo"),
+    pytest.mark.usefixtures("engine", "outputs"),  # every engine, one and several outputs
+]
 
 
 def _free_port() -> int:

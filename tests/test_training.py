@@ -307,7 +307,7 @@ def test_attach_with_param_noise_matches_manual_order():
 
 
 def test_adam_rescales_gradient_noise_but_not_parameter_noise():
-    # With no data gradient, Adam's first step moves every entry by ~lr whatever the noise std.
+    # With no data gradient, Adam's first step moves every entry by ~lr whatever the noise std...
     steps = []
     for std in (1e-4, 1e2):
         torch.manual_seed(10)
@@ -319,6 +319,17 @@ def test_adam_rescales_gradient_noise_but_not_parameter_noise():
         steps.append(float((f.c.detach() - c0).abs().mean()))
     assert steps[0] == pytest.approx(steps[1], rel=1e-3)
     assert steps[0] == pytest.approx(0.01, rel=1e-3)
+    # ...while parameter noise moves each entry by its own std, through the same Adam loop.
+    for std in (1e-4, 1e-1):
+        torch.manual_seed(10)
+        f = SlowSumOfBumpFcns(torch.zeros(1, 2000), torch.ones(1, 2000), torch.zeros(2000), None, None)
+        opt = torch.optim.Adam(f.parameters(), lr=0.01)
+        attach(opt, f, pert_grads=False, param_c_std=std)
+        c0 = f.c.detach().clone()
+        f.c.grad = torch.zeros_like(f.c)  # no data gradient
+        opt.step()
+        moved = (f.c.detach() - c0).flatten()
+        assert float(moved.std()) == pytest.approx(std, rel=0.05)  # 2000 draws: ~1.6% sampling error
 
 
 def test_parameter_noise_resumes_through_state_dict():
