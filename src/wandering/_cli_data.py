@@ -231,7 +231,8 @@ def write_predictions(path: str, table: Table, pred: np.ndarray, pred_names: str
     """Input columns as they were read, plus one prediction column per output.
 
     ``pred`` is (n,) with one name, or (n, P) with P names. A path ending in .npz
-    gets arrays ``x``, ``y_pred`` (pred's shape), ``pred_names`` and, if read, ``y``.
+    gets arrays ``x`` (the coordinates in the model's order), ``y_pred`` (pred's
+    shape), ``pred_names`` and, if the input had values, ``y``.
     """
     names = [pred_names] if isinstance(pred_names, str) else list(pred_names)
     taken = set(table.header)
