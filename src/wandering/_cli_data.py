@@ -209,7 +209,8 @@ def _read_csv(path, x_names, y_names, need_y, default_x, n_dims) -> Table:
             )
     if not x_names:
         shown = ", ".join(repr(n) for n in y_names or [])
-        raise CliError(f"{path}: no coordinate columns (only the value column{'s' if len(y_names or []) > 1 else ''} {shown})")
+        plural = "s" if len(y_names or []) > 1 else ""
+        raise CliError(f"{path}: no coordinate columns (only the value column{plural} {shown})")
     if y_names and y_names[0] in x_names:  # defaults only: chosen names were checked above
         raise CliError(f"{path}: column {y_names[0]!r} is both a coordinate and the value")
 

@@ -109,7 +109,9 @@ def plot_fit(path, table, res, predict_arrays, n_grid: int = 120, max_outputs: i
     if multi:
         r2s = [res.metrics["outputs"][name]["r2"] for name in y_names[:rows]]
         titles = [f"{name}: {bumps} bumps, held-out R$^2$ = {_r2_text(r)}" for name, r in zip(y_names, r2s)]
-        shown = f"outputs {', '.join(y_names[:rows])}" + (f" (first {rows} of {len(y_names)})" if rows < len(y_names) else "")
+        shown = f"outputs {', '.join(y_names[:rows])}"
+        if rows < len(y_names):
+            shown += f" (first {rows} of {len(y_names)})"
         suptitle = f"{bumps} shared bumps, mean held-out R$^2$ = {_r2_text(res.metrics['r2'])}; {shown}"
     else:
         titles = [f"{bumps} bumps, held-out R$^2$ = {_r2_text(res.metrics['r2'])}"]

@@ -372,9 +372,8 @@ def load_checkpoint(path: str, device: str = "cpu") -> tuple[_Fitted, dict]:
         raise CliError(f"{path}: not a wandering model checkpoint (no {FORMAT_TAG!r} format tag)")
     version = ckpt.get("version")
     if version not in (FORMAT_VERSION, FORMAT_VERSION_MULTI):
-        raise CliError(
-            f"{path}: checkpoint version {version!r} is not supported (need {FORMAT_VERSION} or {FORMAT_VERSION_MULTI})"
-        )
+        need = f"{FORMAT_VERSION} or {FORMAT_VERSION_MULTI}"
+        raise CliError(f"{path}: checkpoint version {version!r} is not supported (need {need})")
     dev = _pick_device(device)
     try:
         d, k = ckpt["d"], ckpt["n_bumps"]
@@ -386,7 +385,8 @@ def load_checkpoint(path: str, device: str = "cpu") -> tuple[_Fitted, dict]:
         m = sd["bumps.m"]
         if version == FORMAT_VERSION_MULTI:
             p = len(ckpt["y_names"])
-            if m.dim() != 2 or m.shape[1] != p or tuple(ckpt["y_mean"].shape) != (p,) or tuple(ckpt["y_std"].shape) != (p,):
+            shapes = (tuple(m.shape[1:]), tuple(ckpt["y_mean"].shape), tuple(ckpt["y_std"].shape))
+            if m.dim() != 2 or shapes != ((p,), (p,), (p,)):
                 raise ValueError("outputs do not match")
             offset = np.zeros(p)
         else:
@@ -394,7 +394,9 @@ def load_checkpoint(path: str, device: str = "cpu") -> tuple[_Fitted, dict]:
                 raise ValueError("version 1 has one output")
             output_names(ckpt)
             offset = 0.0
-        model = _build_model(d, k, sd["bumps.c"], sd["bumps.w"], m, offset, ckpt["c_bounds"], ckpt["w_bounds"], s, dev)
+        model = _build_model(
+            d, k, sd["bumps.c"], sd["bumps.w"], m, offset, ckpt["c_bounds"], ckpt["w_bounds"], s, dev
+        )
         model.load_state_dict(sd)
     except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as e:
         raise CliError(f"{path}: damaged wandering checkpoint ({type(e).__name__})") from None
