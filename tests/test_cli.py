@@ -333,3 +333,221 @@ def test_console_script_help():
         pytest.skip("console script not installed next to this interpreter")
     r = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "predict" in r.stdout
+
+
+# ------------------------------------------------------------------ several outputs
+DATA = os.path.join(os.path.dirname(__file__), "data")
+MULTI_FAST = ["--steps", "120", "--bumps", "12", "--quiet"]
+
+
+def multi_data(n, d, seed=0):
+    """Three smooth outputs of very different scales and offsets."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1, 2, size=(n, d))
+    y = np.column_stack([
+        np.sin(2 * x).sum(1) + 5,
+        10 * np.cos(1.5 * x).sum(1) - 3,
+        0.01 * (x**2).sum(1),
+    ])
+    return x, y + rng.normal(scale=0.01, size=y.shape) * y.std(0)
+
+
+def own_output(ckpt, x):
+    """The checkpoint's function rebuilt by hand from a plain module: no CLI code involved."""
+    from wandering import SlowSumOfBumpFcns
+
+    sd = ckpt["state_dict"]
+    bumps = SlowSumOfBumpFcns(sd["bumps.c"], sd["bumps.w"], sd["bumps.m"], ckpt["c_bounds"], ckpt["w_bounds"],
+                              support_p=ckpt["support_p"])
+    xu = torch.as_tensor((x - ckpt["x_lo"].numpy()) / ckpt["x_scale"].numpy(), dtype=torch.float32)
+    with torch.no_grad():
+        yu = (bumps(xu) + sd["offset"]).double().numpy()
+    return yu * np.asarray(ckpt["y_std"]) + np.asarray(ckpt["y_mean"])
+
+
+def check_multi_metrics(m, names):
+    assert m["n_outputs"] == len(names) and list(m["outputs"]) == names
+    for key in ("r2", "rmse", "train_r2", "train_rmse"):
+        per = [m["outputs"][n][key] for n in names]
+        assert m[key] == pytest.approx(np.mean(per)), key
+    for n in names:
+        assert m["outputs"][n]["r2"] > 0.8 and m["outputs"][n]["train_r2"] > 0.8, (n, m["outputs"][n])
+        assert m["outputs"][n]["rmse"] > 0
+
+
+@pytest.fixture(scope="module")
+def multi_csv_fit(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("multi")
+    x, y = multi_data(300, 2)
+    data = write_csv(tmp / "d.csv", ["a", "p", "b", "q", "r"], np.column_stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1:]]))
+    argv = ["fit", data, "--out", str(tmp / "fit"), "--x-cols", "a,b", "--y-cols", "p,q,r", *MULTI_FAST]
+    assert main(argv) == 0
+    return tmp, data, x, y
+
+
+def test_multi_output_csv_round_trip(multi_csv_fit, tmp_path, capsys):
+    tmp, data, x, y = multi_csv_fit
+    m = json.loads((tmp / "fit" / "metrics.json").read_text())
+    check_multi_metrics(m, ["p", "q", "r"])
+    assert png_size(tmp / "fit" / "fit.png") == (1600, 1500)  # one row per output
+    ckpt = torch.load(tmp / "fit" / "model.pt", weights_only=True)
+    assert ckpt["version"] == 2 and ckpt["y_names"] == ["p", "q", "r"] and "y_name" not in ckpt
+    assert tuple(ckpt["state_dict"]["bumps.m"].shape) == (12, 3)
+    assert tuple(ckpt["state_dict"]["offset"].shape) == (3,)
+
+    pred_path = tmp_path / "pred.csv"
+    assert main(["predict", str(tmp / "fit" / "model.pt"), data, "-o", str(pred_path)]) == 0
+    assert "3 outputs" in capsys.readouterr().out
+    header, vals = read_out(pred_path)
+    assert header == ["a", "p", "b", "q", "r", "p_pred", "q_pred", "r_pred"]
+    pred = vals[:, 5:]
+    np.testing.assert_allclose(pred, own_output(ckpt, x), rtol=1e-5, atol=1e-6 * np.abs(y).max())
+    # Per-output RMSE over all rows, recomputed from the written predictions, agrees with metrics.json.
+    for j, name in enumerate(["p", "q", "r"]):
+        o = m["outputs"][name]
+        expect = np.sqrt((o["rmse"] ** 2 * m["n_holdout"] + o["train_rmse"] ** 2 * m["n_train"]) / len(y))
+        np.testing.assert_allclose(np.sqrt(np.mean((pred[:, j] - y[:, j]) ** 2)), expect, rtol=1e-4)
+
+
+def test_multi_output_predict_names_and_npz_output(multi_csv_fit, tmp_path, capsys):
+    tmp, _, x, _ = multi_csv_fit
+    model = str(tmp / "fit" / "model.pt")
+    q = write_csv(tmp_path / "q.csv", ["b", "a"], x[:5, ::-1])  # coordinates only, reordered
+    assert main(["predict", model, q, "-o", str(tmp_path / "p.csv"), "--name", "u,v,w"]) == 0
+    header, vals = read_out(tmp_path / "p.csv")
+    assert header == ["b", "a", "u", "v", "w"]
+    assert main(["predict", model, q, "-o", str(tmp_path / "p.npz")]) == 0
+    with np.load(tmp_path / "p.npz") as z:
+        assert z["y_pred"].shape == (5, 3) and list(z["pred_names"]) == ["p_pred", "q_pred", "r_pred"]
+        np.testing.assert_allclose(z["y_pred"], vals[:, 2:], rtol=1e-12)
+        np.testing.assert_allclose(z["x"], x[:5])  # in the model's coordinate order
+
+
+def test_multi_output_npz_round_trip(tmp_path, capsys):
+    x, y = multi_data(300, 3, seed=1)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    out = tmp_path / "fit"
+    assert main(["fit", str(tmp_path / "d.npz"), "--out", str(out), *MULTI_FAST]) == 0
+    printed = capsys.readouterr().out
+    assert "mean over 3 outputs" in printed and "y2" in printed
+    check_multi_metrics(json.loads((out / "metrics.json").read_text()), ["y0", "y1", "y2"])
+    assert png_size(out / "fit.png") == (1600, 1500)
+    ckpt = torch.load(out / "model.pt", weights_only=True)
+    assert ckpt["y_names"] == ["y0", "y1", "y2"]
+    np.savez(tmp_path / "q.npz", x=x[:20])
+    assert main(["predict", str(out / "model.pt"), str(tmp_path / "q.npz"), "-o", str(tmp_path / "p.npz")]) == 0
+    with np.load(tmp_path / "p.npz") as z:
+        assert z["y_pred"].shape == (20, 3) and "y" not in z.files
+        np.testing.assert_allclose(z["y_pred"], own_output(ckpt, x[:20]), rtol=1e-5, atol=1e-6 * np.abs(y).max())
+    assert main(["predict", str(out / "model.pt"), str(tmp_path / "d.npz"), "-o", str(tmp_path / "p.csv")]) == 0
+    header, _ = read_out(tmp_path / "p.csv")
+    assert header == ["x0", "x1", "x2", "y0", "y1", "y2", "y0_pred", "y1_pred", "y2_pred"]
+
+
+def test_multi_output_npz_names_and_picture_cap(tmp_path, capsys):
+    """y_names in the .npz name the outputs; fit.png shows the first 4 and the command says so."""
+    rng = np.random.default_rng(2)
+    x = rng.uniform(0, 1, size=(120, 1))
+    y = np.column_stack([np.sin(3 * x[:, 0] + k) for k in range(5)])
+    names = np.array(["v", "w", "s", "t", "u"])
+    np.savez(tmp_path / "d.npz", x=x, y=y, y_names=names)
+    out = tmp_path / "fit"
+    assert main(["fit", str(tmp_path / "d.npz"), "--out", str(out), *FAST]) == 0
+    assert "first 4 of 5 outputs" in capsys.readouterr().out
+    assert png_size(out / "fit.png") == (900, 1400)
+    assert list(json.loads((out / "metrics.json").read_text())["outputs"]) == list(names)
+
+
+def test_one_value_column_is_the_single_output_fit(tmp_path, capsys):
+    """--y-cols with one name, --y-col, and .npz y of shape (n, 1) all give today's single-output fit."""
+    data = os.path.join(DATA, "single_output_v1_train.csv")
+    argv = ["--steps", "30", "--bumps", "6", "--quiet", "--no-plot"]
+    for opt in (["--y-col", "val"], ["--y-cols", "val"]):
+        out = tmp_path / opt[0]
+        assert main(["fit", data, "--out", str(out), *opt, *argv]) == 0
+        m = json.loads((out / "metrics.json").read_text())
+        assert "outputs" not in m and "n_outputs" not in m
+        new = torch.load(out / "model.pt", weights_only=True)
+        old = torch.load(os.path.join(DATA, "single_output_v1_model.pt"), weights_only=True)
+        assert list(new) == list(old) and new["version"] == 1 and new["y_name"] == "val"
+        for key, v in old.items():
+            if key == "state_dict":
+                assert list(new[key]) == list(v)
+                for k, t in v.items():
+                    torch.testing.assert_close(new[key][k], t, rtol=1e-5, atol=1e-6)
+            elif torch.is_tensor(v):
+                torch.testing.assert_close(new[key], v)
+            else:
+                assert new[key] == pytest.approx(v) and type(new[key]) is type(v), key
+    _, arr = read_out(data)
+    np.savez(tmp_path / "d.npz", x=arr[:, :2], y=arr[:, 2:])  # y of shape (n, 1)
+    assert main(["fit", str(tmp_path / "d.npz"), "--out", str(tmp_path / "npz"), *argv]) == 0
+    ckpt = torch.load(tmp_path / "npz" / "model.pt", weights_only=True)
+    assert ckpt["version"] == 1 and ckpt["y_name"] == "y" and ckpt["state_dict"]["bumps.m"].dim() == 1
+
+
+def test_old_single_output_checkpoint_still_predicts(tmp_path, capsys):
+    model = os.path.join(DATA, "single_output_v1_model.pt")
+    q = os.path.join(DATA, "single_output_v1_query.csv")
+    assert main(["predict", model, q, "-o", str(tmp_path / "p.csv")]) == 0
+    header, vals = read_out(tmp_path / "p.csv")
+    ref_header, ref = read_out(os.path.join(DATA, "single_output_v1_pred.csv"))
+    assert header == ref_header == ["c0", "c1", "val_pred"]
+    np.testing.assert_allclose(vals, ref, rtol=1e-6)
+    assert main(["predict", model, q, "-o", str(tmp_path / "p.npz")]) == 0
+    with np.load(tmp_path / "p.npz") as z:
+        assert z["y_pred"].shape == (6,)
+        np.testing.assert_allclose(z["y_pred"], ref[:, 2], rtol=1e-6)
+
+
+def test_bad_inputs_several_outputs(tmp_path, capsys, multi_csv_fit):
+    tmp, data, x, y = multi_csv_fit
+    out = str(tmp_path / "o")
+    n = len(x)
+    np.savez(tmp_path / "y3d.npz", x=x, y=y[:, :, None] * np.ones(2))
+    np.savez(tmp_path / "y0.npz", x=x, y=np.zeros((n, 0)))
+    np.savez(tmp_path / "yrows.npz", x=x, y=y[:-1])
+    np.savez(tmp_path / "ynames.npz", x=x, y=y, y_names=np.array(["u", "v"]))
+    np.savez(tmp_path / "ydup.npz", x=x, y=y, y_names=np.array(["u", "v", "u"]))
+    np.savez(tmp_path / "ynum.npz", x=x, y=y, y_names=np.arange(3))
+    dup_header = write_csv(tmp_path / "dup.csv", ["a", "p", "p"], [[1, 2, 3]] * 20)
+    cases = [
+        (["fit", data, "--out", out, "--y-cols", "p,q,p"], "--y-cols names 'p' more than once"),
+        (["fit", data, "--out", out, "--y-cols", " , "], "--y-cols must name at least one column"),
+        (["fit", data, "--out", out, "--x-cols", "a,b,a"], "--x-cols names 'a' more than once"),
+        (["fit", data, "--out", out, "--x-cols", "a,b", "--y-cols", "p,b"], "'b' is in both --x-cols and --y-cols"),
+        (["fit", data, "--out", out, "--x-cols", "a,p", "--y-cols", "p"], "'p' is both a coordinate and the value"),
+        (["fit", data, "--out", out, "--y-col", "p", "--y-cols", "q,r"], "--y-col or --y-cols, not both"),
+        (["fit", data, "--out", out, "--y-cols", "p,nope"], "no column 'nope'"),
+        (["fit", data, "--out", out, "--y-cols", "a,b,p,q,r"], "no coordinate columns"),
+        (["fit", dup_header, "--out", out, "--y-cols", "p"], "more than one column named 'p'"),
+        (["fit", str(tmp_path / "y3d.npz"), "--out", out], "must have shape (n,) or (n, P)"),
+        (["fit", str(tmp_path / "y0.npz"), "--out", out], "must have shape (n,) or (n, P)"),
+        (["fit", str(tmp_path / "yrows.npz"), "--out", out], f"'x' has {n} rows but 'y' has {n - 1}"),
+        (["fit", str(tmp_path / "ynames.npz"), "--out", out], "'y_names' must hold 3 strings"),
+        (["fit", str(tmp_path / "ydup.npz"), "--out", out], "3 different, non-empty names"),
+        (["fit", str(tmp_path / "ynum.npz"), "--out", out], "'y_names' must hold 3 strings"),
+    ]
+    for argv, pattern in cases:
+        msg = run_err(capsys, argv)
+        assert pattern in msg, (argv, msg)
+        assert msg.startswith("wandering: error:")
+    assert not os.path.exists(out) or not os.listdir(out)
+
+    model = str(tmp / "fit" / "model.pt")
+    p = str(tmp_path / "p.csv")
+    ckpt = torch.load(model, weights_only=True)
+    bad_names = dict(ckpt, y_names=["p", "q"])
+    torch.save(bad_names, tmp_path / "bad_names.pt")
+    future = dict(ckpt, version=3)
+    torch.save(future, tmp_path / "future.pt")
+    cases = [
+        (["predict", model, data, "-o", p, "--name", "u,v"], "the model has 3 outputs"),
+        (["predict", model, data, "-o", p, "--name", "u,v,u"], "the model has 3 outputs"),
+        (["predict", str(tmp_path / "bad_names.pt"), data, "-o", p], "damaged wandering checkpoint"),
+        (["predict", str(tmp_path / "future.pt"), data, "-o", p], "version 3 is not supported"),
+    ]
+    for argv, pattern in cases:
+        msg = run_err(capsys, argv)
+        assert pattern in msg, (argv, msg)
+    assert not os.path.exists(p)

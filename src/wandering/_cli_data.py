@@ -1,5 +1,7 @@
 """Reading and writing the CLI's tables: CSV with a header, or .npz with arrays ``x`` and ``y``.
 
+Values come as one column (y of shape (n,)) or several (y of shape (n, P), P > 1).
+
 Every problem a user can cause raises :class:`CliError` with one line naming it;
 ``main`` turns that into a message on stderr and exit code 2.
 """
@@ -20,23 +22,43 @@ class CliError(Exception):
 
 @dataclass
 class Table:
-    """Numeric coordinates (n, d), optional values (n,), and what to echo back on predict."""
+    """Numeric coordinates (n, d), optional values, and what to echo back on predict.
+
+    ``y`` is (n,) for one value column and (n, P) for P > 1; ``y_names`` has one name per column.
+    """
 
     x: np.ndarray
     y: np.ndarray | None
     x_names: list[str]
-    y_name: str | None
+    y_names: list[str]  # empty when there are no values
     header: list[str]  # every input column, for predict's output
     rows: list[list[str]]  # every input cell as text, same order as header
 
+    @property
+    def y_name(self) -> str | None:
+        """The single value column's name (the first one's when there are several)."""
+        return self.y_names[0] if self.y_names else None
 
-def _split_names(text: str | None) -> list[str] | None:
+
+def _split_names(text: str | None, option: str = "--x-cols") -> list[str] | None:
     if text is None:
         return None
     names = [s.strip() for s in text.split(",") if s.strip()]
     if not names:
-        raise CliError(f"--x-cols must name at least one column, but got {text!r}")
+        raise CliError(f"{option} must name at least one column, but got {text!r}")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise CliError(f"{option} names {', '.join(repr(n) for n in twice)} more than once")
     return names
+
+
+def value_names(y_col: str | None, y_cols: str | None) -> list[str] | None:
+    """The value columns asked for with ``--y-col v`` or ``--y-cols a,b,c`` (not both); None: default."""
+    if y_col is not None and y_cols is not None:
+        raise CliError("give --y-col or --y-cols, not both")
+    if y_cols is not None:
+        return _split_names(y_cols, "--y-cols")
+    return None if y_col is None else [y_col]
 
 
 def _parse_float(cell: str, path: str, row: int, col: str) -> float:
@@ -65,18 +87,22 @@ def read_table(
     need_y: bool = True,
     default_x: list[str] | None = None,
     n_dims: int | None = None,
+    y_cols: str | None = None,
 ) -> Table:
     """Reads DATA for fit (need_y) or predict (values optional).
 
-    Column rules for CSV: ``--x-cols``/``--y-col`` pick by name; otherwise the last
-    column is the value and the rest are coordinates. For predict, ``default_x``
-    (the checkpoint's coordinate names) is used when all of them are present, and
-    a table with exactly ``n_dims`` columns is all coordinates.
+    Column rules for CSV: ``--x-cols`` and ``--y-col``/``--y-cols`` pick by name;
+    otherwise the last column is the value and the rest are coordinates. For
+    predict, ``default_x`` (the checkpoint's coordinate names) is used when all of
+    them are present, and a table with exactly ``n_dims`` columns is all coordinates.
+    For .npz, y may be (n,) or (n, P); the column options do not apply.
     """
+    y_names = value_names(y_col, y_cols)  # checked before the file is read
+    x_names = _split_names(x_cols)
     _check_readable(path)
     if path.lower().endswith(".npz"):
         return _read_npz(path, need_y)
-    return _read_csv(path, _split_names(x_cols), y_col, need_y, default_x, n_dims)
+    return _read_csv(path, x_names, y_names, need_y, default_x, n_dims)
 
 
 def _read_npz(path: str, need_y: bool) -> Table:
@@ -103,18 +129,40 @@ def _read_npz(path: str, need_y: bool) -> Table:
         if not np.all(np.isfinite(a)):
             raise CliError(f"{path}: array {name!r} contains NaN or inf")
     x = x.astype(np.float64)
+    y_names: list[str] = []
     if y is not None:
-        y = np.asarray(y, dtype=np.float64).reshape(-1)
+        y = np.asarray(y, dtype=np.float64)
+        if y.ndim == 0 or y.ndim > 2 or (y.ndim == 2 and y.shape[1] < 1):
+            raise CliError(f"{path}: array 'y' must have shape (n,) or (n, P), but got {y.shape}")
         if y.shape[0] != x.shape[0]:
             raise CliError(f"{path}: 'x' has {x.shape[0]} rows but 'y' has {y.shape[0]}")
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = y[:, 0]  # one value column: the single-output fit
+        y_names = ["y"] if y.ndim == 1 else _npz_value_names(path, arrays.get("y_names"), y.shape[1])
     names = [f"x{j}" for j in range(x.shape[1])]
-    header = names + (["y"] if y is not None else [])
-    cols = [x[:, j] for j in range(x.shape[1])] + ([y] if y is not None else [])
+    y2 = None if y is None else y.reshape(len(y), -1)
+    header = names + y_names
+    cols = [x[:, j] for j in range(x.shape[1])] + ([] if y2 is None else [y2[:, p] for p in range(y2.shape[1])])
     rows = [[repr(float(v)) for v in r] for r in zip(*cols)]
-    return Table(x, y, names, "y" if y is not None else None, header, rows)
+    return Table(x, y, names, y_names, header, rows)
 
 
-def _read_csv(path, x_names, y_name, need_y, default_x, n_dims) -> Table:
+def _npz_value_names(path: str, given, p: int) -> list[str]:
+    """Names for the P value columns of an .npz: its optional array 'y_names', else y0, y1, ..."""
+    if given is None:
+        return [f"y{j}" for j in range(p)]
+    if given.dtype.kind not in "US" or given.shape != (p,):
+        raise CliError(f"{path}: array 'y_names' must hold {p} strings, one per column of 'y', but got {given.shape}")
+    names = [str(v.decode() if isinstance(v, bytes) else v).strip() for v in given.tolist()]
+    if any(not n for n in names) or len(set(names)) != p:
+        raise CliError(f"{path}: array 'y_names' must hold {p} different, non-empty names")
+    clash = [n for n in names if n.startswith("x") and n[1:].isdigit()]
+    if clash:
+        raise CliError(f"{path}: array 'y_names' uses {clash[0]!r}, a coordinate's name")
+    return names
+
+
+def _read_csv(path, x_names, y_names, need_y, default_x, n_dims) -> Table:
     try:
         with open(path, newline="", encoding="utf-8") as f:
             reader = csv.reader(f)
@@ -128,15 +176,25 @@ def _read_csv(path, x_names, y_name, need_y, default_x, n_dims) -> Table:
     for i, r in enumerate(rows, start=2):
         if len(r) != len(header):
             raise CliError(f"{path}: row {i} has {len(r)} fields but the header has {len(header)}")
-    for name in (x_names or []) + ([y_name] if y_name else []):
+    twice = sorted({h for h in header if header.count(h) > 1} & set((x_names or []) + (y_names or [])))
+    if twice:
+        raise CliError(f"{path}: the header has more than one column named {twice[0]!r}")
+    for name in (x_names or []) + (y_names or []):
         if name not in header:
             raise CliError(f"{path}: no column {name!r} (columns: {', '.join(header)})")
+    if x_names and y_names:
+        both = [n for n in y_names if n in x_names]
+        if both and len(y_names) == 1:
+            raise CliError(f"{path}: column {both[0]!r} is both a coordinate and the value")
+        if both:
+            raise CliError(f"{path}: column {both[0]!r} is in both --x-cols and --y-cols")
 
     if need_y:
-        y_name = y_name or (header[-1] if x_names is None or header[-1] not in x_names else None)
-        if y_name is None:
-            raise CliError(f"{path}: give --y-col: the last column is one of --x-cols")
-        x_names = x_names or [h for h in header if h != y_name]
+        if y_names is None:
+            if x_names is not None and header[-1] in x_names:
+                raise CliError(f"{path}: give --y-col: the last column is one of --x-cols")
+            y_names = [header[-1]]
+        x_names = x_names or [h for h in header if h not in y_names]
     elif x_names is None:
         if default_x and all(n in header for n in default_x):
             x_names = list(default_x)
@@ -150,9 +208,11 @@ def _read_csv(path, x_names, y_name, need_y, default_x, n_dims) -> Table:
                 f"({', '.join(default_x or [])}); give --x-cols"
             )
     if not x_names:
-        raise CliError(f"{path}: no coordinate columns (only the value column {y_name!r})")
-    if y_name in x_names:
-        raise CliError(f"{path}: column {y_name!r} is both a coordinate and the value")
+        shown = ", ".join(repr(n) for n in y_names or [])
+        plural = "s" if len(y_names or []) > 1 else ""
+        raise CliError(f"{path}: no coordinate columns (only the value column{plural} {shown})")
+    if y_names and y_names[0] in x_names:  # defaults only: chosen names were checked above
+        raise CliError(f"{path}: column {y_names[0]!r} is both a coordinate and the value")
 
     idx = {h: j for j, h in enumerate(header)}
     x = np.empty((len(rows), len(x_names)))
@@ -160,21 +220,43 @@ def _read_csv(path, x_names, y_name, need_y, default_x, n_dims) -> Table:
         for j, name in enumerate(x_names):
             x[i, j] = _parse_float(r[idx[name]], path, i + 2, name)
     y = None
-    if y_name is not None and (need_y or y_name in idx):
-        y = np.array([_parse_float(r[idx[y_name]], path, i + 2, y_name) for i, r in enumerate(rows)])
-    return Table(x, y, list(x_names), y_name, header, rows)
+    if y_names:
+        y = np.array([[_parse_float(r[idx[n]], path, i + 2, n) for n in y_names] for i, r in enumerate(rows)])
+        y = y.reshape(len(rows), len(y_names))
+        if len(y_names) == 1:
+            y = y[:, 0]
+    return Table(x, y, list(x_names), list(y_names or []), header, rows)
 
 
-def write_predictions(path: str, table: Table, pred: np.ndarray, pred_name: str) -> None:
-    """Input columns as they were read, plus the prediction column."""
-    name = pred_name
-    while name in table.header:  # never shadow an input column
-        name += "_"
+def write_predictions(path: str, table: Table, pred: np.ndarray, pred_names: str | list[str]) -> None:
+    """Input columns as they were read, plus one prediction column per output.
+
+    ``pred`` is (n,) with one name, or (n, P) with P names. A path ending in .npz
+    gets arrays ``x`` (the coordinates in the model's order), ``y_pred`` (pred's
+    shape), ``pred_names`` and, if the input had values, ``y``.
+    """
+    names = [pred_names] if isinstance(pred_names, str) else list(pred_names)
+    taken = set(table.header)
+    for i, name in enumerate(names):
+        while name in taken:  # never shadow an input column, nor another prediction
+            name += "_"
+        names[i] = name
+        taken.add(name)
+    pred2 = pred.reshape(len(pred), -1)
+    if pred2.shape[1] != len(names):
+        raise ValueError(f"{len(names)} prediction names for {pred2.shape[1]} outputs")
     try:
+        if path.lower().endswith(".npz"):
+            arrays = {"x": table.x, "y_pred": pred, "pred_names": np.array(names)}
+            if table.y is not None:
+                arrays["y"] = table.y
+            with open(path, "wb") as f:
+                np.savez(f, **arrays)
+            return
         with open(path, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
-            w.writerow(table.header + [name])
-            for r, p in zip(table.rows, pred.tolist()):
-                w.writerow(r + [repr(float(p))])
+            w.writerow(table.header + names)
+            for r, p in zip(table.rows, pred2.tolist()):
+                w.writerow(r + [repr(float(v)) for v in p])
     except OSError as e:
         raise CliError(f"{path}: cannot write ({e.strerror or e})") from None

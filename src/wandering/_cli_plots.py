@@ -87,82 +87,117 @@ def plot_demo(path, f, x, y, res, predict, n_grid: int = 160) -> None:
     plt.close(fig)
 
 
-def plot_fit(path, table, res, predict_arrays, n_grid: int = 120) -> None:
-    """fit.png: 1-D curve and points; 2-D target, fit, residual; 3-D slices."""
+def _r2_text(r2) -> str:
+    return "n/a" if r2 is None else f"{r2:.3f}"
+
+
+def plot_fit(path, table, res, predict_arrays, n_grid: int = 120, max_outputs: int = 4) -> None:
+    """fit.png: 1-D curve and points; 2-D target, fit, residual; 3-D slices.
+
+    With several outputs, each of the first ``max_outputs`` gets its own row (1-D: its
+    own panel) on its own colour scale; one output gives the single-output picture.
+    """
     plt = _plt()
-    x, y = table.x, table.y
+    x = table.x
     d = x.shape[1]
-    pred_fn = lambda p: predict_arrays(res.model, res.ckpt, p)  # noqa: E731
-    pred = pred_fn(x)
-    r2 = res.metrics["r2"]
-    title = f"{res.metrics['bumps']} bumps, held-out R$^2$ = {'n/a' if r2 is None else f'{r2:.3f}'}"
+    multi = table.y.ndim == 2
+    ys = table.y.reshape(len(x), -1)  # (n, P)
+    y_names = list(table.y_names)
+    rows = min(len(y_names), max_outputs) if multi else 1
+    pred_fn = lambda p: predict_arrays(res.model, res.ckpt, p).reshape(len(p), -1)  # noqa: E731  (m, P)
+    bumps = res.metrics["bumps"]
+    if multi:
+        r2s = [res.metrics["outputs"][name]["r2"] for name in y_names[:rows]]
+        titles = [f"{name}: {bumps} bumps, held-out R$^2$ = {_r2_text(r)}" for name, r in zip(y_names, r2s)]
+        shown = f"outputs {', '.join(y_names[:rows])}"
+        if rows < len(y_names):
+            shown += f" (first {rows} of {len(y_names)})"
+        suptitle = f"{bumps} shared bumps, mean held-out R$^2$ = {_r2_text(res.metrics['r2'])}; {shown}"
+    else:
+        titles = [f"{bumps} bumps, held-out R$^2$ = {_r2_text(res.metrics['r2'])}"]
     lo, hi = x.min(0), x.max(0)
     names = table.x_names
     if d == 1:
-        fig, ax = plt.subplots(figsize=(9, 5), dpi=100, constrained_layout=True)
-        ax.plot(x[res.train_idx, 0], y[res.train_idx], ".", color="0.6", ms=3, label="train")
-        if len(res.hold_idx):
-            ax.plot(x[res.hold_idx, 0], y[res.hold_idx], ".", color="tab:orange", ms=4, label="held out")
+        fig, axes = plt.subplots(rows, 1, figsize=(9, 5 if rows == 1 else 3.5 * rows), dpi=100,
+                                 constrained_layout=True, squeeze=False)
         gx = np.linspace(lo[0], hi[0], 600)[:, None]
-        ax.plot(gx[:, 0], pred_fn(gx), "-", color="tab:blue", lw=2, label="fit")
+        g_pred = pred_fn(gx)
         c = _centres(res)[:, 0]
-        ax.plot(c, np.full_like(c, y.min()), "|", color="k", ms=12, label="bump centres")
-        ax.set_xlabel(names[0])
-        ax.set_ylabel(table.y_name)
-        ax.legend(fontsize=8)
-        ax.set_title(title)
+        for r in range(rows):
+            ax, y = axes[r, 0], ys[:, r]
+            ax.plot(x[res.train_idx, 0], y[res.train_idx], ".", color="0.6", ms=3, label="train")
+            if len(res.hold_idx):
+                ax.plot(x[res.hold_idx, 0], y[res.hold_idx], ".", color="tab:orange", ms=4, label="held out")
+            ax.plot(gx[:, 0], g_pred[:, r], "-", color="tab:blue", lw=2, label="fit")
+            ax.plot(c, np.full_like(c, y.min()), "|", color="k", ms=12, label="bump centres")
+            ax.set_xlabel(names[0])
+            ax.set_ylabel(y_names[r])
+            ax.legend(fontsize=8)
+            ax.set_title(titles[r])
+        if multi:
+            fig.suptitle(suptitle)
     elif d == 2:
-        fig, axes = plt.subplots(1, 3, figsize=(16, 5), dpi=100, constrained_layout=True)
+        fig, axes = plt.subplots(rows, 3, figsize=(16, 5 * rows), dpi=100, constrained_layout=True, squeeze=False)
         sel = np.random.default_rng(0).permutation(len(x))[:20000]  # keep triangulation quick
-        vmin, vmax = float(y.min()), float(y.max())
-        ax = axes[0]
-        if len(np.unique(x[sel], axis=0)) >= 3:
-            try:
-                t = ax.tricontourf(x[sel, 0], x[sel, 1], y[sel], levels=30, cmap="viridis", vmin=vmin, vmax=vmax)
-            except (ValueError, RuntimeError):  # degenerate (e.g. collinear) points: show them as they are
-                t = ax.scatter(x[sel, 0], x[sel, 1], c=y[sel], s=6, cmap="viridis", vmin=vmin, vmax=vmax)
-        else:
-            t = ax.scatter(x[sel, 0], x[sel, 1], c=y[sel], s=6, cmap="viridis", vmin=vmin, vmax=vmax)
-        fig.colorbar(t, ax=ax)
-        ax.set_title("target (interpolated between data points)")
+        pred = pred_fn(x[sel])
         g0, g1, pts = _grid(lo, hi, n_grid)
-        ax = axes[1]
-        im = ax.imshow(pred_fn(pts).reshape(g0.shape), origin="lower", extent=(lo[0], hi[0], lo[1], hi[1]),
-                       aspect="auto", cmap="viridis", vmin=vmin, vmax=vmax)
+        g_pred = pred_fn(pts)
         c = _centres(res)
-        ax.plot(c[:, 0], c[:, 1], "w.", ms=5, mec="k", mew=0.5, label="bump centres")
-        ax.set_xlim(lo[0], hi[0])
-        ax.set_ylim(lo[1], hi[1])
-        ax.legend(loc="upper right", fontsize=8)
-        fig.colorbar(im, ax=ax)
-        ax.set_title("fit: " + title)
-        ax = axes[2]
-        r = pred[sel] - y[sel]
-        rmax = max(float(np.abs(r).max()), 1e-12)
-        sc = ax.scatter(x[sel, 0], x[sel, 1], c=r, s=6, cmap="PuOr_r", vmin=-rmax, vmax=rmax)
-        fig.colorbar(sc, ax=ax)
-        ax.set_title("residual at the data points (fit - data)")
-        for a in axes:
+        for r in range(rows):
+            y = ys[:, r]
+            label = f" {y_names[r]}" if multi else ""
+            vmin, vmax = float(y.min()), float(y.max())
+            ax = axes[r, 0]
+            if len(np.unique(x[sel], axis=0)) >= 3:
+                try:
+                    t = ax.tricontourf(x[sel, 0], x[sel, 1], y[sel], levels=30, cmap="viridis", vmin=vmin, vmax=vmax)
+                except (ValueError, RuntimeError):  # degenerate (e.g. collinear) points: show them as they are
+                    t = ax.scatter(x[sel, 0], x[sel, 1], c=y[sel], s=6, cmap="viridis", vmin=vmin, vmax=vmax)
+            else:
+                t = ax.scatter(x[sel, 0], x[sel, 1], c=y[sel], s=6, cmap="viridis", vmin=vmin, vmax=vmax)
+            fig.colorbar(t, ax=ax)
+            ax.set_title(f"target{label} (interpolated between data points)")
+            ax = axes[r, 1]
+            im = ax.imshow(g_pred[:, r].reshape(g0.shape), origin="lower", extent=(lo[0], hi[0], lo[1], hi[1]),
+                           aspect="auto", cmap="viridis", vmin=vmin, vmax=vmax)
+            ax.plot(c[:, 0], c[:, 1], "w.", ms=5, mec="k", mew=0.5, label="bump centres")
+            ax.set_xlim(lo[0], hi[0])
+            ax.set_ylim(lo[1], hi[1])
+            ax.legend(loc="upper right", fontsize=8)
+            fig.colorbar(im, ax=ax)
+            ax.set_title("fit: " + titles[r])
+            ax = axes[r, 2]
+            resid = pred[:, r] - y[sel]
+            rmax = max(float(np.abs(resid).max()), 1e-12)
+            sc = ax.scatter(x[sel, 0], x[sel, 1], c=resid, s=6, cmap="PuOr_r", vmin=-rmax, vmax=rmax)
+            fig.colorbar(sc, ax=ax)
+            ax.set_title(f"residual{label} at the data points (fit - data)")
+        for a in axes.flat:
             a.set_xlabel(names[0])
             a.set_ylabel(names[1])
+        if multi:
+            fig.suptitle(suptitle)
     elif d == 3:
         qs = np.quantile(x[:, 2], [0.2, 0.5, 0.8])
         slab = 0.05 * max(hi[2] - lo[2], 1e-12)
-        fig, axes = plt.subplots(1, 3, figsize=(16, 5), dpi=100, constrained_layout=True)
-        vmin, vmax = float(y.min()), float(y.max())
+        fig, axes = plt.subplots(rows, 3, figsize=(16, 5 * rows), dpi=100, constrained_layout=True, squeeze=False)
         g0, g1, pts = _grid(lo, hi, n_grid)
-        for ax, q in zip(axes, qs):
-            p3 = np.concatenate([pts, np.full((len(pts), 1), q)], 1)
-            im = ax.imshow(pred_fn(p3).reshape(g0.shape), origin="lower", extent=(lo[0], hi[0], lo[1], hi[1]),
-                           aspect="auto", cmap="viridis", vmin=vmin, vmax=vmax)
-            near = np.flatnonzero(np.abs(x[:, 2] - q) < slab)[:300]  # few enough that the fit shows through
-            ax.scatter(x[near, 0], x[near, 1], c=y[near], s=12, cmap="viridis", vmin=vmin, vmax=vmax,
-                       edgecolors="k", linewidths=0.3)
-            ax.set_title(f"fit at {names[2]} = {q:.3g}; dots: data within \u00b1{slab:.2g}")
-            ax.set_xlabel(names[0])
-            ax.set_ylabel(names[1])
-        fig.colorbar(im, ax=axes)
-        fig.suptitle(title)
+        slices = [pred_fn(np.concatenate([pts, np.full((len(pts), 1), q)], 1)) for q in qs]
+        nears = [np.flatnonzero(np.abs(x[:, 2] - q) < slab)[:300] for q in qs]  # few enough that the fit shows
+        for r in range(rows):
+            y = ys[:, r]
+            vmin, vmax = float(y.min()), float(y.max())
+            for ax, q, g_pred, near in zip(axes[r], qs, slices, nears):
+                im = ax.imshow(g_pred[:, r].reshape(g0.shape), origin="lower", extent=(lo[0], hi[0], lo[1], hi[1]),
+                               aspect="auto", cmap="viridis", vmin=vmin, vmax=vmax)
+                ax.scatter(x[near, 0], x[near, 1], c=y[near], s=12, cmap="viridis", vmin=vmin, vmax=vmax,
+                           edgecolors="k", linewidths=0.3)
+                what = f"{y_names[r]}: fit" if multi else "fit"
+                ax.set_title(f"{what} at {names[2]} = {q:.3g}; dots: data within \u00b1{slab:.2g}")
+                ax.set_xlabel(names[0])
+                ax.set_ylabel(names[1])
+            fig.colorbar(im, ax=axes[r])
+        fig.suptitle(suptitle if multi else titles[0])
     else:
         raise ValueError(f"plots are made for d <= 3, but got d = {d}")
     fig.savefig(path)

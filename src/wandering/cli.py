@@ -20,8 +20,10 @@ import torch
 from ._cli_data import CliError, Table, read_table, write_predictions
 
 FORMAT_TAG = "wandering-cli-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # one output: m (K,), scalar offset and y_mean/y_std, "y_name"
+FORMAT_VERSION_MULTI = 2  # P > 1 outputs: m (K, P), offset/y_mean/y_std (P,), "y_names"
 MIN_ROWS = 10
+PLOT_OUTPUTS = 4  # fit.png shows at most this many outputs
 
 
 # ---------------------------------------------------------------- helpers
@@ -129,23 +131,31 @@ def _kmeans_centres(xs: np.ndarray, k: int, rng: np.random.Generator, iters: int
     return cent
 
 
-def _init_magnitudes(xs, ys, cent, w0, ridge=1e-3) -> tuple[np.ndarray, float]:
-    """Ridge least squares for m and an offset: the sum is linear in them, so start at the optimum."""
+def _init_magnitudes(xs, ys, cent, w0, ridge=1e-3) -> tuple[np.ndarray, float | np.ndarray]:
+    """Ridge least squares for m and an offset: the sum is linear in them, so start at the optimum.
+
+    ys (n,) gives m (K,) and a float offset; ys (n, P) gives m (K, P) and offsets (P,),
+    each output's own least-squares solution (one factorisation shared by all P).
+    """
     z = (xs[:, None, :] - cent[None]) / w0  # (n, K, d)
     phi = np.exp(-(z * z).sum(-1))
     phi = np.concatenate([phi, np.ones((phi.shape[0], 1))], axis=1)
     a = phi.T @ phi + ridge * len(xs) * np.eye(phi.shape[1])
     sol = np.linalg.solve(a, phi.T @ ys)
-    return sol[:-1], float(sol[-1])
+    return sol[:-1], (float(sol[-1]) if ys.ndim == 1 else sol[-1])
 
 
 class _Fitted(torch.nn.Module):
-    """A bump sum on the unit box plus a learned offset, on the standardised target."""
+    """A bump sum on the unit box plus a learned offset, on the standardised target.
 
-    def __init__(self, bumps: torch.nn.Module, offset: float) -> None:
+    One output: offset is a scalar and the output (n,). P outputs: offset (P,), output (n, P).
+    """
+
+    def __init__(self, bumps: torch.nn.Module, offset) -> None:
         super().__init__()
         self.bumps = bumps
-        self.offset = torch.nn.Parameter(torch.tensor(float(offset), dtype=bumps.c.dtype, device=bumps.c.device))
+        off = torch.tensor(np.asarray(offset, dtype=np.float64), dtype=bumps.c.dtype, device=bumps.c.device)
+        self.offset = torch.nn.Parameter(off)
 
     def forward(self, xu: torch.Tensor) -> torch.Tensor:
         return self.bumps(xu) + self.offset
@@ -170,9 +180,31 @@ def _metrics(y, pred) -> dict:
     return {"r2": (1.0 - sse / sst) if sst > 0 else None, "rmse": math.sqrt(sse / len(y))}
 
 
-def fit_arrays(x: np.ndarray, y: np.ndarray, s: FitSettings, x_names: list[str], y_name: str) -> FitResult:
-    """Fits a bounded, wandering bump sum to (x, y); returns the model, checkpoint and metrics."""
+def _mean_or_none(values) -> float | None:
+    """Mean of the values that are defined; None when none is (no hold-out, constant outputs)."""
+    vals = [v for v in values if v is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def output_names(ckpt: dict) -> list[str]:
+    """The value columns a checkpoint was fitted on: one name (version 1) or P (version 2)."""
+    return list(ckpt["y_names"]) if "y_names" in ckpt else [str(ckpt["y_name"])]
+
+
+def fit_arrays(
+    x: np.ndarray, y: np.ndarray, s: FitSettings, x_names: list[str], y_name: str | list[str]
+) -> FitResult:
+    """Fits a bounded, wandering bump sum to (x, y); returns the model, checkpoint and metrics.
+
+    y (n,) with one name fits one output, as the single-output CLI always has. y (n, P)
+    with P names fits P outputs with ONE shared set of bumps: m has shape (K, P), and
+    the target standardisation, initial magnitudes and offset are per output.
+    """
     n, d = x.shape
+    multi = y.ndim == 2
+    y_names = list(y_name) if multi else [str(y_name)]
+    if multi and len(y_names) != y.shape[1]:
+        raise ValueError(f"{len(y_names)} names for {y.shape[1]} outputs")
     dev = _pick_device(s.device)
     if n < MIN_ROWS:
         raise CliError(f"too few rows: {n} (at least {MIN_ROWS} are needed)")
@@ -188,8 +220,13 @@ def fit_arrays(x: np.ndarray, y: np.ndarray, s: FitSettings, x_names: list[str],
     x_lo = x.min(0)
     x_scale = x.max(0) - x_lo
     x_scale[x_scale == 0] = 1.0
-    y_mean = float(y[train_idx].mean())
-    y_std = float(y[train_idx].std()) or 1.0
+    if multi:  # per output; a constant output keeps std 1
+        y_mean = y[train_idx].mean(0)
+        y_std = y[train_idx].std(0)
+        y_std[y_std == 0] = 1.0
+    else:
+        y_mean = float(y[train_idx].mean())
+        y_std = float(y[train_idx].std()) or 1.0
     xu = (x - x_lo) / x_scale
     yu = (y - y_mean) / y_std
 
@@ -261,15 +298,29 @@ def fit_arrays(x: np.ndarray, y: np.ndarray, s: FitSettings, x_names: list[str],
         "y_mean": y_mean,
         "y_std": y_std,
         "x_names": list(x_names),
-        "y_name": str(y_name),
+        "y_name": y_names[0],
     }
+    if multi:  # version 1 readers refuse it by version rather than failing on shapes
+        ckpt["version"] = FORMAT_VERSION_MULTI
+        ckpt["y_mean"] = torch.as_tensor(y_mean, dtype=torch.float64)
+        ckpt["y_std"] = torch.as_tensor(y_std, dtype=torch.float64)
+        del ckpt["y_name"]
+        ckpt["y_names"] = y_names
+        ckpt["n_outputs"] = len(y_names)
     pred = predict_arrays(model, ckpt, x)
-    tr, ho = _metrics(y[train_idx], pred[train_idx]), _metrics(y[hold_idx], pred[hold_idx])
+    if multi:
+        per = {}
+        for j, name in enumerate(y_names):
+            tr = _metrics(y[train_idx, j], pred[train_idx, j])
+            ho = _metrics(y[hold_idx, j], pred[hold_idx, j])
+            per[name] = {"r2": ho["r2"], "rmse": ho["rmse"], "train_r2": tr["r2"], "train_rmse": tr["rmse"]}
+        # Top level: the mean over outputs, so single-output readers keep working.
+        head = {key: _mean_or_none(o[key] for o in per.values()) for key in ("r2", "rmse", "train_r2", "train_rmse")}
+    else:
+        tr, ho = _metrics(y[train_idx], pred[train_idx]), _metrics(y[hold_idx], pred[hold_idx])
+        head = {"r2": ho["r2"], "rmse": ho["rmse"], "train_r2": tr["r2"], "train_rmse": tr["rmse"]}
     metrics = {
-        "r2": ho["r2"],
-        "rmse": ho["rmse"],
-        "train_r2": tr["r2"],
-        "train_rmse": tr["rmse"],
+        **head,
         "seconds": seconds,
         "n_train": int(len(train_idx)),
         "n_holdout": int(len(hold_idx)),
@@ -280,13 +331,19 @@ def fit_arrays(x: np.ndarray, y: np.ndarray, s: FitSettings, x_names: list[str],
         "device": str(dev),
         "seed": int(s.seed),
     }
+    if multi:
+        metrics["n_outputs"] = len(y_names)
+        metrics["outputs"] = per
     if paths is not None:
         paths = np.stack(paths) * x_scale[None, :, None] + x_lo[None, :, None]
     return FitResult(model, ckpt, metrics, train_idx, hold_idx, paths, losses)
 
 
 def predict_arrays(model: _Fitted, ckpt: dict, x: np.ndarray, chunk: int = 8192) -> np.ndarray:
-    """Predictions in the data's units for points x (n, d), in chunks to bound memory."""
+    """Predictions in the data's units for points x (n, d), in chunks to bound memory.
+
+    Shape (n,) for a single-output model, (n, P) for P outputs.
+    """
     x_lo = ckpt["x_lo"].numpy()
     x_scale = ckpt["x_scale"].numpy()
     dev = model.offset.device
@@ -295,8 +352,10 @@ def predict_arrays(model: _Fitted, ckpt: dict, x: np.ndarray, chunk: int = 8192)
         for i in range(0, len(x), chunk):
             xu = torch.as_tensor((x[i : i + chunk] - x_lo) / x_scale, dtype=torch.float32, device=dev)
             out.append(model(xu).double().cpu().numpy())
-    yu = np.concatenate(out) if out else np.zeros(0)
-    return yu * ckpt["y_std"] + ckpt["y_mean"]
+    yu = np.concatenate(out) if out else np.zeros((0, *model.offset.shape))
+    y_std, y_mean = (np.asarray(ckpt[k], dtype=np.float64) if torch.is_tensor(ckpt[k]) else ckpt[k]
+                     for k in ("y_std", "y_mean"))
+    return yu * y_std + y_mean
 
 
 def load_checkpoint(path: str, device: str = "cpu") -> tuple[_Fitted, dict]:
@@ -311,8 +370,10 @@ def load_checkpoint(path: str, device: str = "cpu") -> tuple[_Fitted, dict]:
         raise CliError(f"{path}: not a wandering model checkpoint (cannot be loaded)") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT_TAG:
         raise CliError(f"{path}: not a wandering model checkpoint (no {FORMAT_TAG!r} format tag)")
-    if ckpt.get("version") != FORMAT_VERSION:
-        raise CliError(f"{path}: checkpoint version {ckpt.get('version')!r} is not supported (need {FORMAT_VERSION})")
+    version = ckpt.get("version")
+    if version not in (FORMAT_VERSION, FORMAT_VERSION_MULTI):
+        need = f"{FORMAT_VERSION} or {FORMAT_VERSION_MULTI}"
+        raise CliError(f"{path}: checkpoint version {version!r} is not supported (need {need})")
     dev = _pick_device(device)
     try:
         d, k = ckpt["d"], ckpt["n_bumps"]
@@ -321,11 +382,23 @@ def load_checkpoint(path: str, device: str = "cpu") -> tuple[_Fitted, dict]:
             c_grad_std=ckpt["c_grad_std"], w_grad_std=ckpt["w_grad_std"],
             m_grad_gain=ckpt["m_grad_gain"], support_p=ckpt["support_p"],
         )
+        m = sd["bumps.m"]
+        if version == FORMAT_VERSION_MULTI:
+            p = len(ckpt["y_names"])
+            shapes = (tuple(m.shape[1:]), tuple(ckpt["y_mean"].shape), tuple(ckpt["y_std"].shape))
+            if m.dim() != 2 or shapes != ((p,), (p,), (p,)):
+                raise ValueError("outputs do not match")
+            offset = np.zeros(p)
+        else:
+            if m.dim() != 1:
+                raise ValueError("version 1 has one output")
+            output_names(ckpt)
+            offset = 0.0
         model = _build_model(
-            d, k, sd["bumps.c"], sd["bumps.w"], sd["bumps.m"], 0.0, ckpt["c_bounds"], ckpt["w_bounds"], s, dev
+            d, k, sd["bumps.c"], sd["bumps.w"], m, offset, ckpt["c_bounds"], ckpt["w_bounds"], s, dev
         )
         model.load_state_dict(sd)
-    except (KeyError, RuntimeError, ValueError, TypeError) as e:
+    except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as e:
         raise CliError(f"{path}: damaged wandering checkpoint ({type(e).__name__})") from None
     return model, ckpt
 
@@ -369,7 +442,7 @@ def _settings(a: argparse.Namespace, d: int) -> FitSettings:
 
 def _cmd_fit(a: argparse.Namespace) -> int:
     _pick_device(a.device)  # fail before reading a large file
-    table = read_table(a.data, a.x_cols, a.y_col, need_y=True)
+    table = read_table(a.data, a.x_cols, a.y_col, need_y=True, y_cols=a.y_cols)
     n, d = table.x.shape
     s = _settings(a, d)
     if n < MIN_ROWS:
@@ -379,19 +452,31 @@ def _cmd_fit(a: argparse.Namespace) -> int:
     _prepare_out_dir(a.out, outputs, a.force)
     if plot:
         _require("matplotlib")  # before the fit, not after it
-    res = fit_arrays(table.x, table.y, s, table.x_names, table.y_name)
+    multi = table.y.ndim == 2
+    res = fit_arrays(table.x, table.y, s, table.x_names, table.y_names if multi else table.y_name)
     res.metrics["data"] = os.path.abspath(a.data)
     _save(res.ckpt, os.path.join(a.out, "model.pt"))
     _write_json(res.metrics, os.path.join(a.out, "metrics.json"))
     if plot:
         from ._cli_plots import plot_fit
 
-        plot_fit(os.path.join(a.out, "fit.png"), table, res, predict_arrays)
+        plot_fit(os.path.join(a.out, "fit.png"), table, res, predict_arrays, max_outputs=PLOT_OUTPUTS)
     m = res.metrics
-    print(f"held-out R^2 {_fmt(m['r2'])}  RMSE {_fmt(m['rmse'])}  (train R^2 {_fmt(m['train_r2'])})  "
-          f"time {m['seconds']:.1f} s")
+    if multi:
+        width = max(len(name) for name in table.y_names)
+        for name, o in m["outputs"].items():
+            print(f"  {name:<{width}}  held-out R^2 {_fmt(o['r2'])}  RMSE {_fmt(o['rmse'])}  "
+                  f"(train R^2 {_fmt(o['train_r2'])})")
+        print(f"mean over {len(table.y_names)} outputs: held-out R^2 {_fmt(m['r2'])}  RMSE {_fmt(m['rmse'])}  "
+              f"(train R^2 {_fmt(m['train_r2'])})  time {m['seconds']:.1f} s")
+    else:
+        print(f"held-out R^2 {_fmt(m['r2'])}  RMSE {_fmt(m['rmse'])}  (train R^2 {_fmt(m['train_r2'])})  "
+              f"time {m['seconds']:.1f} s")
     if d > 3:
         print(f"no fit.png: plots are made for d <= 3, this data has d = {d}")
+    elif plot and multi and len(table.y_names) > PLOT_OUTPUTS:
+        print(f"fit.png shows the first {PLOT_OUTPUTS} of {len(table.y_names)} outputs "
+              f"({', '.join(table.y_names[:PLOT_OUTPUTS])})")
     print(f"wrote {', '.join(os.path.join(a.out, o) for o in outputs)}")
     return 0
 
@@ -405,9 +490,18 @@ def _cmd_predict(a: argparse.Namespace) -> int:
         raise CliError(f"{a.data}: the model needs {ckpt['d']} coordinate columns, but got {table.x.shape[1]}")
     if len(table.x) == 0:
         raise CliError(f"{a.data}: too few rows: 0")
+    names = output_names(ckpt)
+    if a.name is None:
+        pred_names = [f"{v}_pred" for v in names]
+    else:
+        pred_names = [t.strip() for t in a.name.split(",")] if len(names) > 1 else [a.name]
+        if len(pred_names) != len(names) or not all(pred_names) or len(set(pred_names)) != len(pred_names):
+            raise CliError(f"--name: the model has {len(names)} outputs, so give {len(names)} different, "
+                           f"comma-separated names, but got {a.name!r}")
     pred = predict_arrays(model, ckpt, table.x)
-    write_predictions(a.output, table, pred, a.name or f"{ckpt['y_name']}_pred")
-    print(f"wrote {len(pred)} predictions to {a.output}")
+    write_predictions(a.output, table, pred, pred_names if len(names) > 1 else pred_names[0])
+    outs = "" if len(names) == 1 else f" of {len(names)} outputs"
+    print(f"wrote {len(pred)} predictions{outs} to {a.output}")
     return 0
 
 
@@ -448,7 +542,7 @@ def _cmd_demo(a: argparse.Namespace) -> int:
     _require("matplotlib")
     t0 = time.perf_counter()
     f, x, y = demo_target(a.seed, a.points)
-    table = Table(x, y, ["x0", "x1"], "y", [], [])
+    table = Table(x, y, ["x0", "x1"], ["y"], [], [])
     res = fit_arrays(x, y, s, table.x_names, table.y_name)
     from ._cli_plots import plot_demo
 
@@ -502,10 +596,12 @@ def _build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("fit", help="fit a CSV or .npz file")
-    p.add_argument("data", metavar="DATA", help="CSV with a header, or .npz with arrays x and y")
+    p.add_argument("data", metavar="DATA", help="CSV with a header, or .npz with arrays x and y ((n,) or (n, P))")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--x-cols", help="comma-separated coordinate columns (default: all but the value)")
     p.add_argument("--y-col", help="value column (default: the last column)")
+    p.add_argument("--y-cols", metavar="A,B,...",
+                   help="several comma-separated value columns, fitted together with one shared set of bumps")
     p.add_argument("--bounds", help="centre bounds 'lo:hi' or 'lo:hi,lo:hi,...' (default: the data's range)")
     _add_fit_options(p, FitSettings())
     p.add_argument("--no-plot", action="store_true", help="skip fit.png")
@@ -515,10 +611,11 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="predict with a fitted model")
     p.add_argument("model", metavar="MODEL", help="model.pt written by fit or demo")
     p.add_argument("data", metavar="DATA", help="CSV with a header, or .npz with array x")
-    p.add_argument("-o", "--output", required=True, metavar="OUT.csv", help="CSV to write")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.csv",
+                   help="CSV to write (a name ending in .npz writes arrays x, y_pred, pred_names)")
     p.add_argument("--x-cols", help="coordinate columns (default: the names the model was fitted on)")
     p.add_argument("--y-col", help="value column to echo, if present")
-    p.add_argument("--name", help="prediction column name (default: <value>_pred)")
+    p.add_argument("--name", help="prediction column name; one per output, comma-separated (default: <value>_pred)")
     p.add_argument("--device", default="cpu", help="torch device")
     p.add_argument("--force", action="store_true", help="overwrite OUT.csv")
     p.set_defaults(func=_cmd_predict)
