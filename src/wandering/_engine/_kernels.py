@@ -1,9 +1,17 @@
-"""Numba CPU kernels for bump sums (forward and recomputing backward).
+"""Numba CPU kernels for bump sums with P outputs (forward and recomputing backward).
 
-Layout: points transposed to (d, n) and parameters (d, K), so every inner loop
-runs over a contiguous 1-D buffer starting at index 0 (LLVM only vectorised
-those here). Points are processed in blocks of ``_B``; each thread owns its
-buffers and its slice of the float64 gradient accumulators, so there are no races.
+Layout: a block of points is copied to (d, nb) and parameters are (d, K), so every
+inner loop runs over a contiguous 1-D buffer starting at index 0 (LLVM only
+vectorised those here). Each (point, bump) exp and support test is computed once
+per block and then serves all P outputs through (P, nb) accumulators; P == 1 takes
+a fused branch with the single-output loops.
+
+Determinism: work is cut into a fixed number of partitions that depends only on
+the problem (never on the thread count); each partition accumulates its parameter
+gradients sequentially into its own float64 partial buffer, and the caller reduces
+the partials in partition order. Points are owned by exactly one partition, so y
+and grad x have no races either. Results are therefore bitwise independent of the
+number of threads.
 
 ``half`` holds the support half-widths (+inf for the exact sum); the support
 test ``abs(x - c) < half`` is the reference's float op. ``iw`` is 1/w clamped
@@ -95,21 +103,64 @@ def _pair_block(xb, c, iw, half, k, nb, s, gate):
 
 
 @njit(fastmath=FM, cache=True)
-def _grad_block(xb, gb, c, iw, half, m, k, nb, s, gate, e, ibuf, tm, gxb, part, t):
-    """Recompute bump k on a block and add its gradient contributions (float32 sums into float64)."""
+def _add_outputs(e, gate, m, k, nb, acc, off):
+    """acc[p, off + i] += m[k, p] * e[i] * gate[i] for every output p (e is overwritten when P > 1)."""
+    P = acc.shape[0]
+    if P == 1:
+        mk = m[k, 0]
+        a0 = acc[0]
+        for i in range(nb):
+            a0[off + i] += mk * (e[i] * gate[i])
+        return
+    for i in range(nb):
+        e[i] = e[i] * gate[i]
+    for p in range(P):
+        mkp = m[k, p]
+        ap = acc[p]
+        for i in range(nb):
+            ap[off + i] += mkp * e[i]
+
+
+@njit(fastmath=FM, cache=True)
+def _grad_block(xb, gb, c, iw, half, m, k, nb, s, gate, e, ibuf, tm, gxb, pcw, pm):
+    """Recompute bump k on a block and add its gradient contributions.
+
+    gb (P, nb) holds the upstream gradient; the exp and support test are done once
+    and serve all P outputs. Block sums are in the inputs' dtype and go into the
+    float64 partials pcw (2d, K: c then w) and pm (K, P).
+    """
     d = xb.shape[0]
+    P = gb.shape[0]
     zero = s.dtype.type(0.0)
     two = s.dtype.type(2.0)
     _pair_block(xb, c, iw, half, k, nb, s, gate)
     neg_exp_block(s, e, nb, ibuf)
-    mk2 = two * m[k]
-    sm = zero
-    for i in range(nb):
-        el = e[i] * gate[i]
-        ge = gb[i] * el
-        sm += ge
-        tm[i] = ge * mk2 if el > zero else zero
-    part[t, 2 * d, k] += sm
+    if P == 1:
+        mk2 = two * m[k, 0]
+        g0 = gb[0]
+        sm = zero
+        for i in range(nb):
+            el = e[i] * gate[i]
+            ge = g0[i] * el
+            sm += ge
+            tm[i] = ge * mk2 if el > zero else zero
+        pm[k, 0] += sm
+    else:
+        for i in range(nb):
+            e[i] = e[i] * gate[i]
+            tm[i] = zero
+        for p in range(P):
+            mkp = m[k, p]
+            gp = gb[p]
+            sm = zero
+            for i in range(nb):
+                gi = gp[i]
+                sm += gi * e[i]
+                tm[i] += gi * mkp
+            pm[k, p] += sm
+        for i in range(nb):
+            el = e[i]
+            tm[i] = two * el * tm[i] if el > zero else zero
     for j in range(d):
         xj = xb[j]
         gxj = gxb[j]
@@ -124,79 +175,83 @@ def _grad_block(xb, gb, c, iw, half, m, k, nb, s, gate, e, ibuf, tm, gxb, part, 
             sc += a
             sw += a * z
             gxj[i] -= a
-        part[t, j, k] += sc
-        part[t, d + j, k] += sw
+        pcw[j, k] += sc
+        pcw[d + j, k] += sw
 
 
 @njit(parallel=True, fastmath=FM, cache=True)
-def dense_forward(xT, c, iw, half, m, y, nt):
-    d, n = xT.shape
-    K = m.shape[0]
-    dt = xT.dtype
+def dense_forward(x, c, iw, half, m, y, npart):
+    """y (n, P) = the bump sum at every point; partition q owns a fixed run of blocks."""
+    n, d = x.shape
+    K, P = m.shape
+    dt = x.dtype
     nblk = (n + _B - 1) // _B
-    for t in prange(nt):
+    for q in prange(npart):
         xb = np.empty((d, _B), dt)
         s = np.empty(_B, dt)
         gate = np.empty(_B, dt)
         e = np.empty(_B, dt)
-        acc = np.empty(_B, dt)
+        acc = np.empty((P, _B), dt)
         ibuf = np.empty(_B, np.int32)
-        for blk in range(t, nblk, nt):
+        for blk in range(q * nblk // npart, (q + 1) * nblk // npart):
             i0 = blk * _B
             nb = min(_B, n - i0)
-            for j in range(d):
-                for i in range(nb):
-                    xb[j, i] = xT[j, i0 + i]
             for i in range(nb):
-                acc[i] = 0
+                for j in range(d):
+                    xb[j, i] = x[i0 + i, j]
+            for p in range(P):
+                for i in range(nb):
+                    acc[p, i] = 0
             for k in range(K):
                 _pair_block(xb, c, iw, half, k, nb, s, gate)
                 neg_exp_block(s, e, nb, ibuf)
-                mk = m[k]
-                for i in range(nb):
-                    acc[i] += mk * (e[i] * gate[i])
+                _add_outputs(e, gate, m, k, nb, acc, 0)
             for i in range(nb):
-                y[i0 + i] = acc[i]
+                for p in range(P):
+                    y[i0 + i, p] = acc[p, i]
 
 
 @njit(parallel=True, fastmath=FM, cache=True)
-def dense_backward(xT, c, iw, half, m, g, gxT, part, nt):
-    """gxT (d, n) gets dL/dx; part (nt, 2d+1, K) float64 gets per-thread dL/dc, dL/dw, dL/dm."""
-    d, n = xT.shape
-    K = m.shape[0]
-    dt = xT.dtype
+def dense_backward(x, c, iw, half, m, g, gx, pcw, pm, npart):
+    """gx (n, d) gets dL/dx; partition q adds its dL/dc, dL/dw into pcw[q] and dL/dm into pm[q]."""
+    n, d = x.shape
+    P = m.shape[1]
+    dt = x.dtype
     nblk = (n + _B - 1) // _B
-    for t in prange(nt):
+    for q in prange(npart):
         xb = np.empty((d, _B), dt)
         gxb = np.empty((d, _B), dt)
-        gb = np.empty(_B, dt)
+        gb = np.empty((P, _B), dt)
         s = np.empty(_B, dt)
         gate = np.empty(_B, dt)
         e = np.empty(_B, dt)
         tm = np.empty(_B, dt)
         ibuf = np.empty(_B, np.int32)
-        for blk in range(t, nblk, nt):
+        pcq = pcw[q]
+        pmq = pm[q]
+        for blk in range(q * nblk // npart, (q + 1) * nblk // npart):
             i0 = blk * _B
             nb = min(_B, n - i0)
-            for j in range(d):
-                for i in range(nb):
-                    xb[j, i] = xT[j, i0 + i]
-                    gxb[j, i] = 0
             for i in range(nb):
-                gb[i] = g[i0 + i]
-            for k in range(K):
-                _grad_block(xb, gb, c, iw, half, m, k, nb, s, gate, e, ibuf, tm, gxb, part, t)
-            for j in range(d):
-                for i in range(nb):
-                    gxT[j, i0 + i] = gxb[j, i]
+                for j in range(d):
+                    xb[j, i] = x[i0 + i, j]
+                    gxb[j, i] = 0
+                for p in range(P):
+                    gb[p, i] = g[i0 + i, p]
+            for k in range(m.shape[0]):
+                _grad_block(xb, gb, c, iw, half, m, k, nb, s, gate, e, ibuf, tm, gxb, pcq, pmq)
+            for i in range(nb):
+                for j in range(d):
+                    gx[i0 + i, j] = gxb[j, i]
 
 
 # ---------------------------------------------------------------- culled (grid) path
 # Points are binned on a uniform grid over the first gd = min(d, 3) dims and
 # sorted by cell (counting sort). A "row" is a line of cells along the last grid
-# dim; its points are contiguous. Each bump is registered, per call, in every row
-# its support box overlaps, with the range of cells along that line; each row is
-# then owned by one thread (no races on y or grad x).
+# dim; its points are contiguous. Each bump is registered in every row its support
+# box overlaps, with the range of cells along that line. Rows are split into fixed
+# partitions of about equal work; a partition accumulates y and grad x of its rows
+# in row-local buffers and writes them back in the original point order.
 
 
 @njit(cache=True)
@@ -327,81 +382,164 @@ def _load_segment(xs, p0, L, xb):
             xj[i] = xs[j, p0 + i]
 
 
-@njit(parallel=True, fastmath=FM, cache=True)
-def culled_forward(xs, c, iw, half, m, row_start, reg_k, reg_p0, reg_p1, maxlen, ys, nt):
-    """ys (sorted point order) += sum over registered bumps; each row is owned by one thread."""
-    d, n = xs.shape
-    dt = xs.dtype
+@njit(cache=True)
+def row_partitions(row_pts, row_start, reg_p0, reg_p1, npart):
+    """Split rows into npart contiguous runs of about equal work (points + candidate pairs).
+
+    Depends only on the plan, never on the thread count. Returns (bounds (npart+1,),
+    longest row, longest segment)."""
     nrows = row_start.shape[0] - 1
-    for t in prange(nt):
-        xb = np.empty((d, maxlen), dt)
-        s = np.empty(maxlen, dt)
-        gate = np.empty(maxlen, dt)
-        e = np.empty(maxlen, dt)
-        ibuf = np.empty(maxlen, np.int32)
-        for r in range(t, nrows, nt):
-            for q in range(row_start[r], row_start[r + 1]):
-                p0 = reg_p0[q]
-                L = reg_p1[q] - p0
+    cost = np.zeros(nrows + 1, np.int64)
+    maxrow = 1
+    maxseg = 1
+    for r in range(nrows):
+        w = row_pts[r + 1] - row_pts[r]
+        maxrow = max(maxrow, w)
+        for q in range(row_start[r], row_start[r + 1]):
+            L = reg_p1[q] - reg_p0[q]
+            w += L
+            maxseg = max(maxseg, L)
+        cost[r + 1] = cost[r] + w
+    bounds = np.empty(npart + 1, np.int64)
+    bounds[0] = 0
+    r = 0
+    for q in range(1, npart):
+        target = (cost[nrows] * q) // npart
+        while r < nrows and cost[r + 1] <= target:
+            r += 1
+        bounds[q] = r
+    bounds[npart] = nrows
+    return bounds, maxrow, maxseg
+
+
+@njit(parallel=True, fastmath=FM, cache=True)
+def culled_forward(xs, perm, c, iw, half, m, row_pts, row_start, reg_k, reg_p0, reg_p1, bounds, maxrow, maxseg, y):
+    """y (n, P, original order) = sum over registered bumps; partition q owns rows bounds[q]:bounds[q+1]."""
+    d, n = xs.shape
+    P = m.shape[1]
+    dt = xs.dtype
+    npart = bounds.shape[0] - 1
+    for q in prange(npart):
+        xb = np.empty((d, maxseg), dt)
+        s = np.empty(maxseg, dt)
+        gate = np.empty(maxseg, dt)
+        e = np.empty(maxseg, dt)
+        ibuf = np.empty(maxseg, np.int32)
+        acc = np.empty((P, maxrow), dt)
+        for r in range(bounds[q], bounds[q + 1]):
+            a = row_pts[r]
+            nr = row_pts[r + 1] - a
+            if nr == 0:
+                continue
+            for p in range(P):
+                for i in range(nr):
+                    acc[p, i] = 0
+            for t in range(row_start[r], row_start[r + 1]):
+                p0 = reg_p0[t]
+                L = reg_p1[t] - p0
                 if L == 0:
                     continue
-                k = reg_k[q]
+                k = reg_k[t]
                 _load_segment(xs, p0, L, xb)
                 _pair_block(xb, c, iw, half, k, L, s, gate)
                 neg_exp_block(s, e, L, ibuf)
-                mk = m[k]
-                for i in range(L):
-                    ys[p0 + i] += mk * (e[i] * gate[i])
+                _add_outputs(e, gate, m, k, L, acc, p0 - a)
+            for i in range(nr):
+                pi = perm[a + i]
+                for p in range(P):
+                    y[pi, p] = acc[p, i]
 
 
 @njit(parallel=True, fastmath=FM, cache=True)
-def culled_backward(xs, c, iw, half, m, gs, row_start, reg_k, reg_p0, reg_p1, maxlen, gxs, part, nt):
+def culled_backward(
+    xs, perm, c, iw, half, m, g, row_pts, row_start, reg_k, reg_p0, reg_p1, bounds, maxrow, maxseg, gx, pcw, pm
+):
+    """gx (n, d, original order) gets dL/dx; partition q adds into pcw[q] and pm[q]."""
     d, n = xs.shape
+    P = m.shape[1]
     dt = xs.dtype
-    nrows = row_start.shape[0] - 1
-    for t in prange(nt):
-        xb = np.empty((d, maxlen), dt)
-        gxb = np.empty((d, maxlen), dt)
-        gb = np.empty(maxlen, dt)
-        s = np.empty(maxlen, dt)
-        gate = np.empty(maxlen, dt)
-        e = np.empty(maxlen, dt)
-        tm = np.empty(maxlen, dt)
-        ibuf = np.empty(maxlen, np.int32)
-        for r in range(t, nrows, nt):
-            for q in range(row_start[r], row_start[r + 1]):
-                p0 = reg_p0[q]
-                L = reg_p1[q] - p0
+    npart = bounds.shape[0] - 1
+    for q in prange(npart):
+        xb = np.empty((d, maxseg), dt)
+        gxb = np.empty((d, maxseg), dt)
+        gb = np.empty((P, maxseg), dt)
+        s = np.empty(maxseg, dt)
+        gate = np.empty(maxseg, dt)
+        e = np.empty(maxseg, dt)
+        tm = np.empty(maxseg, dt)
+        ibuf = np.empty(maxseg, np.int32)
+        grow = np.empty((P, maxrow), dt)
+        gxr = np.empty((d, maxrow), dt)
+        pcq = pcw[q]
+        pmq = pm[q]
+        for r in range(bounds[q], bounds[q + 1]):
+            a = row_pts[r]
+            nr = row_pts[r + 1] - a
+            if nr == 0 or row_start[r] == row_start[r + 1]:
+                for i in range(nr):
+                    pi = perm[a + i]
+                    for j in range(d):
+                        gx[pi, j] = 0
+                continue
+            for i in range(nr):
+                pi = perm[a + i]
+                for p in range(P):
+                    grow[p, i] = g[pi, p]
+                for j in range(d):
+                    gxr[j, i] = 0
+            for t in range(row_start[r], row_start[r + 1]):
+                p0 = reg_p0[t]
+                L = reg_p1[t] - p0
                 if L == 0:
                     continue
-                k = reg_k[q]
+                k = reg_k[t]
+                off = p0 - a
                 _load_segment(xs, p0, L, xb)
-                for i in range(L):
-                    gb[i] = gs[p0 + i]
+                for p in range(P):
+                    for i in range(L):
+                        gb[p, i] = grow[p, off + i]
                 for j in range(d):
                     for i in range(L):
                         gxb[j, i] = 0
-                _grad_block(xb, gb, c, iw, half, m, k, L, s, gate, e, ibuf, tm, gxb, part, t)
+                _grad_block(xb, gb, c, iw, half, m, k, L, s, gate, e, ibuf, tm, gxb, pcq, pmq)
                 for j in range(d):
                     for i in range(L):
-                        gxs[j, p0 + i] += gxb[j, i]
+                        gxr[j, off + i] += gxb[j, i]
+            for i in range(nr):
+                pi = perm[a + i]
+                for j in range(d):
+                    gx[pi, j] = gxr[j, i]
 
 
 @njit(parallel=True, cache=True)
-def culled_pair_count(xs, c, half, row_start, reg_k, reg_p0, reg_p1, nt):
-    """Number of in-support (point, bump) pairs the culled engine visits (for tests)."""
+def culled_pair_count(xs, c, half, row_start, reg_k, reg_p0, reg_p1, bounds):
+    """Number of in-support (point, bump) pairs the culled engine visits (test instrumentation)."""
     d = xs.shape[0]
-    nrows = row_start.shape[0] - 1
-    counts = np.zeros(nt, np.int64)
-    for t in prange(nt):
-        for r in range(t, nrows, nt):
-            for q in range(row_start[r], row_start[r + 1]):
-                k = reg_k[q]
-                for p in range(reg_p0[q], reg_p1[q]):
+    npart = bounds.shape[0] - 1
+    counts = np.zeros(npart, np.int64)
+    for q in prange(npart):
+        cnt = 0
+        for r in range(bounds[q], bounds[q + 1]):
+            for t in range(row_start[r], row_start[r + 1]):
+                k = reg_k[t]
+                for p in range(reg_p0[t], reg_p1[t]):
                     ok = True
                     for j in range(d):
                         if not (abs(xs[j, p] - c[j, k]) < half[j, k]):
                             ok = False
                     if ok:
-                        counts[t] += 1
+                        cnt += 1
+        counts[q] = cnt
     return counts.sum()
+
+
+@njit(cache=True)
+def sum_parts(part):
+    """Sum of the per-partition partials part[q] (3-D, float64), added in partition order."""
+    out = np.zeros((part.shape[1], part.shape[2]))
+    for q in range(part.shape[0]):
+        pq = part[q]
+        for a in range(part.shape[1]):
+            for b in range(part.shape[2]):
+                out[a, b] += pq[a, b]
+    return out

@@ -1,14 +1,21 @@
-"""CPU engine on the Numba kernels: dense fused sum and grid-culled sum.
+"""CPU engine on the Numba kernels: dense fused sum and grid-culled sum, P outputs.
 
-Autograd keeps only the inputs (and, for the culled sum, the point binning and
-the bump registration, both O(n_smps + pairs-of-cells)); backward recomputes.
+Implements the engine contract of ``_registry``: plain functions on detached
+tensors, no autograd here (the op layer owns it). Backward recomputes the pairs.
+
+The culled path bins the points on a grid (cached per x, by value) and registers
+the bumps in the grid rows their support boxes reach (cached per binning and the
+values of c and half), so the forward and backward of one step share both.
+
+Work is split into a fixed number of partitions that depends on the problem only;
+partial gradient sums are reduced in partition order, so results are bitwise the
+same for any thread count.
 """
 
 from __future__ import annotations
 
 import math
-import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numba
 import numpy as np
@@ -18,12 +25,33 @@ from . import _kernels
 
 # Target points per grid cell; a bump then visits ~(box/h + 1)**3 cells.
 _POINTS_PER_CELL = 16
-# Cull only when the candidate pairs are well below the dense n*K.
+# Cull only when the candidate pairs are well below the dense n*K (tests raise it to force the grid).
 _CULL_FRACTION = 0.5
+# Upper bound on the number of work partitions (each holds a float64 (2d + P, K) partial).
+_MAX_PARTS = 64
+_BIN_CACHE_MAX = 3  # binnings kept (each holds about 3 copies of x)
+_PLAN_CACHE_MAX = 2  # culling plans kept per binning
+
+# Test instrumentation: number of binnings computed since import.
+bin_calls = 0
 
 
 def _threads() -> int:
     return max(1, min(numba.get_num_threads(), torch.get_num_threads()))
+
+
+class _threads_capped:
+    """Run numba kernels on at most torch's thread count too (restored afterwards)."""
+
+    def __enter__(self):
+        self.old = numba.get_num_threads()
+        nt = _threads()
+        if nt != self.old:
+            numba.set_num_threads(nt)
+
+    def __exit__(self, *exc):
+        if numba.get_num_threads() != self.old:
+            numba.set_num_threads(self.old)
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -31,53 +59,58 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 
 def _inv_widths(w: torch.Tensor) -> np.ndarray:
-    # 1/w clamped to the largest finite float: a near-zero width gives a huge z, never inf*0.
+    # 1/w clamped to the largest finite float: a zero width gives a huge z, never inf*0.
     big = torch.finfo(w.dtype).max
-    return _np((1.0 / w.detach()).clamp(-big, big))
+    return _np((1.0 / w).clamp(-big, big))
+
+
+def _half_np(half: torch.Tensor, w: torch.Tensor) -> np.ndarray:
+    # A zero width counts nowhere, whatever half says (1/0 is clamped, so 0 * big would be 0).
+    return _np(torch.where(w == 0, torch.zeros_like(half), half))
+
+
+@dataclass
+class _Plan:
+    row_start: np.ndarray  # (nrows + 1,) registrations of each row
+    reg_k: np.ndarray
+    reg_p0: np.ndarray
+    reg_p1: np.ndarray
+    bounds: np.ndarray  # (npart + 1,) rows of each partition
+    maxrow: int
+    maxseg: int
+    ncand: int
 
 
 @dataclass
 class _Binning:
-    perm: torch.Tensor  # (n,) int64: sorted position -> original index
+    perm: np.ndarray  # (n,) int64: sorted position -> original index
     start: np.ndarray  # (n_cells + 1,) first sorted position of each cell
+    row_pts: np.ndarray  # (nrows + 1,) first sorted position of each row
     xs: np.ndarray  # (d, n) points in sorted order
     gd: int
     lo: np.ndarray
     inv_h: np.ndarray
     ncell: np.ndarray
     x_copy: torch.Tensor  # the binned values: writes through x.data do not bump x._version
+    # Recent plans: (c copy, half copy, plan or None when culling does not pay).
+    plans: list = field(default_factory=list)
 
 
-@dataclass
-class _Plan:
-    binning: _Binning
-    row_start: np.ndarray
-    reg_k: np.ndarray
-    reg_p0: np.ndarray
-    reg_p1: np.ndarray
-    maxlen: int
-    ncand: int
-
-
-# Tiny cache of binnings keyed on the identity of x; entries die with x.
-_BIN_CACHE: dict[int, tuple] = {}
-_BIN_CACHE_MAX = 4
-bin_calls = 0  # number of binnings computed (tests spy on it)
+# Binnings keyed on (data_ptr, shape, stride, dtype, version) and verified by value,
+# so a tensor that comes back as another Python object (compile, custom ops) still hits.
+_BIN_CACHE: dict[tuple, _Binning] = {}
 
 
 def _x_key(x: torch.Tensor) -> tuple:
-    return (x._version, x.data_ptr(), tuple(x.shape), tuple(x.stride()), x.dtype)
+    return (x.data_ptr(), tuple(x.shape), tuple(x.stride()), x.dtype, x._version)
 
 
-def _make_binning(x: torch.Tensor) -> _Binning | None:
+def _make_binning(x: torch.Tensor) -> _Binning:
     global bin_calls
-    n, d = x.shape
-    xd = x.detach()
-    if not bool(torch.isfinite(xd).all()):
-        return None
     bin_calls += 1
+    n, d = x.shape
     gd = min(d, 3)
-    xg = xd[:, :gd].double()
+    xg = x[:, :gd].double()
     lo = xg.min(dim=0).values.numpy().copy()
     hi = xg.max(dim=0).values.numpy().copy()
     ext = hi - lo
@@ -96,133 +129,129 @@ def _make_binning(x: torch.Tensor) -> _Binning | None:
             j = int(np.argmax(ncell))
             ncell[j] = max(1, ncell[j] // 2)
             inv_h[j] = ncell[j] / ext[j]
-    xT = _np(xd.T)
-    perm, start, xs = _kernels.bin_points(xT, gd, lo, inv_h, ncell)
-    return _Binning(torch.from_numpy(perm), start, xs, gd, lo, inv_h, ncell, xd.clone())
+    perm, start, xs = _kernels.bin_points(_np(x.T), gd, lo, inv_h, ncell)
+    row_pts = np.ascontiguousarray(start[:: int(ncell[gd - 1])])
+    return _Binning(perm, start, row_pts, xs, gd, lo, inv_h, ncell, x.clone())
 
 
-def get_binning(x: torch.Tensor) -> _Binning | None:
-    """Binning of x, reused while x is the same unchanged tensor."""
+def get_binning(x: torch.Tensor) -> _Binning:
+    """Binning of x, reused while x holds the same values at the same place."""
     key = _x_key(x)
-    hit = _BIN_CACHE.get(id(x))
-    if hit is not None and hit[0]() is x and hit[1] == key:
-        # O(n*d) compare, far cheaper than re-binning; catches in-place writes via x.data.
-        if hit[2] is None or torch.equal(hit[2].x_copy, x.detach()):
-            return hit[2]
+    hit = _BIN_CACHE.get(key)
+    # O(n*d) compare, far cheaper than re-binning; catches in-place writes via x.data.
+    if hit is not None and torch.equal(hit.x_copy, x):
+        return hit
     b = _make_binning(x)
+    _BIN_CACHE.pop(key, None)
     while len(_BIN_CACHE) >= _BIN_CACHE_MAX:
         _BIN_CACHE.pop(next(iter(_BIN_CACHE)))
-    ident = id(x)
-
-    def _drop(_ref, ident=ident):
-        entry = _BIN_CACHE.get(ident)
-        if entry is not None and entry[0] is _ref:
-            del _BIN_CACHE[ident]
-
-    _BIN_CACHE[ident] = (weakref.ref(x, _drop), key, b)
+    _BIN_CACHE[key] = b
     return b
 
 
-def make_plan(x: torch.Tensor, c: torch.Tensor, half: torch.Tensor) -> _Plan | None:
-    """Grid plan for the culled sum, or None where binning does not pay (dense with support test)."""
-    n, d = x.shape
-    K = c.shape[1]
-    if not (bool(torch.isfinite(c).all()) and bool(torch.isfinite(half).all())):
-        return None
-    b = get_binning(x)
-    if b is None:
-        return None
+def _register(b: _Binning, c: torch.Tensor, half: torch.Tensor, n: int, K: int) -> _Plan | None:
     row_start, reg_k, reg_p0, reg_p1, ncand = _kernels.register_bumps(
         _np(c), _np(half), b.gd, b.lo, b.inv_h, b.ncell, b.start
     )
     if ncand > _CULL_FRACTION * n * K:
         return None
-    maxlen = int((reg_p1 - reg_p0).max()) if reg_k.shape[0] else 0
-    return _Plan(b, row_start, reg_k, reg_p0, reg_p1, max(maxlen, 1), int(ncand))
+    npart = int(min(_MAX_PARTS, max(1, row_start.shape[0] - 1)))
+    bounds, maxrow, maxseg = _kernels.row_partitions(b.row_pts, row_start, reg_p0, reg_p1, npart)
+    return _Plan(row_start, reg_k, reg_p0, reg_p1, bounds, int(maxrow), int(maxseg), int(ncand))
 
 
-def culled_pair_count(x: torch.Tensor, c: torch.Tensor, w: torch.Tensor, support_p: float) -> int | None:
-    """In-support pairs the culled engine visits, or None when it would run dense."""
-    from .._reference import support_halfwidths
-
-    half = support_halfwidths(w, support_p)
-    plan = make_plan(x, c, half)
-    if plan is None:
+def make_plan(x: torch.Tensor, c: torch.Tensor, half: torch.Tensor) -> tuple[_Binning, _Plan] | None:
+    """Binning and grid plan for the culled sum, or None where culling does not pay (dense)."""
+    n = x.shape[0]
+    K = c.shape[1]
+    if n == 0 or K == 0 or not bool(torch.isfinite(half).all()):
         return None
-    b = plan.binning
-    return int(
-        _kernels.culled_pair_count(
-            b.xs, _np(c), _np(half), plan.row_start, plan.reg_k, plan.reg_p0, plan.reg_p1, _threads()
-        )
-    )
+    b = get_binning(x)
+    for cc, hc, plan in b.plans:
+        if cc.shape == c.shape and torch.equal(cc, c) and torch.equal(hc, half):
+            return None if plan is None else (b, plan)
+    plan = _register(b, c, half, n, K)
+    if len(b.plans) >= _PLAN_CACHE_MAX:
+        b.plans.pop(0)
+    b.plans.append((c.clone(), half.clone(), plan))
+    return None if plan is None else (b, plan)
 
 
-def _half_np(half: torch.Tensor | None, c: torch.Tensor) -> np.ndarray:
-    if half is None:
-        return np.full(tuple(c.shape), np.inf, dtype=_np(c).dtype)
-    return _np(half)
+def _plan_for(x, c, w, half, cull):
+    if not cull:
+        return None, None
+    hn = torch.where(w == 0, torch.zeros_like(half), half)
+    bp = make_plan(x, c, hn)
+    return (None, None) if bp is None else bp
 
 
-class _NumbaBumpSum(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, c, w, m, half, plan):
-        ctx.save_for_backward(x, c, w, m)
-        ctx.half = half
-        ctx.plan = plan
-        n, d = x.shape
-        K = m.shape[0]
-        y = torch.zeros(n, dtype=x.dtype)
-        if n == 0 or K == 0:
-            return y
-        cn, iw, hn, mn, nt = _np(c), _inv_widths(w), _half_np(half, c), _np(m), _threads()
+def _dense_parts(n: int) -> int:
+    nblk = (n + _kernels._B - 1) // _kernels._B
+    return int(max(1, min(_MAX_PARTS, nblk)))
+
+
+def forward(x, c, w, m, half, cull):
+    """y (n, P) = sum_k m[k, p] * e[i, k] over the pairs that count (see the contract)."""
+    n, d = x.shape
+    K, P = m.shape
+    if n == 0 or K == 0 or P == 0:
+        return torch.zeros((n, P), dtype=x.dtype)
+    b, plan = _plan_for(x, c, w, half, cull)
+    cn, iw, hn, mn = _np(c), _inv_widths(w), _half_np(half, w), _np(m)
+    y = torch.empty((n, P), dtype=x.dtype)
+    with _threads_capped():
         if plan is None:
-            _kernels.dense_forward(_np(x.T), cn, iw, hn, mn, y.numpy(), nt)
+            _kernels.dense_forward(_np(x), cn, iw, hn, mn, y.numpy(), _dense_parts(n))
         else:
-            b = plan.binning
-            ys = np.zeros(n, dtype=b.xs.dtype)
             _kernels.culled_forward(
-                b.xs, cn, iw, hn, mn, plan.row_start, plan.reg_k, plan.reg_p0, plan.reg_p1, plan.maxlen, ys, nt
-            )
-            y[b.perm] = torch.from_numpy(ys)
-        return y
+                b.xs, b.perm, cn, iw, hn, mn, b.row_pts, plan.row_start, plan.reg_k, plan.reg_p0, plan.reg_p1,
+                plan.bounds, plan.maxrow, plan.maxseg, y.numpy(),
+            )  # fmt: skip
+    return y
 
-    @staticmethod
-    def backward(ctx, gy):
-        x, c, w, m = ctx.saved_tensors
-        half, plan = ctx.half, ctx.plan
-        n, d = x.shape
-        K = m.shape[0]
-        need_x = ctx.needs_input_grad[0]
-        if n == 0 or K == 0:
-            gx = torch.zeros_like(x) if need_x else None
-            return gx, torch.zeros_like(c), torch.zeros_like(w), torch.zeros_like(m), None, None
-        cn, iw, hn, mn, nt = _np(c), _inv_widths(w), _half_np(half, c), _np(m), _threads()
-        part = np.zeros((nt, 2 * d + 1, K))
+
+def backward(gy, x, c, w, m, half, cull, need_x):
+    """Gradients of sum(gy * y): (gx or None, gc, gw, gm), in the inputs' dtype."""
+    n, d = x.shape
+    K, P = m.shape
+    if n == 0 or K == 0 or P == 0:
+        gx = torch.zeros_like(x, memory_format=torch.contiguous_format) if need_x else None
+        return gx, torch.zeros((d, K), dtype=c.dtype), torch.zeros((d, K), dtype=w.dtype), torch.zeros((K, P), dtype=m.dtype)
+    b, plan = _plan_for(x, c, w, half, cull)
+    cn, iw, hn, mn = _np(c), _inv_widths(w), _half_np(half, w), _np(m)
+    g = _np(gy.to(x.dtype))
+    gx = torch.empty((n, d), dtype=x.dtype)
+    with _threads_capped():
         if plan is None:
-            gxT = np.empty((d, n), dtype=cn.dtype)
-            _kernels.dense_backward(_np(x.T), cn, iw, hn, mn, _np(gy.to(x.dtype)), gxT, part, nt)
-            gx = torch.from_numpy(gxT).T if need_x else None
+            npart = _dense_parts(n)
+            pcw = np.zeros((npart, 2 * d, K))
+            pm = np.zeros((npart, K, P))
+            _kernels.dense_backward(_np(x), cn, iw, hn, mn, g, gx.numpy(), pcw, pm, npart)
         else:
-            b = plan.binning
-            gs = _np(gy.to(x.dtype)[b.perm])
-            gxs = np.zeros((d, n), dtype=cn.dtype)
+            npart = plan.bounds.shape[0] - 1
+            pcw = np.zeros((npart, 2 * d, K))
+            pm = np.zeros((npart, K, P))
             _kernels.culled_backward(
-                b.xs, cn, iw, hn, mn, gs, plan.row_start, plan.reg_k, plan.reg_p0, plan.reg_p1, plan.maxlen, gxs, part, nt
+                b.xs, b.perm, cn, iw, hn, mn, g, b.row_pts, plan.row_start, plan.reg_k, plan.reg_p0, plan.reg_p1,
+                plan.bounds, plan.maxrow, plan.maxseg, gx.numpy(), pcw, pm,
+            )  # fmt: skip
+    # Fixed-order reduction over partitions (numpy adds the leading axis sequentially).
+    tcw = torch.from_numpy(_kernels.sum_parts(pcw))
+    gc = tcw[:d].to(c.dtype)
+    gw = tcw[d:].to(w.dtype)
+    gm = torch.from_numpy(_kernels.sum_parts(pm)).to(m.dtype)
+    return (gx if need_x else None), gc, gw, gm
+
+
+def pair_count(x, c, half) -> int | None:
+    """Test instrumentation: in-support pairs the culled path visits, or None when it would run dense."""
+    bp = make_plan(x, c, half)
+    if bp is None:
+        return None
+    b, plan = bp
+    with _threads_capped():
+        return int(
+            _kernels.culled_pair_count(
+                b.xs, _np(c), _np(half), plan.row_start, plan.reg_k, plan.reg_p0, plan.reg_p1, plan.bounds
             )
-            gx = None
-            if need_x:
-                gx = torch.empty((n, d), dtype=x.dtype)
-                gx[b.perm] = torch.from_numpy(gxs).T
-        tot = torch.from_numpy(part.sum(axis=0))
-        gc = tot[:d].to(c.dtype)
-        gw = tot[d : 2 * d].to(w.dtype)
-        gm = tot[2 * d].to(m.dtype)
-        return gx, gc, gw, gm, None, None
-
-
-def bump_sum_numba(x, c, w, m, half, cull: bool = True):
-    """Numba CPU bump sum; ``half`` None for the exact sum."""
-    plan = None
-    if half is not None and cull and x.shape[0] > 0 and m.shape[0] > 0:
-        plan = make_plan(x, c, half)
-    return _NumbaBumpSum.apply(x, c, w, m, half, plan)
+        )
