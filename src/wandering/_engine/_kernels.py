@@ -129,7 +129,6 @@ def _grad_block(xb, gb, c, iw, half, m, k, nb, s, gate, e, ibuf, tm, gxb, pcw, p
     and serve all P outputs. Block sums are in the inputs' dtype and go into the
     float64 partials pcw (2d, K: c then w) and pm (K, P).
     """
-    d = xb.shape[0]
     P = gb.shape[0]
     zero = s.dtype.type(0.0)
     two = s.dtype.type(2.0)
@@ -161,6 +160,14 @@ def _grad_block(xb, gb, c, iw, half, m, k, nb, s, gate, e, ibuf, tm, gxb, pcw, p
         for i in range(nb):
             el = e[i]
             tm[i] = two * el * tm[i] if el > zero else zero
+    _grad_tail(xb, c, iw, k, nb, tm, gxb, pcw)
+
+
+@njit(fastmath=FM, cache=True)
+def _grad_tail(xb, c, iw, k, nb, tm, gxb, pcw):
+    """From t_i = 2 e_i sum_p g[i, p] m[k, p] (0 for dead pairs): grad x into gxb, grad c, w into pcw."""
+    d = xb.shape[0]
+    zero = tm.dtype.type(0.0)
     for j in range(d):
         xj = xb[j]
         gxj = gxb[j]
@@ -250,8 +257,9 @@ def dense_backward(x, c, iw, half, m, g, gx, pcw, pm, npart):
 # sorted by cell (counting sort). A "row" is a line of cells along the last grid
 # dim; its points are contiguous. Each bump is registered in every row its support
 # box overlaps, with the range of cells along that line. Rows are split into fixed
-# partitions of about equal work; a partition accumulates y and grad x of its rows
-# in row-local buffers and writes them back in the original point order.
+# partitions of about equal work; a partition owns its rows' points (y, grad x) and
+# its own gradient partials. Upstream gradients are gathered into sorted order and
+# outputs scattered back by separate passes, keeping random access out of the hot loops.
 
 
 @njit(cache=True)
@@ -412,9 +420,33 @@ def row_partitions(row_pts, row_start, reg_p0, reg_p1, npart):
     return bounds, maxrow, maxseg
 
 
+@njit(parallel=True, cache=True)
+def gather_rows(src, perm, bounds, row_pts, out):
+    """out[p, i] = src[perm[i], p]: (n, P) in original order to (P, n) in sorted order."""
+    P = src.shape[1]
+    npart = bounds.shape[0] - 1
+    for q in prange(npart):
+        for i in range(row_pts[bounds[q]], row_pts[bounds[q + 1]]):
+            pi = perm[i]
+            for p in range(P):
+                out[p, i] = src[pi, p]
+
+
+@njit(parallel=True, cache=True)
+def scatter_rows(src, perm, bounds, row_pts, out):
+    """out[perm[i], p] = src[p, i]: (P, n) in sorted order back to (n, P) in original order."""
+    P = src.shape[0]
+    npart = bounds.shape[0] - 1
+    for q in prange(npart):
+        for i in range(row_pts[bounds[q]], row_pts[bounds[q + 1]]):
+            pi = perm[i]
+            for p in range(P):
+                out[pi, p] = src[p, i]
+
+
 @njit(parallel=True, fastmath=FM, cache=True)
-def culled_forward(xs, perm, c, iw, half, m, row_pts, row_start, reg_k, reg_p0, reg_p1, bounds, maxrow, maxseg, y):
-    """y (n, P, original order) = sum over registered bumps; partition q owns rows bounds[q]:bounds[q+1]."""
+def culled_forward(xs, c, iw, half, m, row_pts, row_start, reg_k, reg_p0, reg_p1, bounds, maxseg, ys):
+    """ys (P, n, sorted order) = sum over registered bumps; partition q owns rows bounds[q]:bounds[q+1]."""
     d, n = xs.shape
     P = m.shape[1]
     dt = xs.dtype
@@ -425,15 +457,10 @@ def culled_forward(xs, perm, c, iw, half, m, row_pts, row_start, reg_k, reg_p0, 
         gate = np.empty(maxseg, dt)
         e = np.empty(maxseg, dt)
         ibuf = np.empty(maxseg, np.int32)
-        acc = np.empty((P, maxrow), dt)
+        for p in range(P):
+            for i in range(row_pts[bounds[q]], row_pts[bounds[q + 1]]):
+                ys[p, i] = 0
         for r in range(bounds[q], bounds[q + 1]):
-            a = row_pts[r]
-            nr = row_pts[r + 1] - a
-            if nr == 0:
-                continue
-            for p in range(P):
-                for i in range(nr):
-                    acc[p, i] = 0
             for t in range(row_start[r], row_start[r + 1]):
                 p0 = reg_p0[t]
                 L = reg_p1[t] - p0
@@ -443,18 +470,12 @@ def culled_forward(xs, perm, c, iw, half, m, row_pts, row_start, reg_k, reg_p0, 
                 _load_segment(xs, p0, L, xb)
                 _pair_block(xb, c, iw, half, k, L, s, gate)
                 neg_exp_block(s, e, L, ibuf)
-                _add_outputs(e, gate, m, k, L, acc, p0 - a)
-            for i in range(nr):
-                pi = perm[a + i]
-                for p in range(P):
-                    y[pi, p] = acc[p, i]
+                _add_outputs(e, gate, m, k, L, ys, p0)
 
 
 @njit(parallel=True, fastmath=FM, cache=True)
-def culled_backward(
-    xs, perm, c, iw, half, m, g, row_pts, row_start, reg_k, reg_p0, reg_p1, bounds, maxrow, maxseg, gx, pcw, pm
-):
-    """gx (n, d, original order) gets dL/dx; partition q adds into pcw[q] and pm[q]."""
+def culled_backward(xs, c, iw, half, m, gs, row_pts, row_start, reg_k, reg_p0, reg_p1, bounds, maxseg, gxs, need_x, pcw, pm):
+    """gs (P, n) and gxs (d, n) in sorted order; gxs gets dL/dx when need_x; partition q adds into pcw[q], pm[q]."""
     d, n = xs.shape
     P = m.shape[1]
     dt = xs.dtype
@@ -468,7 +489,120 @@ def culled_backward(
         e = np.empty(maxseg, dt)
         tm = np.empty(maxseg, dt)
         ibuf = np.empty(maxseg, np.int32)
-        grow = np.empty((P, maxrow), dt)
+        pcq = pcw[q]
+        pmq = pm[q]
+        if need_x:
+            for j in range(d):
+                for i in range(row_pts[bounds[q]], row_pts[bounds[q + 1]]):
+                    gxs[j, i] = 0
+        for r in range(bounds[q], bounds[q + 1]):
+            for t in range(row_start[r], row_start[r + 1]):
+                p0 = reg_p0[t]
+                L = reg_p1[t] - p0
+                if L == 0:
+                    continue
+                k = reg_k[t]
+                _load_segment(xs, p0, L, xb)
+                for p in range(P):
+                    for i in range(L):
+                        gb[p, i] = gs[p, p0 + i]
+                for j in range(d):
+                    for i in range(L):
+                        gxb[j, i] = 0
+                _grad_block(xb, gb, c, iw, half, m, k, L, s, gate, e, ibuf, tm, gxb, pcq, pmq)
+                if need_x:
+                    for j in range(d):
+                        for i in range(L):
+                            gxs[j, p0 + i] += gxb[j, i]
+
+
+@njit(fastmath=FM, cache=True)
+def _live_pairs(e, gate, nb, idx, ev):
+    """Compact the live pairs of a segment: idx[:nl], ev[:nl] = positions, e * gate where > 0."""
+    zero = e.dtype.type(0.0)
+    nl = 0
+    for i in range(nb):
+        el = e[i] * gate[i]
+        idx[nl] = i
+        ev[nl] = el
+        nl += 1 if el > zero else 0
+    return nl
+
+
+@njit(parallel=True, fastmath=FM, cache=True)
+def culled_forward_multi(xs, perm, c, iw, half, m, row_pts, row_start, reg_k, reg_p0, reg_p1, bounds, maxrow, maxseg, y):
+    """P > 1: y (n, P, original order). Per row a (rows, P) accumulator gets each live pair's
+    e * m[k, :] (contiguous in P) and is written back through perm at the row's end."""
+    d, n = xs.shape
+    P = m.shape[1]
+    dt = xs.dtype
+    npart = bounds.shape[0] - 1
+    for q in prange(npart):
+        xb = np.empty((d, maxseg), dt)
+        s = np.empty(maxseg, dt)
+        gate = np.empty(maxseg, dt)
+        e = np.empty(maxseg, dt)
+        ev = np.empty(maxseg, dt)
+        idx = np.empty(maxseg, np.int64)
+        ibuf = np.empty(maxseg, np.int32)
+        acc = np.empty((maxrow, P), dt)
+        for r in range(bounds[q], bounds[q + 1]):
+            a = row_pts[r]
+            nr = row_pts[r + 1] - a
+            if nr == 0:
+                continue
+            for i in range(nr):
+                for p in range(P):
+                    acc[i, p] = 0
+            for t in range(row_start[r], row_start[r + 1]):
+                p0 = reg_p0[t]
+                L = reg_p1[t] - p0
+                if L == 0:
+                    continue
+                k = reg_k[t]
+                _load_segment(xs, p0, L, xb)
+                _pair_block(xb, c, iw, half, k, L, s, gate)
+                neg_exp_block(s, e, L, ibuf)
+                nl = _live_pairs(e, gate, L, idx, ev)
+                mk = m[k]
+                off = p0 - a
+                for u in range(nl):
+                    ai = acc[off + idx[u]]
+                    eu = ev[u]
+                    for p in range(P):
+                        ai[p] += eu * mk[p]
+            for i in range(nr):
+                yi = y[perm[a + i]]
+                ai = acc[i]
+                for p in range(P):
+                    yi[p] = ai[p]
+
+
+@njit(parallel=True, fastmath=FM, cache=True)
+def culled_backward_multi(
+    xs, perm, c, iw, half, m, g, row_pts, row_start, reg_k, reg_p0, reg_p1, bounds, maxrow, maxseg, gx, need_x, pcw, pm
+):
+    """P > 1: g (n, P) and gx (n, d) in original order; per row the upstream gradient is
+    gathered into a (rows, P) buffer; live pairs are compacted and their P-loops run
+    contiguous in P; partition q adds into pcw[q] and pm[q]."""
+    d, n = xs.shape
+    P = m.shape[1]
+    dt = xs.dtype
+    zero = dt.type(0.0)
+    two = dt.type(2.0)
+    npart = bounds.shape[0] - 1
+    for q in prange(npart):
+        xb = np.empty((d, maxseg), dt)
+        gxb = np.empty((d, maxseg), dt)
+        s = np.empty(maxseg, dt)
+        gate = np.empty(maxseg, dt)
+        e = np.empty(maxseg, dt)
+        ev = np.empty(maxseg, dt)
+        idx = np.empty(maxseg, np.int64)
+        tm = np.empty(maxseg, dt)
+        ibuf = np.empty(maxseg, np.int32)
+        sm = np.empty(P, dt)
+        grow = np.empty((maxrow, P), dt)
         gxr = np.empty((d, maxrow), dt)
         pcq = pcw[q]
         pmq = pm[q]
@@ -476,16 +610,19 @@ def culled_backward(
             a = row_pts[r]
             nr = row_pts[r + 1] - a
             if nr == 0 or row_start[r] == row_start[r + 1]:
-                for i in range(nr):
-                    pi = perm[a + i]
-                    for j in range(d):
-                        gx[pi, j] = 0
+                if need_x:
+                    for i in range(nr):
+                        gxi = gx[perm[a + i]]
+                        for j in range(d):
+                            gxi[j] = 0
                 continue
             for i in range(nr):
-                pi = perm[a + i]
+                gi = g[perm[a + i]]
+                gr = grow[i]
                 for p in range(P):
-                    grow[p, i] = g[pi, p]
-                for j in range(d):
+                    gr[p] = gi[p]
+            for j in range(d):
+                for i in range(nr):
                     gxr[j, i] = 0
             for t in range(row_start[r], row_start[r + 1]):
                 p0 = reg_p0[t]
@@ -495,20 +632,41 @@ def culled_backward(
                 k = reg_k[t]
                 off = p0 - a
                 _load_segment(xs, p0, L, xb)
+                _pair_block(xb, c, iw, half, k, L, s, gate)
+                neg_exp_block(s, e, L, ibuf)
+                nl = _live_pairs(e, gate, L, idx, ev)
+                if nl == 0:
+                    continue
+                mk = m[k]
                 for p in range(P):
-                    for i in range(L):
-                        gb[p, i] = grow[p, off + i]
+                    sm[p] = 0
+                for i in range(L):
+                    tm[i] = 0
+                for u in range(nl):
+                    gr = grow[off + idx[u]]
+                    eu = ev[u]
+                    dot = zero
+                    for p in range(P):
+                        gp = gr[p]
+                        dot += gp * mk[p]
+                        sm[p] += gp * eu
+                    tm[idx[u]] = two * eu * dot
+                pk = pmq[k]
+                for p in range(P):
+                    pk[p] += sm[p]
                 for j in range(d):
                     for i in range(L):
                         gxb[j, i] = 0
-                _grad_block(xb, gb, c, iw, half, m, k, L, s, gate, e, ibuf, tm, gxb, pcq, pmq)
-                for j in range(d):
-                    for i in range(L):
-                        gxr[j, off + i] += gxb[j, i]
-            for i in range(nr):
-                pi = perm[a + i]
-                for j in range(d):
-                    gx[pi, j] = gxr[j, i]
+                _grad_tail(xb, c, iw, k, L, tm, gxb, pcq)
+                if need_x:
+                    for j in range(d):
+                        for i in range(L):
+                            gxr[j, off + i] += gxb[j, i]
+            if need_x:
+                for i in range(nr):
+                    gxi = gx[perm[a + i]]
+                    for j in range(d):
+                        gxi[j] = gxr[j, i]
 
 
 @njit(parallel=True, cache=True)

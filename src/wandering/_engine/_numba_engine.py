@@ -92,7 +92,7 @@ class _Binning:
     inv_h: np.ndarray
     ncell: np.ndarray
     x_copy: torch.Tensor  # the binned values: writes through x.data do not bump x._version
-    # Recent plans: (c copy, half copy, plan or None when culling does not pay).
+    # Recent plans: (c copy, half copy, cull fraction, plan or None when culling does not pay).
     plans: list = field(default_factory=list)
 
 
@@ -167,13 +167,14 @@ def make_plan(x: torch.Tensor, c: torch.Tensor, half: torch.Tensor) -> tuple[_Bi
     if n == 0 or K == 0 or not bool(torch.isfinite(half).all()):
         return None
     b = get_binning(x)
-    for cc, hc, plan in b.plans:
-        if cc.shape == c.shape and torch.equal(cc, c) and torch.equal(hc, half):
+    frac = _CULL_FRACTION
+    for cc, hc, fc, plan in b.plans:
+        if fc == frac and cc.shape == c.shape and torch.equal(cc, c) and torch.equal(hc, half):
             return None if plan is None else (b, plan)
     plan = _register(b, c, half, n, K)
     if len(b.plans) >= _PLAN_CACHE_MAX:
         b.plans.pop(0)
-    b.plans.append((c.clone(), half.clone(), plan))
+    b.plans.append((c.clone(), half.clone(), frac, plan))
     return None if plan is None else (b, plan)
 
 
@@ -202,11 +203,18 @@ def forward(x, c, w, m, half, cull):
     with _threads_capped():
         if plan is None:
             _kernels.dense_forward(_np(x), cn, iw, hn, mn, y.numpy(), _dense_parts(n))
-        else:
-            _kernels.culled_forward(
+        elif P > 1:
+            _kernels.culled_forward_multi(
                 b.xs, b.perm, cn, iw, hn, mn, b.row_pts, plan.row_start, plan.reg_k, plan.reg_p0, plan.reg_p1,
                 plan.bounds, plan.maxrow, plan.maxseg, y.numpy(),
             )  # fmt: skip
+        else:
+            ys = np.empty((P, n), dtype=cn.dtype)
+            _kernels.culled_forward(
+                b.xs, cn, iw, hn, mn, b.row_pts, plan.row_start, plan.reg_k, plan.reg_p0, plan.reg_p1,
+                plan.bounds, plan.maxseg, ys,
+            )  # fmt: skip
+            _kernels.scatter_rows(ys, b.perm, plan.bounds, b.row_pts, y.numpy())
     return y
 
 
@@ -220,21 +228,34 @@ def backward(gy, x, c, w, m, half, cull, need_x):
     b, plan = _plan_for(x, c, w, half, cull)
     cn, iw, hn, mn = _np(c), _inv_widths(w), _half_np(half, w), _np(m)
     g = _np(gy.to(x.dtype))
-    gx = torch.empty((n, d), dtype=x.dtype)
+    gx = torch.empty((n, d) if (need_x or plan is None) else (0, d), dtype=x.dtype)
     with _threads_capped():
         if plan is None:
             npart = _dense_parts(n)
             pcw = np.zeros((npart, 2 * d, K))
             pm = np.zeros((npart, K, P))
             _kernels.dense_backward(_np(x), cn, iw, hn, mn, g, gx.numpy(), pcw, pm, npart)
+        elif P > 1:
+            npart = plan.bounds.shape[0] - 1
+            pcw = np.zeros((npart, 2 * d, K))
+            pm = np.zeros((npart, K, P))
+            _kernels.culled_backward_multi(
+                b.xs, b.perm, cn, iw, hn, mn, g, b.row_pts, plan.row_start, plan.reg_k, plan.reg_p0, plan.reg_p1,
+                plan.bounds, plan.maxrow, plan.maxseg, gx.numpy(), need_x, pcw, pm,
+            )  # fmt: skip
         else:
             npart = plan.bounds.shape[0] - 1
             pcw = np.zeros((npart, 2 * d, K))
             pm = np.zeros((npart, K, P))
+            gs = np.empty((P, n), dtype=cn.dtype)
+            _kernels.gather_rows(g, b.perm, plan.bounds, b.row_pts, gs)
+            gxs = np.empty((d, n) if need_x else (d, 0), dtype=cn.dtype)
             _kernels.culled_backward(
-                b.xs, b.perm, cn, iw, hn, mn, g, b.row_pts, plan.row_start, plan.reg_k, plan.reg_p0, plan.reg_p1,
-                plan.bounds, plan.maxrow, plan.maxseg, gx.numpy(), pcw, pm,
+                b.xs, cn, iw, hn, mn, gs, b.row_pts, plan.row_start, plan.reg_k, plan.reg_p0, plan.reg_p1,
+                plan.bounds, plan.maxseg, gxs, need_x, pcw, pm,
             )  # fmt: skip
+            if need_x:
+                _kernels.scatter_rows(gxs, b.perm, plan.bounds, b.row_pts, gx.numpy())
     # Fixed-order reduction over partitions (numpy adds the leading axis sequentially).
     tcw = torch.from_numpy(_kernels.sum_parts(pcw))
     gc = tcw[:d].to(c.dtype)
