@@ -3,8 +3,9 @@
 Layout: a block of points is copied to (d, nb) and parameters are (d, K), so every
 inner loop runs over a contiguous 1-D buffer starting at index 0 (LLVM only
 vectorised those here). Each (point, bump) exp and support test is computed once
-per block and then serves all P outputs through (P, nb) accumulators; P == 1 takes
-a fused branch with the single-output loops.
+per block and then serves all P outputs. P == 1 has its own fused loops (as fast
+as the single-output kernels were); dense P > 1 uses (P, nb) accumulators, culled
+P > 1 compacts each segment's live pairs and runs loops contiguous in P.
 
 Determinism: work is cut into a fixed number of partitions that depends only on
 the problem (never on the thread count); each partition accumulates its parameter
@@ -103,63 +104,71 @@ def _pair_block(xb, c, iw, half, k, nb, s, gate):
 
 
 @njit(fastmath=FM, cache=True)
-def _add_outputs(e, gate, m, k, nb, acc, off):
-    """acc[p, off + i] += m[k, p] * e[i] * gate[i] for every output p (e is overwritten when P > 1)."""
-    P = acc.shape[0]
-    if P == 1:
-        mk = m[k, 0]
-        a0 = acc[0]
-        for i in range(nb):
-            a0[off + i] += mk * (e[i] * gate[i])
-        return
+def _grad_block1(xb, g1, c, iw, half, m, k, nb, s, gate, e, ibuf, tm, gxb, pcw, pm):
+    """P == 1: recompute bump k on a block and add its gradient contributions.
+
+    g1 (nb,) is the upstream gradient. Block sums are in the inputs' dtype and go
+    into the float64 partials pcw (2d, K: c then w) and pm (K, 1). Kept apart from
+    the P > 1 code with its loops inline: measured ~10% faster than sharing them.
+    """
+    d = xb.shape[0]
+    zero = s.dtype.type(0.0)
+    two = s.dtype.type(2.0)
+    _pair_block(xb, c, iw, half, k, nb, s, gate)
+    neg_exp_block(s, e, nb, ibuf)
+    mk2 = two * m[k, 0]
+    sm = zero
     for i in range(nb):
-        e[i] = e[i] * gate[i]
-    for p in range(P):
-        mkp = m[k, p]
-        ap = acc[p]
+        el = e[i] * gate[i]
+        ge = g1[i] * el
+        sm += ge
+        tm[i] = ge * mk2 if el > zero else zero
+    pm[k, 0] += sm
+    for j in range(d):
+        xj = xb[j]
+        gxj = gxb[j]
+        cj = c[j, k]
+        iwj = iw[j, k]
+        sc = zero
+        sw = zero
         for i in range(nb):
-            ap[off + i] += mkp * e[i]
+            z = (xj[i] - cj) * iwj
+            a = tm[i] * z * iwj
+            a = a if tm[i] != zero else zero  # dead pairs: z may be inf
+            sc += a
+            sw += a * z
+            gxj[i] -= a
+        pcw[j, k] += sc
+        pcw[d + j, k] += sw
 
 
 @njit(fastmath=FM, cache=True)
 def _grad_block(xb, gb, c, iw, half, m, k, nb, s, gate, e, ibuf, tm, gxb, pcw, pm):
-    """Recompute bump k on a block and add its gradient contributions.
+    """P > 1: recompute bump k on a block and add its gradient contributions.
 
     gb (P, nb) holds the upstream gradient; the exp and support test are done once
-    and serve all P outputs. Block sums are in the inputs' dtype and go into the
-    float64 partials pcw (2d, K: c then w) and pm (K, P).
+    and serve all P outputs. Partials as in :func:`_grad_block1`, pm (K, P).
     """
     P = gb.shape[0]
     zero = s.dtype.type(0.0)
     two = s.dtype.type(2.0)
     _pair_block(xb, c, iw, half, k, nb, s, gate)
     neg_exp_block(s, e, nb, ibuf)
-    if P == 1:
-        mk2 = two * m[k, 0]
-        g0 = gb[0]
+    for i in range(nb):
+        e[i] = e[i] * gate[i]
+        tm[i] = zero
+    for p in range(P):
+        mkp = m[k, p]
+        gp = gb[p]
         sm = zero
         for i in range(nb):
-            el = e[i] * gate[i]
-            ge = g0[i] * el
-            sm += ge
-            tm[i] = ge * mk2 if el > zero else zero
-        pm[k, 0] += sm
-    else:
-        for i in range(nb):
-            e[i] = e[i] * gate[i]
-            tm[i] = zero
-        for p in range(P):
-            mkp = m[k, p]
-            gp = gb[p]
-            sm = zero
-            for i in range(nb):
-                gi = gp[i]
-                sm += gi * e[i]
-                tm[i] += gi * mkp
-            pm[k, p] += sm
-        for i in range(nb):
-            el = e[i]
-            tm[i] = two * el * tm[i] if el > zero else zero
+            gi = gp[i]
+            sm += gi * e[i]
+            tm[i] += gi * mkp
+        pm[k, p] += sm
+    for i in range(nb):
+        el = e[i]
+        tm[i] = two * el * tm[i] if el > zero else zero
     _grad_tail(xb, c, iw, k, nb, tm, gxb, pcw)
 
 
@@ -209,10 +218,25 @@ def dense_forward(x, c, iw, half, m, y, npart):
             for p in range(P):
                 for i in range(nb):
                     acc[p, i] = 0
-            for k in range(K):
-                _pair_block(xb, c, iw, half, k, nb, s, gate)
-                neg_exp_block(s, e, nb, ibuf)
-                _add_outputs(e, gate, m, k, nb, acc, 0)
+            if P == 1:
+                acc1 = acc[0]
+                for k in range(K):
+                    _pair_block(xb, c, iw, half, k, nb, s, gate)
+                    neg_exp_block(s, e, nb, ibuf)
+                    mk = m[k, 0]
+                    for i in range(nb):
+                        acc1[i] += mk * (e[i] * gate[i])
+            else:
+                for k in range(K):
+                    _pair_block(xb, c, iw, half, k, nb, s, gate)
+                    neg_exp_block(s, e, nb, ibuf)
+                    for i in range(nb):
+                        e[i] = e[i] * gate[i]
+                    for p in range(P):
+                        mkp = m[k, p]
+                        ap = acc[p]
+                        for i in range(nb):
+                            ap[i] += mkp * e[i]
             for i in range(nb):
                 for p in range(P):
                     y[i0 + i, p] = acc[p, i]
@@ -245,8 +269,13 @@ def dense_backward(x, c, iw, half, m, g, gx, pcw, pm, npart):
                     gxb[j, i] = 0
                 for p in range(P):
                     gb[p, i] = g[i0 + i, p]
-            for k in range(m.shape[0]):
-                _grad_block(xb, gb, c, iw, half, m, k, nb, s, gate, e, ibuf, tm, gxb, pcq, pmq)
+            if P == 1:
+                gb1 = gb[0]
+                for k in range(m.shape[0]):
+                    _grad_block1(xb, gb1, c, iw, half, m, k, nb, s, gate, e, ibuf, tm, gxb, pcq, pmq)
+            else:
+                for k in range(m.shape[0]):
+                    _grad_block(xb, gb, c, iw, half, m, k, nb, s, gate, e, ibuf, tm, gxb, pcq, pmq)
             for i in range(nb):
                 for j in range(d):
                     gx[i0 + i, j] = gxb[j, i]
@@ -422,33 +451,32 @@ def row_partitions(row_pts, row_start, reg_p0, reg_p1, npart):
 
 @njit(parallel=True, cache=True)
 def gather_rows(src, perm, bounds, row_pts, out):
-    """out[p, i] = src[perm[i], p]: (n, P) in original order to (P, n) in sorted order."""
-    P = src.shape[1]
+    """out[j, i] = src[perm[i], j]: (n, J) in original order to (J, n) in sorted order."""
+    J = src.shape[1]
     npart = bounds.shape[0] - 1
     for q in prange(npart):
         for i in range(row_pts[bounds[q]], row_pts[bounds[q + 1]]):
             pi = perm[i]
-            for p in range(P):
-                out[p, i] = src[pi, p]
+            for j in range(J):
+                out[j, i] = src[pi, j]
 
 
 @njit(parallel=True, cache=True)
 def scatter_rows(src, perm, bounds, row_pts, out):
-    """out[perm[i], p] = src[p, i]: (P, n) in sorted order back to (n, P) in original order."""
-    P = src.shape[0]
+    """out[perm[i], j] = src[j, i]: (J, n) in sorted order back to (n, J) in original order."""
+    J = src.shape[0]
     npart = bounds.shape[0] - 1
     for q in prange(npart):
         for i in range(row_pts[bounds[q]], row_pts[bounds[q + 1]]):
             pi = perm[i]
-            for p in range(P):
-                out[pi, p] = src[p, i]
+            for j in range(J):
+                out[pi, j] = src[j, i]
 
 
 @njit(parallel=True, fastmath=FM, cache=True)
 def culled_forward(xs, c, iw, half, m, row_pts, row_start, reg_k, reg_p0, reg_p1, bounds, maxseg, ys):
-    """ys (P, n, sorted order) = sum over registered bumps; partition q owns rows bounds[q]:bounds[q+1]."""
+    """P == 1: ys (n,) in sorted order = sum over registered bumps; partition q owns rows bounds[q]:bounds[q+1]."""
     d, n = xs.shape
-    P = m.shape[1]
     dt = xs.dtype
     npart = bounds.shape[0] - 1
     for q in prange(npart):
@@ -457,9 +485,8 @@ def culled_forward(xs, c, iw, half, m, row_pts, row_start, reg_k, reg_p0, reg_p1
         gate = np.empty(maxseg, dt)
         e = np.empty(maxseg, dt)
         ibuf = np.empty(maxseg, np.int32)
-        for p in range(P):
-            for i in range(row_pts[bounds[q]], row_pts[bounds[q + 1]]):
-                ys[p, i] = 0
+        for i in range(row_pts[bounds[q]], row_pts[bounds[q + 1]]):
+            ys[i] = 0
         for r in range(bounds[q], bounds[q + 1]):
             for t in range(row_start[r], row_start[r + 1]):
                 p0 = reg_p0[t]
@@ -470,20 +497,21 @@ def culled_forward(xs, c, iw, half, m, row_pts, row_start, reg_k, reg_p0, reg_p1
                 _load_segment(xs, p0, L, xb)
                 _pair_block(xb, c, iw, half, k, L, s, gate)
                 neg_exp_block(s, e, L, ibuf)
-                _add_outputs(e, gate, m, k, L, ys, p0)
+                mk = m[k, 0]
+                for i in range(L):
+                    ys[p0 + i] += mk * (e[i] * gate[i])
 
 
 @njit(parallel=True, fastmath=FM, cache=True)
 def culled_backward(xs, c, iw, half, m, gs, row_pts, row_start, reg_k, reg_p0, reg_p1, bounds, maxseg, gxs, need_x, pcw, pm):
-    """gs (P, n) and gxs (d, n) in sorted order; gxs gets dL/dx when need_x; partition q adds into pcw[q], pm[q]."""
+    """P == 1: gs (n,) and gxs (d, n) in sorted order; gxs gets dL/dx when need_x; partition q adds into pcw[q], pm[q]."""
     d, n = xs.shape
-    P = m.shape[1]
     dt = xs.dtype
     npart = bounds.shape[0] - 1
     for q in prange(npart):
         xb = np.empty((d, maxseg), dt)
         gxb = np.empty((d, maxseg), dt)
-        gb = np.empty((P, maxseg), dt)
+        gb = np.empty(maxseg, dt)
         s = np.empty(maxseg, dt)
         gate = np.empty(maxseg, dt)
         e = np.empty(maxseg, dt)
@@ -503,13 +531,12 @@ def culled_backward(xs, c, iw, half, m, gs, row_pts, row_start, reg_k, reg_p0, r
                     continue
                 k = reg_k[t]
                 _load_segment(xs, p0, L, xb)
-                for p in range(P):
-                    for i in range(L):
-                        gb[p, i] = gs[p, p0 + i]
+                for i in range(L):
+                    gb[i] = gs[p0 + i]
                 for j in range(d):
                     for i in range(L):
                         gxb[j, i] = 0
-                _grad_block(xb, gb, c, iw, half, m, k, L, s, gate, e, ibuf, tm, gxb, pcq, pmq)
+                _grad_block1(xb, gb, c, iw, half, m, k, L, s, gate, e, ibuf, tm, gxb, pcq, pmq)
                 if need_x:
                     for j in range(d):
                         for i in range(L):

@@ -209,10 +209,10 @@ def forward(x, c, w, m, half, cull):
                 plan.bounds, plan.maxrow, plan.maxseg, y.numpy(),
             )  # fmt: skip
         else:
-            ys = np.empty((P, n), dtype=cn.dtype)
+            ys = np.empty((1, n), dtype=cn.dtype)
             _kernels.culled_forward(
                 b.xs, cn, iw, hn, mn, b.row_pts, plan.row_start, plan.reg_k, plan.reg_p0, plan.reg_p1,
-                plan.bounds, plan.maxseg, ys,
+                plan.bounds, plan.maxseg, ys[0],
             )  # fmt: skip
             _kernels.scatter_rows(ys, b.perm, plan.bounds, b.row_pts, y.numpy())
     return y
@@ -247,11 +247,11 @@ def backward(gy, x, c, w, m, half, cull, need_x):
             npart = plan.bounds.shape[0] - 1
             pcw = np.zeros((npart, 2 * d, K))
             pm = np.zeros((npart, K, P))
-            gs = np.empty((P, n), dtype=cn.dtype)
+            gs = np.empty((1, n), dtype=cn.dtype)
             _kernels.gather_rows(g, b.perm, plan.bounds, b.row_pts, gs)
             gxs = np.empty((d, n) if need_x else (d, 0), dtype=cn.dtype)
             _kernels.culled_backward(
-                b.xs, cn, iw, hn, mn, gs, b.row_pts, plan.row_start, plan.reg_k, plan.reg_p0, plan.reg_p1,
+                b.xs, cn, iw, hn, mn, gs[0], b.row_pts, plan.row_start, plan.reg_k, plan.reg_p0, plan.reg_p1,
                 plan.bounds, plan.maxseg, gxs, need_x, pcw, pm,
             )  # fmt: skip
             if need_x:
