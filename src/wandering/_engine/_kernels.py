@@ -420,11 +420,8 @@ def _load_segment(xs, p0, L, xb):
 
 
 @njit(cache=True)
-def row_partitions(row_pts, row_start, reg_p0, reg_p1, npart):
-    """Split rows into npart contiguous runs of about equal work (points + candidate pairs).
-
-    Depends only on the plan, never on the thread count. Returns (bounds (npart+1,),
-    longest row, longest segment)."""
+def row_costs(row_pts, row_start, reg_p0, reg_p1):
+    """Work per row (points + candidate pairs) as a prefix sum (nrows + 1,), longest row, longest segment."""
     nrows = row_start.shape[0] - 1
     cost = np.zeros(nrows + 1, np.int64)
     maxrow = 1
@@ -437,6 +434,15 @@ def row_partitions(row_pts, row_start, reg_p0, reg_p1, npart):
             w += L
             maxseg = max(maxseg, L)
         cost[r + 1] = cost[r] + w
+    return cost, maxrow, maxseg
+
+
+@njit(cache=True)
+def partition_bounds(cost, npart):
+    """Split rows into npart contiguous runs of about equal cost: (npart + 1,) row bounds.
+
+    Depends only on the plan and npart, never on the thread count."""
+    nrows = cost.shape[0] - 1
     bounds = np.empty(npart + 1, np.int64)
     bounds[0] = 0
     r = 0
@@ -446,7 +452,7 @@ def row_partitions(row_pts, row_start, reg_p0, reg_p1, npart):
             r += 1
         bounds[q] = r
     bounds[npart] = nrows
-    return bounds, maxrow, maxseg
+    return bounds
 
 
 @njit(parallel=True, cache=True)

@@ -27,8 +27,12 @@ from . import _kernels
 _POINTS_PER_CELL = 16
 # Cull only when the candidate pairs are well below the dense n*K (tests raise it to force the grid).
 _CULL_FRACTION = 0.5
-# Upper bound on the number of work partitions (each holds a float64 (2d + P, K) partial).
+# Work partitions: a number that depends on the problem only (never on the thread count).
+# Each holds a float64 (2d + P, K) gradient partial, so their count is also capped by a
+# memory budget for the partials, but kept at least _MIN_PARTS for parallelism.
 _MAX_PARTS = 64
+_MIN_PARTS = 8
+_PART_BYTES = 64 << 20
 _BIN_CACHE_MAX = 3  # binnings kept (each holds about 3 copies of x)
 _PLAN_CACHE_MAX = 2  # culling plans kept per binning
 
@@ -64,9 +68,9 @@ def _inv_widths(w: torch.Tensor) -> np.ndarray:
     return _np((1.0 / w).clamp(-big, big))
 
 
-def _half_np(half: torch.Tensor, w: torch.Tensor) -> np.ndarray:
-    # A zero width counts nowhere, whatever half says (1/0 is clamped, so 0 * big would be 0).
-    return _np(torch.where(w == 0, torch.zeros_like(half), half))
+def _zero_width_half(half: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    # A zero width counts nowhere, whatever half says (1/0 is clamped, so 0 * big would count).
+    return torch.where(w == 0, torch.zeros_like(half), half)
 
 
 @dataclass
@@ -75,7 +79,7 @@ class _Plan:
     reg_k: np.ndarray
     reg_p0: np.ndarray
     reg_p1: np.ndarray
-    bounds: np.ndarray  # (npart + 1,) rows of each partition
+    cost: np.ndarray  # (nrows + 1,) prefix sum of the work per row
     maxrow: int
     maxseg: int
     ncand: int
@@ -155,9 +159,8 @@ def _register(b: _Binning, c: torch.Tensor, half: torch.Tensor, n: int, K: int) 
     )
     if ncand > _CULL_FRACTION * n * K:
         return None
-    npart = int(min(_MAX_PARTS, max(1, row_start.shape[0] - 1)))
-    bounds, maxrow, maxseg = _kernels.row_partitions(b.row_pts, row_start, reg_p0, reg_p1, npart)
-    return _Plan(row_start, reg_k, reg_p0, reg_p1, bounds, int(maxrow), int(maxseg), int(ncand))
+    cost, maxrow, maxseg = _kernels.row_costs(b.row_pts, row_start, reg_p0, reg_p1)
+    return _Plan(row_start, reg_k, reg_p0, reg_p1, cost, int(maxrow), int(maxseg), int(ncand))
 
 
 def make_plan(x: torch.Tensor, c: torch.Tensor, half: torch.Tensor) -> tuple[_Binning, _Plan] | None:
@@ -178,43 +181,50 @@ def make_plan(x: torch.Tensor, c: torch.Tensor, half: torch.Tensor) -> tuple[_Bi
     return None if plan is None else (b, plan)
 
 
-def _plan_for(x, c, w, half, cull):
-    if not cull:
-        return None, None
-    hn = torch.where(w == 0, torch.zeros_like(half), half)
-    bp = make_plan(x, c, hn)
-    return (None, None) if bp is None else bp
+def _n_parts(units: int, d: int, K: int, P: int) -> int:
+    """Partitions for ``units`` blocks or rows: a function of the problem size only."""
+    per_part = 8 * (2 * d + P) * max(K, 1)
+    by_memory = max(_MIN_PARTS, _PART_BYTES // per_part)
+    return int(max(1, min(_MAX_PARTS, units, by_memory)))
 
 
-def _dense_parts(n: int) -> int:
-    nblk = (n + _kernels._B - 1) // _kernels._B
-    return int(max(1, min(_MAX_PARTS, nblk)))
+def _dense_parts(n: int, d: int, K: int, P: int) -> int:
+    return _n_parts((n + _kernels._B - 1) // _kernels._B, d, K, P)
+
+
+def _bounds(plan: _Plan, d: int, K: int, P: int) -> np.ndarray:
+    nrows = plan.row_start.shape[0] - 1
+    return _kernels.partition_bounds(plan.cost, _n_parts(nrows, d, K, P))
+
+
+def _prepare(x, c, w, m, half, cull):
+    """Kernel arrays, and the binning and plan when the culled path runs (else None, None)."""
+    hz = _zero_width_half(half, w)
+    bp = make_plan(x, c, hz) if cull else None
+    b, plan = (None, None) if bp is None else bp
+    return b, plan, _np(c), _inv_widths(w), _np(hz), _np(m)
 
 
 def forward(x, c, w, m, half, cull):
-    """y (n, P) = sum_k m[k, p] * e[i, k] over the pairs that count (see the contract)."""
+    """y (n, P) = sum_k m[k, p] * e[i, k] over the pairs that count (see the contract in ``_registry``)."""
     n, d = x.shape
     K, P = m.shape
     if n == 0 or K == 0 or P == 0:
         return torch.zeros((n, P), dtype=x.dtype)
-    b, plan = _plan_for(x, c, w, half, cull)
-    cn, iw, hn, mn = _np(c), _inv_widths(w), _half_np(half, w), _np(m)
+    b, plan, cn, iw, hn, mn = _prepare(x, c, w, m, half, cull)
     y = torch.empty((n, P), dtype=x.dtype)
     with _threads_capped():
         if plan is None:
-            _kernels.dense_forward(_np(x), cn, iw, hn, mn, y.numpy(), _dense_parts(n))
-        elif P > 1:
-            _kernels.culled_forward_multi(
-                b.xs, b.perm, cn, iw, hn, mn, b.row_pts, plan.row_start, plan.reg_k, plan.reg_p0, plan.reg_p1,
-                plan.bounds, plan.maxrow, plan.maxseg, y.numpy(),
-            )  # fmt: skip
+            _kernels.dense_forward(_np(x), cn, iw, hn, mn, y.numpy(), _dense_parts(n, d, K, P))
+            return y
+        bounds = _bounds(plan, d, K, P)
+        args = (b.row_pts, plan.row_start, plan.reg_k, plan.reg_p0, plan.reg_p1, bounds)
+        if P > 1:
+            _kernels.culled_forward_multi(b.xs, b.perm, cn, iw, hn, mn, *args, plan.maxrow, plan.maxseg, y.numpy())
         else:
             ys = np.empty((1, n), dtype=cn.dtype)
-            _kernels.culled_forward(
-                b.xs, cn, iw, hn, mn, b.row_pts, plan.row_start, plan.reg_k, plan.reg_p0, plan.reg_p1,
-                plan.bounds, plan.maxseg, ys[0],
-            )  # fmt: skip
-            _kernels.scatter_rows(ys, b.perm, plan.bounds, b.row_pts, y.numpy())
+            _kernels.culled_forward(b.xs, cn, iw, hn, mn, *args, plan.maxseg, ys[0])
+            _kernels.scatter_rows(ys, b.perm, bounds, b.row_pts, y.numpy())
     return y
 
 
@@ -223,45 +233,36 @@ def backward(gy, x, c, w, m, half, cull, need_x):
     n, d = x.shape
     K, P = m.shape
     if n == 0 or K == 0 or P == 0:
-        gx = torch.zeros_like(x, memory_format=torch.contiguous_format) if need_x else None
+        gx = torch.zeros((n, d), dtype=x.dtype) if need_x else None
         return gx, torch.zeros((d, K), dtype=c.dtype), torch.zeros((d, K), dtype=w.dtype), torch.zeros((K, P), dtype=m.dtype)
-    b, plan = _plan_for(x, c, w, half, cull)
-    cn, iw, hn, mn = _np(c), _inv_widths(w), _half_np(half, w), _np(m)
+    b, plan, cn, iw, hn, mn = _prepare(x, c, w, m, half, cull)
     g = _np(gy.to(x.dtype))
     gx = torch.empty((n, d) if (need_x or plan is None) else (0, d), dtype=x.dtype)
     with _threads_capped():
         if plan is None:
-            npart = _dense_parts(n)
-            pcw = np.zeros((npart, 2 * d, K))
-            pm = np.zeros((npart, K, P))
+            npart = _dense_parts(n, d, K, P)
+            pcw, pm = np.zeros((npart, 2 * d, K)), np.zeros((npart, K, P))
             _kernels.dense_backward(_np(x), cn, iw, hn, mn, g, gx.numpy(), pcw, pm, npart)
-        elif P > 1:
-            npart = plan.bounds.shape[0] - 1
-            pcw = np.zeros((npart, 2 * d, K))
-            pm = np.zeros((npart, K, P))
-            _kernels.culled_backward_multi(
-                b.xs, b.perm, cn, iw, hn, mn, g, b.row_pts, plan.row_start, plan.reg_k, plan.reg_p0, plan.reg_p1,
-                plan.bounds, plan.maxrow, plan.maxseg, gx.numpy(), need_x, pcw, pm,
-            )  # fmt: skip
         else:
-            npart = plan.bounds.shape[0] - 1
-            pcw = np.zeros((npart, 2 * d, K))
-            pm = np.zeros((npart, K, P))
-            gs = np.empty((1, n), dtype=cn.dtype)
-            _kernels.gather_rows(g, b.perm, plan.bounds, b.row_pts, gs)
-            gxs = np.empty((d, n) if need_x else (d, 0), dtype=cn.dtype)
-            _kernels.culled_backward(
-                b.xs, cn, iw, hn, mn, gs[0], b.row_pts, plan.row_start, plan.reg_k, plan.reg_p0, plan.reg_p1,
-                plan.bounds, plan.maxseg, gxs, need_x, pcw, pm,
-            )  # fmt: skip
-            if need_x:
-                _kernels.scatter_rows(gxs, b.perm, plan.bounds, b.row_pts, gx.numpy())
-    # Fixed-order reduction over partitions (numpy adds the leading axis sequentially).
+            bounds = _bounds(plan, d, K, P)
+            npart = bounds.shape[0] - 1
+            pcw, pm = np.zeros((npart, 2 * d, K)), np.zeros((npart, K, P))
+            args = (b.row_pts, plan.row_start, plan.reg_k, plan.reg_p0, plan.reg_p1, bounds)
+            if P > 1:
+                _kernels.culled_backward_multi(
+                    b.xs, b.perm, cn, iw, hn, mn, g, *args, plan.maxrow, plan.maxseg, gx.numpy(), need_x, pcw, pm
+                )
+            else:
+                gs = np.empty((1, n), dtype=cn.dtype)
+                _kernels.gather_rows(g, b.perm, bounds, b.row_pts, gs)
+                gxs = np.empty((d, n) if need_x else (d, 0), dtype=cn.dtype)
+                _kernels.culled_backward(b.xs, cn, iw, hn, mn, gs[0], *args, plan.maxseg, gxs, need_x, pcw, pm)
+                if need_x:
+                    _kernels.scatter_rows(gxs, b.perm, bounds, b.row_pts, gx.numpy())
+    # Fixed-order reduction: partials added in partition order.
     tcw = torch.from_numpy(_kernels.sum_parts(pcw))
-    gc = tcw[:d].to(c.dtype)
-    gw = tcw[d:].to(w.dtype)
     gm = torch.from_numpy(_kernels.sum_parts(pm)).to(m.dtype)
-    return (gx if need_x else None), gc, gw, gm
+    return (gx if need_x else None), tcw[:d].to(c.dtype), tcw[d:].to(w.dtype), gm
 
 
 def pair_count(x, c, half) -> int | None:
@@ -270,9 +271,9 @@ def pair_count(x, c, half) -> int | None:
     if bp is None:
         return None
     b, plan = bp
+    d, K = c.shape
+    bounds = _bounds(plan, d, K, 1)
     with _threads_capped():
         return int(
-            _kernels.culled_pair_count(
-                b.xs, _np(c), _np(half), plan.row_start, plan.reg_k, plan.reg_p0, plan.reg_p1, plan.bounds
-            )
+            _kernels.culled_pair_count(b.xs, _np(c), _np(half), plan.row_start, plan.reg_k, plan.reg_p0, plan.reg_p1, bounds)
         )
