@@ -1,9 +1,18 @@
-"""Numba CPU kernels for bump sums (forward and recomputing backward).
+"""Numba CPU kernels for bump sums with P outputs (forward and recomputing backward).
 
-Layout: points transposed to (d, n) and parameters (d, K), so every inner loop
-runs over a contiguous 1-D buffer starting at index 0 (LLVM only vectorised
-those here). Points are processed in blocks of ``_B``; each thread owns its
-buffers and its slice of the float64 gradient accumulators, so there are no races.
+Layout: a block of points is copied to (d, nb) and parameters are (d, K), so every
+inner loop runs over a contiguous 1-D buffer starting at index 0 (LLVM only
+vectorised those here). Each (point, bump) exp and support test is computed once
+per block and then serves all P outputs. P == 1 has its own fused loops (as fast
+as the single-output kernels were); dense P > 1 uses (P, nb) accumulators, culled
+P > 1 compacts each segment's live pairs and runs loops contiguous in P.
+
+Determinism: work is cut into a fixed number of partitions that depends only on
+the problem (never on the thread count); each partition accumulates its parameter
+gradients sequentially into its own float64 partial buffer, and the caller reduces
+the partials in partition order. Points are owned by exactly one partition, so y
+and grad x have no races either. Results are therefore bitwise independent of the
+number of threads.
 
 ``half`` holds the support half-widths (+inf for the exact sum); the support
 test ``abs(x - c) < half`` is the reference's float op. ``iw`` is 1/w clamped
@@ -95,21 +104,26 @@ def _pair_block(xb, c, iw, half, k, nb, s, gate):
 
 
 @njit(fastmath=FM, cache=True)
-def _grad_block(xb, gb, c, iw, half, m, k, nb, s, gate, e, ibuf, tm, gxb, part, t):
-    """Recompute bump k on a block and add its gradient contributions (float32 sums into float64)."""
+def _grad_block1(xb, g1, c, iw, half, m, k, nb, s, gate, e, ibuf, tm, gxb, pcw, pm):
+    """P == 1: recompute bump k on a block and add its gradient contributions.
+
+    g1 (nb,) is the upstream gradient. Block sums are in the inputs' dtype and go
+    into the float64 partials pcw (2d, K: c then w) and pm (K, 1). Kept apart from
+    the P > 1 code with its loops inline: measured ~10% faster than sharing them.
+    """
     d = xb.shape[0]
     zero = s.dtype.type(0.0)
     two = s.dtype.type(2.0)
     _pair_block(xb, c, iw, half, k, nb, s, gate)
     neg_exp_block(s, e, nb, ibuf)
-    mk2 = two * m[k]
+    mk2 = two * m[k, 0]
     sm = zero
     for i in range(nb):
         el = e[i] * gate[i]
-        ge = gb[i] * el
+        ge = g1[i] * el
         sm += ge
         tm[i] = ge * mk2 if el > zero else zero
-    part[t, 2 * d, k] += sm
+    pm[k, 0] += sm
     for j in range(d):
         xj = xb[j]
         gxj = gxb[j]
@@ -124,79 +138,157 @@ def _grad_block(xb, gb, c, iw, half, m, k, nb, s, gate, e, ibuf, tm, gxb, part, 
             sc += a
             sw += a * z
             gxj[i] -= a
-        part[t, j, k] += sc
-        part[t, d + j, k] += sw
+        pcw[j, k] += sc
+        pcw[d + j, k] += sw
+
+
+@njit(fastmath=FM, cache=True)
+def _grad_block(xb, gb, c, iw, half, m, k, nb, s, gate, e, ibuf, tm, gxb, pcw, pm):
+    """P > 1: recompute bump k on a block and add its gradient contributions.
+
+    gb (P, nb) holds the upstream gradient; the exp and support test are done once
+    and serve all P outputs. Partials as in :func:`_grad_block1`, pm (K, P).
+    """
+    P = gb.shape[0]
+    zero = s.dtype.type(0.0)
+    two = s.dtype.type(2.0)
+    _pair_block(xb, c, iw, half, k, nb, s, gate)
+    neg_exp_block(s, e, nb, ibuf)
+    for i in range(nb):
+        e[i] = e[i] * gate[i]
+        tm[i] = zero
+    for p in range(P):
+        mkp = m[k, p]
+        gp = gb[p]
+        sm = zero
+        for i in range(nb):
+            gi = gp[i]
+            sm += gi * e[i]
+            tm[i] += gi * mkp
+        pm[k, p] += sm
+    for i in range(nb):
+        el = e[i]
+        tm[i] = two * el * tm[i] if el > zero else zero
+    _grad_tail(xb, c, iw, k, nb, tm, gxb, pcw)
+
+
+@njit(fastmath=FM, cache=True)
+def _grad_tail(xb, c, iw, k, nb, tm, gxb, pcw):
+    """From t_i = 2 e_i sum_p g[i, p] m[k, p] (0 for dead pairs): grad x into gxb, grad c, w into pcw."""
+    d = xb.shape[0]
+    zero = tm.dtype.type(0.0)
+    for j in range(d):
+        xj = xb[j]
+        gxj = gxb[j]
+        cj = c[j, k]
+        iwj = iw[j, k]
+        sc = zero
+        sw = zero
+        for i in range(nb):
+            z = (xj[i] - cj) * iwj
+            a = tm[i] * z * iwj
+            a = a if tm[i] != zero else zero  # dead pairs: z may be inf
+            sc += a
+            sw += a * z
+            gxj[i] -= a
+        pcw[j, k] += sc
+        pcw[d + j, k] += sw
 
 
 @njit(parallel=True, fastmath=FM, cache=True)
-def dense_forward(xT, c, iw, half, m, y, nt):
-    d, n = xT.shape
-    K = m.shape[0]
-    dt = xT.dtype
+def dense_forward(x, c, iw, half, m, y, npart):
+    """y (n, P) = the bump sum at every point; partition q owns a fixed run of blocks."""
+    n, d = x.shape
+    K, P = m.shape
+    dt = x.dtype
     nblk = (n + _B - 1) // _B
-    for t in prange(nt):
+    for q in prange(npart):
         xb = np.empty((d, _B), dt)
         s = np.empty(_B, dt)
         gate = np.empty(_B, dt)
         e = np.empty(_B, dt)
-        acc = np.empty(_B, dt)
+        acc = np.empty((P, _B), dt)
         ibuf = np.empty(_B, np.int32)
-        for blk in range(t, nblk, nt):
+        for blk in range(q * nblk // npart, (q + 1) * nblk // npart):
             i0 = blk * _B
             nb = min(_B, n - i0)
-            for j in range(d):
-                for i in range(nb):
-                    xb[j, i] = xT[j, i0 + i]
             for i in range(nb):
-                acc[i] = 0
-            for k in range(K):
-                _pair_block(xb, c, iw, half, k, nb, s, gate)
-                neg_exp_block(s, e, nb, ibuf)
-                mk = m[k]
+                for j in range(d):
+                    xb[j, i] = x[i0 + i, j]
+            for p in range(P):
                 for i in range(nb):
-                    acc[i] += mk * (e[i] * gate[i])
+                    acc[p, i] = 0
+            if P == 1:
+                acc1 = acc[0]
+                for k in range(K):
+                    _pair_block(xb, c, iw, half, k, nb, s, gate)
+                    neg_exp_block(s, e, nb, ibuf)
+                    mk = m[k, 0]
+                    for i in range(nb):
+                        acc1[i] += mk * (e[i] * gate[i])
+            else:
+                for k in range(K):
+                    _pair_block(xb, c, iw, half, k, nb, s, gate)
+                    neg_exp_block(s, e, nb, ibuf)
+                    for i in range(nb):
+                        e[i] = e[i] * gate[i]
+                    for p in range(P):
+                        mkp = m[k, p]
+                        ap = acc[p]
+                        for i in range(nb):
+                            ap[i] += mkp * e[i]
             for i in range(nb):
-                y[i0 + i] = acc[i]
+                for p in range(P):
+                    y[i0 + i, p] = acc[p, i]
 
 
 @njit(parallel=True, fastmath=FM, cache=True)
-def dense_backward(xT, c, iw, half, m, g, gxT, part, nt):
-    """gxT (d, n) gets dL/dx; part (nt, 2d+1, K) float64 gets per-thread dL/dc, dL/dw, dL/dm."""
-    d, n = xT.shape
-    K = m.shape[0]
-    dt = xT.dtype
+def dense_backward(x, c, iw, half, m, g, gx, pcw, pm, npart):
+    """gx (n, d) gets dL/dx; partition q adds its dL/dc, dL/dw into pcw[q] and dL/dm into pm[q]."""
+    n, d = x.shape
+    P = m.shape[1]
+    dt = x.dtype
     nblk = (n + _B - 1) // _B
-    for t in prange(nt):
+    for q in prange(npart):
         xb = np.empty((d, _B), dt)
         gxb = np.empty((d, _B), dt)
-        gb = np.empty(_B, dt)
+        gb = np.empty((P, _B), dt)
         s = np.empty(_B, dt)
         gate = np.empty(_B, dt)
         e = np.empty(_B, dt)
         tm = np.empty(_B, dt)
         ibuf = np.empty(_B, np.int32)
-        for blk in range(t, nblk, nt):
+        pcq = pcw[q]
+        pmq = pm[q]
+        for blk in range(q * nblk // npart, (q + 1) * nblk // npart):
             i0 = blk * _B
             nb = min(_B, n - i0)
-            for j in range(d):
-                for i in range(nb):
-                    xb[j, i] = xT[j, i0 + i]
-                    gxb[j, i] = 0
             for i in range(nb):
-                gb[i] = g[i0 + i]
-            for k in range(K):
-                _grad_block(xb, gb, c, iw, half, m, k, nb, s, gate, e, ibuf, tm, gxb, part, t)
-            for j in range(d):
-                for i in range(nb):
-                    gxT[j, i0 + i] = gxb[j, i]
+                for j in range(d):
+                    xb[j, i] = x[i0 + i, j]
+                    gxb[j, i] = 0
+                for p in range(P):
+                    gb[p, i] = g[i0 + i, p]
+            if P == 1:
+                gb1 = gb[0]
+                for k in range(m.shape[0]):
+                    _grad_block1(xb, gb1, c, iw, half, m, k, nb, s, gate, e, ibuf, tm, gxb, pcq, pmq)
+            else:
+                for k in range(m.shape[0]):
+                    _grad_block(xb, gb, c, iw, half, m, k, nb, s, gate, e, ibuf, tm, gxb, pcq, pmq)
+            for i in range(nb):
+                for j in range(d):
+                    gx[i0 + i, j] = gxb[j, i]
 
 
 # ---------------------------------------------------------------- culled (grid) path
 # Points are binned on a uniform grid over the first gd = min(d, 3) dims and
 # sorted by cell (counting sort). A "row" is a line of cells along the last grid
-# dim; its points are contiguous. Each bump is registered, per call, in every row
-# its support box overlaps, with the range of cells along that line; each row is
-# then owned by one thread (no races on y or grad x).
+# dim; its points are contiguous. Each bump is registered in every row its support
+# box overlaps, with the range of cells along that line. Rows are split into fixed
+# partitions of about equal work; a partition owns its rows' points (y, grad x) and
+# its own gradient partials. Upstream gradients are gathered into sorted order and
+# outputs scattered back by separate passes, keeping random access out of the hot loops.
 
 
 @njit(cache=True)
@@ -327,81 +419,318 @@ def _load_segment(xs, p0, L, xb):
             xj[i] = xs[j, p0 + i]
 
 
+@njit(cache=True)
+def row_costs(row_pts, row_start, reg_p0, reg_p1):
+    """Work per row (points + candidate pairs) as a prefix sum (nrows + 1,), longest row, longest segment."""
+    nrows = row_start.shape[0] - 1
+    cost = np.zeros(nrows + 1, np.int64)
+    maxrow = 1
+    maxseg = 1
+    for r in range(nrows):
+        w = row_pts[r + 1] - row_pts[r]
+        maxrow = max(maxrow, w)
+        for q in range(row_start[r], row_start[r + 1]):
+            L = reg_p1[q] - reg_p0[q]
+            w += L
+            maxseg = max(maxseg, L)
+        cost[r + 1] = cost[r] + w
+    return cost, maxrow, maxseg
+
+
+@njit(cache=True)
+def partition_bounds(cost, npart):
+    """Split rows into npart contiguous runs of about equal cost: (npart + 1,) row bounds.
+
+    Depends only on the plan and npart, never on the thread count."""
+    nrows = cost.shape[0] - 1
+    bounds = np.empty(npart + 1, np.int64)
+    bounds[0] = 0
+    r = 0
+    for q in range(1, npart):
+        target = (cost[nrows] * q) // npart
+        while r < nrows and cost[r + 1] <= target:
+            r += 1
+        bounds[q] = r
+    bounds[npart] = nrows
+    return bounds
+
+
+@njit(parallel=True, cache=True)
+def gather_rows(src, perm, bounds, row_pts, out):
+    """out[j, i] = src[perm[i], j]: (n, J) in original order to (J, n) in sorted order."""
+    J = src.shape[1]
+    npart = bounds.shape[0] - 1
+    for q in prange(npart):
+        for i in range(row_pts[bounds[q]], row_pts[bounds[q + 1]]):
+            pi = perm[i]
+            for j in range(J):
+                out[j, i] = src[pi, j]
+
+
+@njit(parallel=True, cache=True)
+def scatter_rows(src, perm, bounds, row_pts, out):
+    """out[perm[i], j] = src[j, i]: (J, n) in sorted order back to (n, J) in original order."""
+    J = src.shape[0]
+    npart = bounds.shape[0] - 1
+    for q in prange(npart):
+        for i in range(row_pts[bounds[q]], row_pts[bounds[q + 1]]):
+            pi = perm[i]
+            for j in range(J):
+                out[pi, j] = src[j, i]
+
+
 @njit(parallel=True, fastmath=FM, cache=True)
-def culled_forward(xs, c, iw, half, m, row_start, reg_k, reg_p0, reg_p1, maxlen, ys, nt):
-    """ys (sorted point order) += sum over registered bumps; each row is owned by one thread."""
+def culled_forward(xs, c, iw, half, m, row_pts, row_start, reg_k, reg_p0, reg_p1, bounds, maxseg, ys):
+    """P == 1: ys (n,) in sorted order = sum over registered bumps; partition q owns rows bounds[q]:bounds[q+1]."""
     d, n = xs.shape
     dt = xs.dtype
-    nrows = row_start.shape[0] - 1
-    for t in prange(nt):
-        xb = np.empty((d, maxlen), dt)
-        s = np.empty(maxlen, dt)
-        gate = np.empty(maxlen, dt)
-        e = np.empty(maxlen, dt)
-        ibuf = np.empty(maxlen, np.int32)
-        for r in range(t, nrows, nt):
-            for q in range(row_start[r], row_start[r + 1]):
-                p0 = reg_p0[q]
-                L = reg_p1[q] - p0
+    npart = bounds.shape[0] - 1
+    for q in prange(npart):
+        xb = np.empty((d, maxseg), dt)
+        s = np.empty(maxseg, dt)
+        gate = np.empty(maxseg, dt)
+        e = np.empty(maxseg, dt)
+        ibuf = np.empty(maxseg, np.int32)
+        for i in range(row_pts[bounds[q]], row_pts[bounds[q + 1]]):
+            ys[i] = 0
+        for r in range(bounds[q], bounds[q + 1]):
+            for t in range(row_start[r], row_start[r + 1]):
+                p0 = reg_p0[t]
+                L = reg_p1[t] - p0
                 if L == 0:
                     continue
-                k = reg_k[q]
+                k = reg_k[t]
                 _load_segment(xs, p0, L, xb)
                 _pair_block(xb, c, iw, half, k, L, s, gate)
                 neg_exp_block(s, e, L, ibuf)
-                mk = m[k]
+                mk = m[k, 0]
                 for i in range(L):
                     ys[p0 + i] += mk * (e[i] * gate[i])
 
 
 @njit(parallel=True, fastmath=FM, cache=True)
-def culled_backward(xs, c, iw, half, m, gs, row_start, reg_k, reg_p0, reg_p1, maxlen, gxs, part, nt):
+def culled_backward(xs, c, iw, half, m, gs, row_pts, row_start, reg_k, reg_p0, reg_p1, bounds, maxseg, gxs, need_x, pcw, pm):
+    """P == 1: gs (n,) and gxs (d, n) in sorted order; gxs gets dL/dx when need_x; partition q adds into pcw[q], pm[q]."""
     d, n = xs.shape
     dt = xs.dtype
-    nrows = row_start.shape[0] - 1
-    for t in prange(nt):
-        xb = np.empty((d, maxlen), dt)
-        gxb = np.empty((d, maxlen), dt)
-        gb = np.empty(maxlen, dt)
-        s = np.empty(maxlen, dt)
-        gate = np.empty(maxlen, dt)
-        e = np.empty(maxlen, dt)
-        tm = np.empty(maxlen, dt)
-        ibuf = np.empty(maxlen, np.int32)
-        for r in range(t, nrows, nt):
-            for q in range(row_start[r], row_start[r + 1]):
-                p0 = reg_p0[q]
-                L = reg_p1[q] - p0
+    npart = bounds.shape[0] - 1
+    for q in prange(npart):
+        xb = np.empty((d, maxseg), dt)
+        gxb = np.empty((d, maxseg), dt)
+        gb = np.empty(maxseg, dt)
+        s = np.empty(maxseg, dt)
+        gate = np.empty(maxseg, dt)
+        e = np.empty(maxseg, dt)
+        tm = np.empty(maxseg, dt)
+        ibuf = np.empty(maxseg, np.int32)
+        pcq = pcw[q]
+        pmq = pm[q]
+        if need_x:
+            for j in range(d):
+                for i in range(row_pts[bounds[q]], row_pts[bounds[q + 1]]):
+                    gxs[j, i] = 0
+        for r in range(bounds[q], bounds[q + 1]):
+            for t in range(row_start[r], row_start[r + 1]):
+                p0 = reg_p0[t]
+                L = reg_p1[t] - p0
                 if L == 0:
                     continue
-                k = reg_k[q]
+                k = reg_k[t]
                 _load_segment(xs, p0, L, xb)
                 for i in range(L):
                     gb[i] = gs[p0 + i]
                 for j in range(d):
                     for i in range(L):
                         gxb[j, i] = 0
-                _grad_block(xb, gb, c, iw, half, m, k, L, s, gate, e, ibuf, tm, gxb, part, t)
+                _grad_block1(xb, gb, c, iw, half, m, k, L, s, gate, e, ibuf, tm, gxb, pcq, pmq)
+                if need_x:
+                    for j in range(d):
+                        for i in range(L):
+                            gxs[j, p0 + i] += gxb[j, i]
+
+
+@njit(fastmath=FM, cache=True)
+def _live_pairs(e, gate, nb, idx, ev):
+    """Compact the live pairs of a segment: idx[:nl], ev[:nl] = positions, e * gate where > 0."""
+    zero = e.dtype.type(0.0)
+    nl = 0
+    for i in range(nb):
+        el = e[i] * gate[i]
+        idx[nl] = i
+        ev[nl] = el
+        nl += 1 if el > zero else 0
+    return nl
+
+
+@njit(parallel=True, fastmath=FM, cache=True)
+def culled_forward_multi(xs, perm, c, iw, half, m, row_pts, row_start, reg_k, reg_p0, reg_p1, bounds, maxrow, maxseg, y):
+    """P > 1: y (n, P, original order). Per row a (rows, P) accumulator gets each live pair's
+    e * m[k, :] (contiguous in P) and is written back through perm at the row's end."""
+    d, n = xs.shape
+    P = m.shape[1]
+    dt = xs.dtype
+    npart = bounds.shape[0] - 1
+    for q in prange(npart):
+        xb = np.empty((d, maxseg), dt)
+        s = np.empty(maxseg, dt)
+        gate = np.empty(maxseg, dt)
+        e = np.empty(maxseg, dt)
+        ev = np.empty(maxseg, dt)
+        idx = np.empty(maxseg, np.int64)
+        ibuf = np.empty(maxseg, np.int32)
+        acc = np.empty((maxrow, P), dt)
+        for r in range(bounds[q], bounds[q + 1]):
+            a = row_pts[r]
+            nr = row_pts[r + 1] - a
+            if nr == 0:
+                continue
+            for i in range(nr):
+                for p in range(P):
+                    acc[i, p] = 0
+            for t in range(row_start[r], row_start[r + 1]):
+                p0 = reg_p0[t]
+                L = reg_p1[t] - p0
+                if L == 0:
+                    continue
+                k = reg_k[t]
+                _load_segment(xs, p0, L, xb)
+                _pair_block(xb, c, iw, half, k, L, s, gate)
+                neg_exp_block(s, e, L, ibuf)
+                nl = _live_pairs(e, gate, L, idx, ev)
+                mk = m[k]
+                off = p0 - a
+                for u in range(nl):
+                    ai = acc[off + idx[u]]
+                    eu = ev[u]
+                    for p in range(P):
+                        ai[p] += eu * mk[p]
+            for i in range(nr):
+                yi = y[perm[a + i]]
+                ai = acc[i]
+                for p in range(P):
+                    yi[p] = ai[p]
+
+
+@njit(parallel=True, fastmath=FM, cache=True)
+def culled_backward_multi(
+    xs, perm, c, iw, half, m, g, row_pts, row_start, reg_k, reg_p0, reg_p1, bounds, maxrow, maxseg, gx, need_x, pcw, pm
+):
+    """P > 1: g (n, P) and gx (n, d) in original order; per row the upstream gradient is
+    gathered into a (rows, P) buffer; live pairs are compacted and their P-loops run
+    contiguous in P; partition q adds into pcw[q] and pm[q]."""
+    d, n = xs.shape
+    P = m.shape[1]
+    dt = xs.dtype
+    zero = dt.type(0.0)
+    two = dt.type(2.0)
+    npart = bounds.shape[0] - 1
+    for q in prange(npart):
+        xb = np.empty((d, maxseg), dt)
+        gxb = np.empty((d, maxseg), dt)
+        s = np.empty(maxseg, dt)
+        gate = np.empty(maxseg, dt)
+        e = np.empty(maxseg, dt)
+        ev = np.empty(maxseg, dt)
+        idx = np.empty(maxseg, np.int64)
+        tm = np.empty(maxseg, dt)
+        ibuf = np.empty(maxseg, np.int32)
+        sm = np.empty(P, dt)
+        grow = np.empty((maxrow, P), dt)
+        gxr = np.empty((d, maxrow), dt)
+        pcq = pcw[q]
+        pmq = pm[q]
+        for r in range(bounds[q], bounds[q + 1]):
+            a = row_pts[r]
+            nr = row_pts[r + 1] - a
+            if nr == 0 or row_start[r] == row_start[r + 1]:
+                if need_x:
+                    for i in range(nr):
+                        gxi = gx[perm[a + i]]
+                        for j in range(d):
+                            gxi[j] = 0
+                continue
+            for i in range(nr):
+                gi = g[perm[a + i]]
+                gr = grow[i]
+                for p in range(P):
+                    gr[p] = gi[p]
+            for j in range(d):
+                for i in range(nr):
+                    gxr[j, i] = 0
+            for t in range(row_start[r], row_start[r + 1]):
+                p0 = reg_p0[t]
+                L = reg_p1[t] - p0
+                if L == 0:
+                    continue
+                k = reg_k[t]
+                off = p0 - a
+                _load_segment(xs, p0, L, xb)
+                _pair_block(xb, c, iw, half, k, L, s, gate)
+                neg_exp_block(s, e, L, ibuf)
+                nl = _live_pairs(e, gate, L, idx, ev)
+                if nl == 0:
+                    continue
+                mk = m[k]
+                for p in range(P):
+                    sm[p] = 0
+                for i in range(L):
+                    tm[i] = 0
+                for u in range(nl):
+                    gr = grow[off + idx[u]]
+                    eu = ev[u]
+                    dot = zero
+                    for p in range(P):
+                        gp = gr[p]
+                        dot += gp * mk[p]
+                        sm[p] += gp * eu
+                    tm[idx[u]] = two * eu * dot
+                pk = pmq[k]
+                for p in range(P):
+                    pk[p] += sm[p]
                 for j in range(d):
                     for i in range(L):
-                        gxs[j, p0 + i] += gxb[j, i]
+                        gxb[j, i] = 0
+                _grad_tail(xb, c, iw, k, L, tm, gxb, pcq)
+                if need_x:
+                    for j in range(d):
+                        for i in range(L):
+                            gxr[j, off + i] += gxb[j, i]
+            if need_x:
+                for i in range(nr):
+                    gxi = gx[perm[a + i]]
+                    for j in range(d):
+                        gxi[j] = gxr[j, i]
 
 
 @njit(parallel=True, cache=True)
-def culled_pair_count(xs, c, half, row_start, reg_k, reg_p0, reg_p1, nt):
-    """Number of in-support (point, bump) pairs the culled engine visits (for tests)."""
+def culled_pair_count(xs, c, half, row_start, reg_k, reg_p0, reg_p1, bounds):
+    """Number of in-support (point, bump) pairs the culled engine visits (test instrumentation)."""
     d = xs.shape[0]
-    nrows = row_start.shape[0] - 1
-    counts = np.zeros(nt, np.int64)
-    for t in prange(nt):
-        for r in range(t, nrows, nt):
-            for q in range(row_start[r], row_start[r + 1]):
-                k = reg_k[q]
-                for p in range(reg_p0[q], reg_p1[q]):
+    npart = bounds.shape[0] - 1
+    counts = np.zeros(npart, np.int64)
+    for q in prange(npart):
+        cnt = 0
+        for r in range(bounds[q], bounds[q + 1]):
+            for t in range(row_start[r], row_start[r + 1]):
+                k = reg_k[t]
+                for p in range(reg_p0[t], reg_p1[t]):
                     ok = True
                     for j in range(d):
                         if not (abs(xs[j, p] - c[j, k]) < half[j, k]):
                             ok = False
                     if ok:
-                        counts[t] += 1
+                        cnt += 1
+        counts[q] = cnt
     return counts.sum()
+
+
+@njit(cache=True)
+def sum_parts(part):
+    """Sum of the per-partition partials part[q] (3-D, float64), added in partition order."""
+    out = np.zeros((part.shape[1], part.shape[2]))
+    for q in range(part.shape[0]):
+        pq = part[q]
+        for a in range(part.shape[1]):
+            for b in range(part.shape[2]):
+                out[a, b] += pq[a, b]
+    return out

@@ -1,14 +1,21 @@
-"""CPU engine on the Numba kernels: dense fused sum and grid-culled sum.
+"""CPU engine on the Numba kernels: dense fused sum and grid-culled sum, P outputs.
 
-Autograd keeps only the inputs (and, for the culled sum, the point binning and
-the bump registration, both O(n_smps + pairs-of-cells)); backward recomputes.
+Implements the engine contract of ``_registry``: plain functions on detached
+tensors, no autograd here (the op layer owns it). Backward recomputes the pairs.
+
+The culled path bins the points on a grid (cached per x, by value) and registers
+the bumps in the grid rows their support boxes reach (cached per binning and the
+values of c and half), so the forward and backward of one step share both.
+
+Work is split into a fixed number of partitions that depends on the problem only;
+partial gradient sums are reduced in partition order, so results are bitwise the
+same for any thread count.
 """
 
 from __future__ import annotations
 
 import math
-import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numba
 import numpy as np
@@ -18,12 +25,37 @@ from . import _kernels
 
 # Target points per grid cell; a bump then visits ~(box/h + 1)**3 cells.
 _POINTS_PER_CELL = 16
-# Cull only when the candidate pairs are well below the dense n*K.
+# Cull only when the candidate pairs are well below the dense n*K (tests raise it to force the grid).
 _CULL_FRACTION = 0.5
+# Work partitions: a number that depends on the problem only (never on the thread count).
+# Each holds a float64 (2d + P, K) gradient partial, so their count is also capped by a
+# memory budget for the partials, but kept at least _MIN_PARTS for parallelism.
+_MAX_PARTS = 64
+_MIN_PARTS = 8
+_PART_BYTES = 64 << 20
+_BIN_CACHE_MAX = 3  # binnings kept (each holds about 3 copies of x)
+_PLAN_CACHE_MAX = 2  # culling plans kept per binning
+
+# Test instrumentation: number of binnings computed since import.
+bin_calls = 0
 
 
 def _threads() -> int:
     return max(1, min(numba.get_num_threads(), torch.get_num_threads()))
+
+
+class _threads_capped:
+    """Run numba kernels on at most torch's thread count too (restored afterwards)."""
+
+    def __enter__(self):
+        self.old = numba.get_num_threads()
+        nt = _threads()
+        if nt != self.old:
+            numba.set_num_threads(nt)
+
+    def __exit__(self, *exc):
+        if numba.get_num_threads() != self.old:
+            numba.set_num_threads(self.old)
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -31,53 +63,58 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 
 def _inv_widths(w: torch.Tensor) -> np.ndarray:
-    # 1/w clamped to the largest finite float: a near-zero width gives a huge z, never inf*0.
+    # 1/w clamped to the largest finite float: a zero width gives a huge z, never inf*0.
     big = torch.finfo(w.dtype).max
-    return _np((1.0 / w.detach()).clamp(-big, big))
+    return _np((1.0 / w).clamp(-big, big))
+
+
+def _zero_width_half(half: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    # A zero width counts nowhere, whatever half says (1/0 is clamped, so 0 * big would count).
+    return torch.where(w == 0, torch.zeros_like(half), half)
+
+
+@dataclass
+class _Plan:
+    row_start: np.ndarray  # (nrows + 1,) registrations of each row
+    reg_k: np.ndarray
+    reg_p0: np.ndarray
+    reg_p1: np.ndarray
+    cost: np.ndarray  # (nrows + 1,) prefix sum of the work per row
+    maxrow: int
+    maxseg: int
+    ncand: int
 
 
 @dataclass
 class _Binning:
-    perm: torch.Tensor  # (n,) int64: sorted position -> original index
+    perm: np.ndarray  # (n,) int64: sorted position -> original index
     start: np.ndarray  # (n_cells + 1,) first sorted position of each cell
+    row_pts: np.ndarray  # (nrows + 1,) first sorted position of each row
     xs: np.ndarray  # (d, n) points in sorted order
     gd: int
     lo: np.ndarray
     inv_h: np.ndarray
     ncell: np.ndarray
     x_copy: torch.Tensor  # the binned values: writes through x.data do not bump x._version
+    # Recent plans: (c copy, half copy, cull fraction, plan or None when culling does not pay).
+    plans: list = field(default_factory=list)
 
 
-@dataclass
-class _Plan:
-    binning: _Binning
-    row_start: np.ndarray
-    reg_k: np.ndarray
-    reg_p0: np.ndarray
-    reg_p1: np.ndarray
-    maxlen: int
-    ncand: int
-
-
-# Tiny cache of binnings keyed on the identity of x; entries die with x.
-_BIN_CACHE: dict[int, tuple] = {}
-_BIN_CACHE_MAX = 4
-bin_calls = 0  # number of binnings computed (tests spy on it)
+# Binnings keyed on (data_ptr, shape, stride, dtype, version) and verified by value,
+# so a tensor that comes back as another Python object (compile, custom ops) still hits.
+_BIN_CACHE: dict[tuple, _Binning] = {}
 
 
 def _x_key(x: torch.Tensor) -> tuple:
-    return (x._version, x.data_ptr(), tuple(x.shape), tuple(x.stride()), x.dtype)
+    return (x.data_ptr(), tuple(x.shape), tuple(x.stride()), x.dtype, x._version)
 
 
-def _make_binning(x: torch.Tensor) -> _Binning | None:
+def _make_binning(x: torch.Tensor) -> _Binning:
     global bin_calls
-    n, d = x.shape
-    xd = x.detach()
-    if not bool(torch.isfinite(xd).all()):
-        return None
     bin_calls += 1
+    n, d = x.shape
     gd = min(d, 3)
-    xg = xd[:, :gd].double()
+    xg = x[:, :gd].double()
     lo = xg.min(dim=0).values.numpy().copy()
     hi = xg.max(dim=0).values.numpy().copy()
     ext = hi - lo
@@ -96,158 +133,147 @@ def _make_binning(x: torch.Tensor) -> _Binning | None:
             j = int(np.argmax(ncell))
             ncell[j] = max(1, ncell[j] // 2)
             inv_h[j] = ncell[j] / ext[j]
-    xT = _np(xd.T)
-    perm, start, xs = _kernels.bin_points(xT, gd, lo, inv_h, ncell)
-    return _Binning(torch.from_numpy(perm), start, xs, gd, lo, inv_h, ncell, xd.clone())
+    perm, start, xs = _kernels.bin_points(_np(x.T), gd, lo, inv_h, ncell)
+    row_pts = np.ascontiguousarray(start[:: int(ncell[gd - 1])])
+    return _Binning(perm, start, row_pts, xs, gd, lo, inv_h, ncell, x.clone())
 
 
-def get_binning(x: torch.Tensor) -> _Binning | None:
-    """Binning of x, reused while x is the same unchanged tensor."""
+def get_binning(x: torch.Tensor) -> _Binning:
+    """Binning of x, reused while x holds the same values at the same place."""
     key = _x_key(x)
-    hit = _BIN_CACHE.get(id(x))
-    if hit is not None and hit[0]() is x and hit[1] == key:
-        # O(n*d) compare, far cheaper than re-binning; catches in-place writes via x.data.
-        if hit[2] is None or torch.equal(hit[2].x_copy, x.detach()):
-            return hit[2]
+    hit = _BIN_CACHE.get(key)
+    # O(n*d) compare, far cheaper than re-binning; catches in-place writes via x.data.
+    if hit is not None and torch.equal(hit.x_copy, x):
+        return hit
     b = _make_binning(x)
+    _BIN_CACHE.pop(key, None)
     while len(_BIN_CACHE) >= _BIN_CACHE_MAX:
         _BIN_CACHE.pop(next(iter(_BIN_CACHE)))
-    ident = id(x)
-
-    def _drop(_ref, ident=ident):
-        entry = _BIN_CACHE.get(ident)
-        if entry is not None and entry[0] is _ref:
-            del _BIN_CACHE[ident]
-
-    _BIN_CACHE[ident] = (weakref.ref(x, _drop), key, b)
+    _BIN_CACHE[key] = b
     return b
 
 
-def make_plan(x: torch.Tensor, c: torch.Tensor, half: torch.Tensor) -> _Plan | None:
-    """Grid plan for the culled sum, or None where binning does not pay (dense with support test)."""
-    n, d = x.shape
-    K = c.shape[1]
-    if not (bool(torch.isfinite(c).all()) and bool(torch.isfinite(half).all())):
-        return None
-    b = get_binning(x)
-    if b is None:
-        return None
+def _register(b: _Binning, c: torch.Tensor, half: torch.Tensor, n: int, K: int) -> _Plan | None:
     row_start, reg_k, reg_p0, reg_p1, ncand = _kernels.register_bumps(
         _np(c), _np(half), b.gd, b.lo, b.inv_h, b.ncell, b.start
     )
     if ncand > _CULL_FRACTION * n * K:
         return None
-    maxlen = int((reg_p1 - reg_p0).max()) if reg_k.shape[0] else 0
-    return _Plan(b, row_start, reg_k, reg_p0, reg_p1, max(maxlen, 1), int(ncand))
+    cost, maxrow, maxseg = _kernels.row_costs(b.row_pts, row_start, reg_p0, reg_p1)
+    return _Plan(row_start, reg_k, reg_p0, reg_p1, cost, int(maxrow), int(maxseg), int(ncand))
 
 
-def culled_pair_count(x: torch.Tensor, c: torch.Tensor, w: torch.Tensor, support_p: float) -> int | None:
-    """In-support pairs the culled engine visits, or None when it would run dense."""
-    from .._geometry import support_halfwidths
-
-    half = support_halfwidths(w, support_p)
-    plan = make_plan(x, c, half)
-    if plan is None:
+def make_plan(x: torch.Tensor, c: torch.Tensor, half: torch.Tensor) -> tuple[_Binning, _Plan] | None:
+    """Binning and grid plan for the culled sum, or None where culling does not pay (dense)."""
+    n = x.shape[0]
+    K = c.shape[1]
+    if n == 0 or K == 0 or not bool(torch.isfinite(half).all()):
         return None
-    b = plan.binning
-    return int(
-        _kernels.culled_pair_count(
-            b.xs, _np(c), _np(half), plan.row_start, plan.reg_k, plan.reg_p0, plan.reg_p1, _threads()
-        )
-    )
+    b = get_binning(x)
+    frac = _CULL_FRACTION
+    for cc, hc, fc, plan in b.plans:
+        if fc == frac and cc.shape == c.shape and torch.equal(cc, c) and torch.equal(hc, half):
+            return None if plan is None else (b, plan)
+    plan = _register(b, c, half, n, K)
+    if len(b.plans) >= _PLAN_CACHE_MAX:
+        b.plans.pop(0)
+    b.plans.append((c.clone(), half.clone(), frac, plan))
+    return None if plan is None else (b, plan)
 
 
-def _half_np(half: torch.Tensor | None, c: torch.Tensor) -> np.ndarray:
-    if half is None:
-        return np.full(tuple(c.shape), np.inf, dtype=_np(c).dtype)
-    return _np(half)
+def _n_parts(units: int, d: int, K: int, P: int) -> int:
+    """Partitions for ``units`` blocks or rows: a function of the problem size only."""
+    per_part = 8 * (2 * d + P) * max(K, 1)
+    by_memory = max(_MIN_PARTS, _PART_BYTES // per_part)
+    return int(max(1, min(_MAX_PARTS, units, by_memory)))
 
 
-class _NumbaBumpSum(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, c, w, m, half, plan):
-        ctx.save_for_backward(x, c, w, m)
-        ctx.half = half
-        ctx.plan = plan
-        n, d = x.shape
-        K = m.shape[0]
-        y = torch.zeros(n, dtype=x.dtype)
-        if n == 0 or K == 0:
-            return y
-        cn, iw, hn, mn, nt = _np(c), _inv_widths(w), _half_np(half, c), _np(m), _threads()
-        if plan is None:
-            _kernels.dense_forward(_np(x.T), cn, iw, hn, mn, y.numpy(), nt)
-        else:
-            b = plan.binning
-            ys = np.zeros(n, dtype=b.xs.dtype)
-            _kernels.culled_forward(
-                b.xs, cn, iw, hn, mn, plan.row_start, plan.reg_k, plan.reg_p0, plan.reg_p1, plan.maxlen, ys, nt
-            )
-            y[b.perm] = torch.from_numpy(ys)
-        return y
-
-    @staticmethod
-    def backward(ctx, gy):
-        x, c, w, m = ctx.saved_tensors
-        half, plan = ctx.half, ctx.plan
-        n, d = x.shape
-        K = m.shape[0]
-        need_x = ctx.needs_input_grad[0]
-        if n == 0 or K == 0:
-            gx = torch.zeros_like(x) if need_x else None
-            return gx, torch.zeros_like(c), torch.zeros_like(w), torch.zeros_like(m), None, None
-        cn, iw, hn, mn, nt = _np(c), _inv_widths(w), _half_np(half, c), _np(m), _threads()
-        part = np.zeros((nt, 2 * d + 1, K))
-        if plan is None:
-            gxT = np.empty((d, n), dtype=cn.dtype)
-            _kernels.dense_backward(_np(x.T), cn, iw, hn, mn, _np(gy.to(x.dtype)), gxT, part, nt)
-            gx = torch.from_numpy(gxT).T if need_x else None
-        else:
-            b = plan.binning
-            gs = _np(gy.to(x.dtype)[b.perm])
-            gxs = np.zeros((d, n), dtype=cn.dtype)
-            _kernels.culled_backward(
-                b.xs, cn, iw, hn, mn, gs, plan.row_start, plan.reg_k, plan.reg_p0, plan.reg_p1, plan.maxlen, gxs, part, nt
-            )
-            gx = None
-            if need_x:
-                gx = torch.empty((n, d), dtype=x.dtype)
-                gx[b.perm] = torch.from_numpy(gxs).T
-        tot = torch.from_numpy(part.sum(axis=0))
-        gc = tot[:d].to(c.dtype)
-        gw = tot[d : 2 * d].to(w.dtype)
-        gm = tot[2 * d].to(m.dtype)
-        return gx, gc, gw, gm, None, None
+def _dense_parts(n: int, d: int, K: int, P: int) -> int:
+    return _n_parts((n + _kernels._B - 1) // _kernels._B, d, K, P)
 
 
-def bump_sum_numba(x, c, w, m, half, cull: bool = True):
-    """Numba CPU bump sum; ``half`` None for the exact sum."""
-    plan = None
-    if half is not None and cull and x.shape[0] > 0 and m.shape[0] > 0:
-        plan = make_plan(x, c, half)
-    return _NumbaBumpSum.apply(x, c, w, m, half, plan)
+def _bounds(plan: _Plan, d: int, K: int, P: int) -> np.ndarray:
+    nrows = plan.row_start.shape[0] - 1
+    return _kernels.partition_bounds(plan.cost, _n_parts(nrows, d, K, P))
 
 
-# ---- TEMPORARY shim to the new engine contract (replaced by the multi-output rewrite) ----
+def _prepare(x, c, w, m, half, cull):
+    """Kernel arrays, and the binning and plan when the culled path runs (else None, None)."""
+    hz = _zero_width_half(half, w)
+    bp = make_plan(x, c, hz) if cull else None
+    b, plan = (None, None) if bp is None else bp
+    return b, plan, _np(c), _inv_widths(w), _np(hz), _np(m)
+
+
 def forward(x, c, w, m, half, cull):
-    h = half if cull else None
-    cols = [bump_sum_numba(x, c, w, m[:, p].contiguous(), h) for p in range(m.shape[1])]
-    return torch.stack(cols, dim=1) if cols else x.new_zeros((x.shape[0], 0))
+    """y (n, P) = sum_k m[k, p] * e[i, k] over the pairs that count (see the contract in ``_registry``)."""
+    n, d = x.shape
+    K, P = m.shape
+    if n == 0 or K == 0 or P == 0:
+        return torch.zeros((n, P), dtype=x.dtype)
+    b, plan, cn, iw, hn, mn = _prepare(x, c, w, m, half, cull)
+    y = torch.empty((n, P), dtype=x.dtype)
+    with _threads_capped():
+        if plan is None:
+            _kernels.dense_forward(_np(x), cn, iw, hn, mn, y.numpy(), _dense_parts(n, d, K, P))
+            return y
+        bounds = _bounds(plan, d, K, P)
+        args = (b.row_pts, plan.row_start, plan.reg_k, plan.reg_p0, plan.reg_p1, bounds)
+        if P > 1:
+            _kernels.culled_forward_multi(b.xs, b.perm, cn, iw, hn, mn, *args, plan.maxrow, plan.maxseg, y.numpy())
+        else:
+            ys = np.empty((1, n), dtype=cn.dtype)
+            _kernels.culled_forward(b.xs, cn, iw, hn, mn, *args, plan.maxseg, ys[0])
+            _kernels.scatter_rows(ys, b.perm, bounds, b.row_pts, y.numpy())
+    return y
 
 
 def backward(gy, x, c, w, m, half, cull, need_x):
-    h = half if cull else None
-    gx = torch.zeros_like(x) if need_x else None
-    gc, gw, gm = torch.zeros_like(c), torch.zeros_like(w), torch.zeros_like(m)
-    for p in range(m.shape[1]):
-        xx = x.detach().requires_grad_(need_x)
-        cc, ww, mm = (t.detach().requires_grad_() for t in (c, w, m[:, p].contiguous()))
-        with torch.enable_grad():
-            y = bump_sum_numba(xx, cc, ww, mm, h)
-        ins = [t for t in (xx, cc, ww, mm) if t.requires_grad]
-        gs = torch.autograd.grad(y, ins, gy[:, p].contiguous(), allow_unused=True)
-        if need_x:
-            gx += gs[0]
-            gs = gs[1:]
-        gc += gs[0]; gw += gs[1]; gm[:, p] = gs[2]
-    return gx, gc, gw, gm
+    """Gradients of sum(gy * y): (gx or None, gc, gw, gm), in the inputs' dtype."""
+    n, d = x.shape
+    K, P = m.shape
+    if n == 0 or K == 0 or P == 0:
+        gx = torch.zeros((n, d), dtype=x.dtype) if need_x else None
+        return gx, torch.zeros((d, K), dtype=c.dtype), torch.zeros((d, K), dtype=w.dtype), torch.zeros((K, P), dtype=m.dtype)
+    b, plan, cn, iw, hn, mn = _prepare(x, c, w, m, half, cull)
+    g = _np(gy.to(x.dtype))
+    gx = torch.empty((n, d) if (need_x or plan is None) else (0, d), dtype=x.dtype)
+    with _threads_capped():
+        if plan is None:
+            npart = _dense_parts(n, d, K, P)
+            pcw, pm = np.zeros((npart, 2 * d, K)), np.zeros((npart, K, P))
+            _kernels.dense_backward(_np(x), cn, iw, hn, mn, g, gx.numpy(), pcw, pm, npart)
+        else:
+            bounds = _bounds(plan, d, K, P)
+            npart = bounds.shape[0] - 1
+            pcw, pm = np.zeros((npart, 2 * d, K)), np.zeros((npart, K, P))
+            args = (b.row_pts, plan.row_start, plan.reg_k, plan.reg_p0, plan.reg_p1, bounds)
+            if P > 1:
+                _kernels.culled_backward_multi(
+                    b.xs, b.perm, cn, iw, hn, mn, g, *args, plan.maxrow, plan.maxseg, gx.numpy(), need_x, pcw, pm
+                )
+            else:
+                gs = np.empty((1, n), dtype=cn.dtype)
+                _kernels.gather_rows(g, b.perm, bounds, b.row_pts, gs)
+                gxs = np.empty((d, n) if need_x else (d, 0), dtype=cn.dtype)
+                _kernels.culled_backward(b.xs, cn, iw, hn, mn, gs[0], *args, plan.maxseg, gxs, need_x, pcw, pm)
+                if need_x:
+                    _kernels.scatter_rows(gxs, b.perm, bounds, b.row_pts, gx.numpy())
+    # Fixed-order reduction: partials added in partition order.
+    tcw = torch.from_numpy(_kernels.sum_parts(pcw))
+    gm = torch.from_numpy(_kernels.sum_parts(pm)).to(m.dtype)
+    return (gx if need_x else None), tcw[:d].to(c.dtype), tcw[d:].to(w.dtype), gm
+
+
+def pair_count(x, c, half) -> int | None:
+    """Test instrumentation: in-support pairs the culled path visits, or None when it would run dense."""
+    bp = make_plan(x, c, half)
+    if bp is None:
+        return None
+    b, plan = bp
+    d, K = c.shape
+    bounds = _bounds(plan, d, K, 1)
+    with _threads_capped():
+        return int(
+            _kernels.culled_pair_count(b.xs, _np(c), _np(half), plan.row_start, plan.reg_k, plan.reg_p0, plan.reg_p1, bounds)
+        )

@@ -1,0 +1,294 @@
+"""The Numba engine's contract functions against a dense float64 oracle written here.
+
+Covers P outputs, both dtypes, dense and (forced) culled paths, zero and negative
+widths, support edges to the ulp, empty problems, non-contiguous inputs, thread-count
+independence, the binning/plan caches and the pair-count instrumentation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+numba = pytest.importorskip("numba")
+ne = pytest.importorskip("wandering._engine._numba_engine")
+
+DTYPES = (torch.float32, torch.float64)
+PS = (1, 2, 7, 17)  # 17: above any block of outputs (the kernels use none, this guards a future one)
+SCALE = math.sqrt(-math.log(0.01))  # support half-width per unit width at support_p = 0.01
+
+
+@contextlib.contextmanager
+def forced_cull():
+    """Take the grid path even where the dense fallback would be picked."""
+    old = ne._CULL_FRACTION
+    ne._CULL_FRACTION = math.inf
+    try:
+        yield
+    finally:
+        ne._CULL_FRACTION = old
+
+
+@contextlib.contextmanager
+def numba_threads(nt: int):
+    old_n, old_t = numba.get_num_threads(), torch.get_num_threads()
+    numba.set_num_threads(nt)
+    torch.set_num_threads(max(nt, old_t))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(old_n)
+        torch.set_num_threads(old_t)
+
+
+def oracle_mask(x, c, w, half):
+    """Pairs inside every support box (the float test in x's dtype), minus zero-width bumps."""
+    inside = ((x[:, :, None] - c[None]).abs() < half[None]).all(dim=1)
+    return inside & (w != 0).all(dim=0)[None]
+
+
+def oracle(x, c, w, m, half, gy):
+    """y and the gradients of sum(gy * y) by float64 autograd of the dense pair formula."""
+    mask = oracle_mask(x, c, w, half)
+    x64, c64, w64, m64 = (t.detach().double().requires_grad_() for t in (x, c, w, m))
+    diff = x64[:, :, None] - c64[None]
+    with torch.no_grad():
+        mask &= torch.exp(-((diff / w64[None]) ** 2).sum(dim=1)) > 0
+    w_safe = torch.where(mask[:, None, :], w64[None], torch.ones_like(w64)[None])
+    e = torch.exp(-((diff / w_safe) ** 2).sum(dim=1))
+    e = torch.where(mask, e, torch.zeros_like(e))
+    y = e @ m64
+    grads = torch.autograd.grad(y, (x64, c64, w64, m64), gy.double(), allow_unused=True)
+    grads = [torch.zeros_like(t) if g is None else g for t, g in zip((x64, c64, w64, m64), grads)]
+    return y.detach(), grads
+
+
+def problem(n, d, K, P, dtype, seed, w_lo=0.05, w_hi=0.3, support=True, odd_widths=True):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, d, generator=g, dtype=torch.float64).to(dtype)
+    c = torch.rand(d, K, generator=g, dtype=torch.float64).to(dtype)
+    w = (w_lo + (w_hi - w_lo) * torch.rand(d, K, generator=g, dtype=torch.float64)).to(dtype)
+    if odd_widths and K:
+        sign = torch.where(torch.rand(d, K, generator=g) < 0.3, -1.0, 1.0).to(dtype)
+        w = w * sign
+        w[0, 0] = 0.0  # a zero width: the bump counts nowhere
+    m = torch.randn(K, P, generator=g, dtype=torch.float64).to(dtype)
+    gy = torch.randn(n, P, generator=g, dtype=torch.float64).to(dtype)
+    half = SCALE * w.abs() if support else torch.full_like(w, math.inf)
+    if support:
+        half = torch.where(w == 0, torch.zeros_like(half), half)
+    return x, c, w, m, half, gy
+
+
+def run_engine(x, c, w, m, half, gy, cull, need_x=True):
+    y = ne.forward(x, c, w, m, half, cull)
+    grads = ne.backward(gy, x, c, w, m, half, cull, need_x)
+    return y, grads
+
+
+def assert_matches_oracle(x, c, w, m, half, gy, cull):
+    y, (gx, gc, gw, gm) = run_engine(x, c, w, m, half, gy, cull)
+    y_ref, (gx_ref, gc_ref, gw_ref, gm_ref) = oracle(x, c, w, m, half, gy)
+    n, d = x.shape
+    K, P = m.shape
+    assert y.shape == (n, P) and y.dtype == x.dtype
+    assert gx.shape == (n, d) and gc.shape == (d, K) and gw.shape == (d, K) and gm.shape == (K, P)
+    for t in (gx, gc, gw, gm):
+        assert t.dtype == x.dtype
+    f32 = x.dtype == torch.float32
+    rtol = 2e-4 if f32 else 1e-9
+    atol = 2e-5 if f32 else 1e-11
+    for name, a, b in (("y", y, y_ref), ("gx", gx, gx_ref), ("gc", gc, gc_ref), ("gw", gw, gw_ref), ("gm", gm, gm_ref)):
+        assert torch.isfinite(a).all(), name
+        scale = 1.0 + (float(b.abs().max()) if b.numel() else 0.0)
+        torch.testing.assert_close(a.double(), b, rtol=rtol, atol=atol * scale * (1 + K), msg=name)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    d=st.integers(1, 5),
+    n=st.sampled_from([1, 37, 300, 700]),
+    K=st.integers(1, 12),
+    P=st.sampled_from(PS),
+    dtype=st.sampled_from(DTYPES),
+    mode=st.sampled_from(["dense-exact", "dense-support", "culled"]),
+    seed=st.integers(0, 2**16),
+)
+def test_matches_oracle(d, n, K, P, dtype, mode, seed):
+    support = mode != "dense-exact"
+    x, c, w, m, half, gy = problem(n, d, K, P, dtype, seed, support=support)
+    if mode == "culled":
+        with forced_cull():
+            assert ne.pair_count(x, c, half) is not None  # the grid path really runs
+            assert_matches_oracle(x, c, w, m, half, gy, cull=True)
+    else:
+        assert_matches_oracle(x, c, w, m, half, gy, cull=False)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("P", PS)
+@pytest.mark.parametrize("path", ["dense", "culled"])
+def test_matches_oracle_per_P(dtype, P, path):
+    x, c, w, m, half, gy = problem(2000, 3, 40, P, dtype, seed=P)
+    with forced_cull():
+        assert_matches_oracle(x, c, w, m, half, gy, cull=path == "culled")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("path", ["dense", "culled"])
+def test_support_edges_to_the_ulp(dtype, path):
+    """Points exactly on a box edge and one ulp either side count exactly as the float test says."""
+    g = torch.Generator().manual_seed(3)
+    d, K = 3, 6
+    c = torch.rand(d, K, generator=g, dtype=torch.float64).to(dtype)
+    w = (0.05 + 0.1 * torch.rand(d, K, generator=g, dtype=torch.float64)).to(dtype)
+    half = SCALE * w.abs()
+    pts = []
+    for k in range(K):
+        for j in range(d):
+            for sgn in (-1.0, 1.0):
+                edge = c[j, k] + sgn * half[j, k]
+                for v in (torch.nextafter(edge, edge - 1), edge, torch.nextafter(edge, edge + 1)):
+                    p = c[:, k].clone()
+                    p[j] = v
+                    pts.append(p)
+    x = torch.stack(pts)
+    x = torch.cat([x, torch.rand(200, d, generator=g, dtype=torch.float64).to(dtype)])  # so the grid has cells
+    m = torch.eye(K, dtype=dtype)  # y[:, k] is bump k alone
+    gy = torch.randn(x.shape[0], K, generator=g, dtype=torch.float64).to(dtype)
+    mask = oracle_mask(x, c, w, half)
+    assert 0 < int(mask.sum()) < mask.numel()
+    with forced_cull():
+        y = ne.forward(x, c, w, m, half, path == "culled")
+        torch.testing.assert_close(y != 0, mask, rtol=0, atol=0)
+        assert_matches_oracle(x, c, w, m, half, gy, cull=path == "culled")
+        if path == "culled":
+            assert ne.pair_count(x, c, half) == int(mask.sum())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("path", ["dense-exact", "dense", "culled"])
+def test_zero_and_negative_widths(dtype, path):
+    x, c, w, m, half, gy = problem(500, 3, 8, 3, dtype, seed=5, support=path != "dense-exact")
+    w[:, 1] = 0.0  # every width of bump 1 is zero
+    w[1, 2] = -w[1, 2].abs()
+    w[:, 3] = -w[:, 3].abs()
+    if path != "dense-exact":
+        half = torch.where(w == 0, torch.zeros_like(half), SCALE * w.abs())
+    c[:, 1] = x[0]  # a zero-width bump centred exactly on a point still counts nowhere
+    with forced_cull():
+        y, (gx, gc, gw, gm) = run_engine(x, c, w, m, half, gy, cull=path == "culled")
+        assert_matches_oracle(x, c, w, m, half, gy, cull=path == "culled")
+    for t in (y, gx, gc, gw, gm):
+        assert torch.isfinite(t).all()
+    assert (gc[:, 1] == 0).all() and (gw[:, 1] == 0).all() and (gm[1] == 0).all()
+    # Negating a width changes nothing but the sign of its gradient.
+    w2 = w.clone()
+    w2[:, 3] = -w2[:, 3]
+    half2 = half if path == "dense-exact" else torch.where(w2 == 0, torch.zeros_like(half), SCALE * w2.abs())
+    with forced_cull():
+        y2, (_, _, gw2, _) = run_engine(x, c, w2, m, half2, gy, cull=path == "culled")
+    torch.testing.assert_close(y2, y)
+    torch.testing.assert_close(gw2[:, 3], -gw[:, 3])
+
+
+@pytest.mark.parametrize("cull", [False, True])
+@pytest.mark.parametrize("n,K", [(0, 5), (40, 0), (0, 0)])
+def test_empty(n, K, cull):
+    x, c, w, m, half, gy = problem(n, 2, K, 3, torch.float32, seed=1, odd_widths=False)
+    y = ne.forward(x, c, w, m, half, cull)
+    assert y.shape == (n, 3) and (y == 0).all()
+    gx, gc, gw, gm = ne.backward(gy, x, c, w, m, half, cull, True)
+    assert gx.shape == (n, 2) and gc.shape == (2, K) and gw.shape == (2, K) and gm.shape == (K, 3)
+    for t in (gx, gc, gw, gm):
+        assert (t == 0).all()
+    assert ne.backward(gy, x, c, w, m, half, cull, False)[0] is None
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("path", ["dense", "culled"])
+def test_non_contiguous_inputs(dtype, path):
+    x, c, w, m, half, gy = problem(600, 3, 10, 4, dtype, seed=7)
+    xt = x.T.contiguous().T  # same values, column-major
+    ct, wt, ht = (t.T.contiguous().T for t in (c, w, half))
+    mt = m.T.contiguous().T
+    gyt = torch.cat([gy, gy], dim=1)[:, ::2]  # strided view
+    gyt.copy_(gy)
+    assert not (xt.is_contiguous() or ct.is_contiguous() or mt.is_contiguous() or gyt.is_contiguous())
+    cull = path == "culled"
+    with forced_cull():
+        y, grads = run_engine(x, c, w, m, half, gy, cull)
+        yt, grads_t = run_engine(xt, ct, wt, mt, ht, gyt, cull)
+    assert torch.equal(y, yt)
+    for a, b in zip(grads, grads_t):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 numba threads")
+@pytest.mark.parametrize("dtype", DTYPES)  # float64: a changed summation order shows in the last bits
+@pytest.mark.parametrize("P", [1, 5])
+@pytest.mark.parametrize("path", ["dense", "culled"])
+def test_bitwise_independent_of_thread_count(P, path, dtype):
+    x, c, w, m, half, gy = problem(6000, 3, 64, P, dtype, seed=11, w_lo=0.03, w_hi=0.1)
+    cull = path == "culled"
+    results = []
+    for nt in (1, 2):
+        with numba_threads(nt), forced_cull():
+            results.append(run_engine(x, c, w, m, half, gy, cull))
+    (y1, g1), (y2, g2) = results
+    assert torch.equal(y1, y2)
+    for a, b in zip(g1, g2):
+        assert torch.equal(a, b)
+
+
+def test_binning_cache_reuse_and_invalidation(monkeypatch):
+    x, c, w, m, half, gy = problem(3000, 3, 16, 2, torch.float32, seed=13)
+    registered = []
+    real_register = ne._register
+    monkeypatch.setattr(ne, "_register", lambda *a: registered.append(1) or real_register(*a))
+    with forced_cull():
+        before = ne.bin_calls
+        y0, g0 = run_engine(x, c, w, m, half, gy, True)
+        assert ne.bin_calls == before + 1 and len(registered) == 1  # forward + backward: once each
+        # Same storage coming back as another Python object (as under compile / custom ops).
+        run_engine(x.detach(), c.clone(), w, m, half.clone(), gy, True)
+        assert ne.bin_calls == before + 1 and len(registered) == 1
+        # New centres: plan rebuilt once for the step, binning kept.
+        c2 = c + 1e-3
+        run_engine(x, c2, w, m, half, gy, True)
+        assert ne.bin_calls == before + 1 and len(registered) == 2
+        # An in-place write bumps the version: re-binned.
+        x.add_(0.0)
+        run_engine(x, c, w, m, half, gy, True)
+        assert ne.bin_calls == before + 2
+        # A write through .data leaves the version alone; the value check catches it.
+        x.data[:100] = torch.rand(100, 3)
+        y1, _ = run_engine(x, c, w, m, half, gy, True)
+        assert ne.bin_calls == before + 3
+        y_ref, _ = oracle(x, c, w, m, half, gy)
+        torch.testing.assert_close(y1.double(), y_ref, rtol=2e-4, atol=2e-5 * 17)
+        # A different tensor with the same values is re-binned (the key includes the storage).
+        run_engine(x.clone(), c, w, m, half, gy, True)
+        assert ne.bin_calls == before + 4
+    assert len(ne._BIN_CACHE) <= ne._BIN_CACHE_MAX
+
+
+@pytest.mark.parametrize("d", [1, 2, 3, 4])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_pair_count_matches_oracle(d, dtype):
+    x, c, w, m, half, gy = problem(1500, d, 30, 1, dtype, seed=17 + d)
+    with forced_cull():
+        assert ne.pair_count(x, c, half) == int(oracle_mask(x, c, w, half).sum())
+    inf = torch.full_like(half, math.inf)
+    assert ne.pair_count(x, c, inf) is None  # exact sums run dense
+
+
+def test_dense_fallback_when_culling_does_not_pay():
+    x, c, w, m, half, gy = problem(2000, 3, 20, 2, torch.float64, seed=19, w_lo=2.0, w_hi=3.0)
+    assert ne.pair_count(x, c, half) is None
+    assert_matches_oracle(x, c, w, m, half, gy, cull=True)
