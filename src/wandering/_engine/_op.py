@@ -56,7 +56,8 @@ def bump_sum_backward_op(
     )
     if gx is None:
         gx = x.new_empty((0, x.shape[1]))
-    return gx, gc, gw, gm
+    # An op's outputs may not alias each other: engines may return views of one buffer.
+    return tuple(t.clone() if t._base is not None else t for t in (gx, gc, gw, gm))
 
 
 @bump_sum_backward_op.register_fake
