@@ -347,3 +347,17 @@ def test_flat_data_keeps_grid_small_and_exact():
     b = numba_engine.get_binning(x)
     assert int(b.ncell.prod()) <= 4 * 5000 / numba_engine._POINTS_PER_CELL + 64
     assert numba_engine.culled_pair_count(x, c, w, 0.01) == int(support_mask_reference(x, c, w, 0.01).sum())
+
+
+def test_optional_triton_engine_listed_unavailable_without_triton(monkeypatch):
+    import sys
+
+    from wandering._engine import _registry
+
+    monkeypatch.setitem(sys.modules, "triton", None)  # "import triton" raises ImportError
+    monkeypatch.delitem(sys.modules, "wandering._engine._triton_engine", raising=False)
+    e = _registry._engine(
+        "triton", "._triton_engine", ("cuda",), (torch.float32,), culls=True, priority=30, optional=True
+    )
+    assert not e.available and "triton" in e.unavailable and e.forward is None
+    assert not e.auto_supports(torch.device("cuda"), torch.float32)

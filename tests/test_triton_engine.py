@@ -34,6 +34,20 @@ def _run(*args: str) -> str:
     return proc.stdout
 
 
+def test_cpu_tensors_refused_without_the_interpreter():
+    import torch
+
+    from wandering import bump_sum
+    from wandering._engine import ENGINES, resolve_backend
+
+    if "cpu" in ENGINES["triton"].devices:
+        pytest.skip("this process runs under TRITON_INTERPRET=1")
+    x = torch.rand(100, 2)
+    with pytest.raises(ValueError, match="backend 'triton' needs .* on cuda"):
+        bump_sum(x, torch.rand(2, 5), torch.full((2, 5), 0.3), torch.ones(5), backend="triton")
+    assert resolve_backend("auto", torch.empty(10**5, 3), 64) == "numba"
+
+
 @pytest.mark.parametrize("group", ["parity-f32", "parity-f64", "op-module"])
 def test_triton_engine_under_interpreter(group):
     out = _run(str(HERE / "_triton_check.py"), group)

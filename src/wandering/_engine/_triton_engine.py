@@ -53,6 +53,7 @@ GPU. It is slow: a correctness tool only. ``"auto"`` never picks it on the CPU.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -61,7 +62,15 @@ import triton.language as tl
 
 from ._torch_engine import inverse_widths
 
-INTERPRET = bool(triton.knobs.runtime.interpret)
+
+def _interpreting() -> bool:
+    knobs = getattr(triton, "knobs", None)  # triton >= 3.4 parses its own settings there
+    if knobs is not None:
+        return bool(knobs.runtime.interpret)
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
+
+
+INTERPRET = _interpreting()
 DEVICES = ("cuda", "cpu") if INTERPRET else ("cuda",)
 """Device types this engine runs on: CUDA, plus the CPU under Triton's interpreter."""
 AUTO_DEVICES = ("cuda",)
