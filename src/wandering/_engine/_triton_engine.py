@@ -111,6 +111,13 @@ def _config(d: int, P: int, dtype: torch.dtype) -> _Config:
 
 
 @triton.jit
+def _load_block(ptr, rows, rmask, cols, cmask, stride):
+    """ptr[rows, cols] of a row-major matrix with ``stride`` columns; 0 where masked."""
+    offs = rows.to(tl.int64)[:, None] * stride + cols[None, :]
+    return tl.load(ptr + offs, mask=rmask[:, None] & cmask[None, :], other=0.0)
+
+
+@triton.jit
 def _load_bumps(ct_ptr, iwt_ptr, ht_ptr, ks, kmask, cols, jmask, D: tl.constexpr):
     """Centres, inverse widths and half-widths of a bump block, each (BK, DP); padding is 0."""
     offs = ks.to(tl.int64)[:, None] * D + cols[None, :]
@@ -157,9 +164,7 @@ def _forward_kernel(
     rmask = rows < n
     cols = tl.arange(0, DP)
     jmask = cols < D
-    xt = tl.load(
-        x_ptr + rows.to(tl.int64)[:, None] * D + cols[None, :], mask=rmask[:, None] & jmask[None, :], other=0.0
-    )
+    xt = _load_block(x_ptr, rows, rmask, cols, jmask, D)
     if CULL:  # x is in tile order; idx maps back to the caller's rows
         out_rows = tl.load(idx_ptr + rows, mask=rmask, other=0).to(tl.int64)
         plo = tl.load(plo_ptr + pid * D + cols, mask=jmask, other=0.0)
@@ -180,19 +185,13 @@ def _forward_kernel(
                 tl.atomic_add(count_ptr, 1)
             z, e = _pair_terms(xt, rmask, cb, iwb, hb, kmask, jmask)
             if ONE_CHUNK:
-                mb = tl.load(
-                    m_ptr + ks.to(tl.int64)[:, None] * P + ps[None, :],
-                    mask=kmask[:, None] & (ps < P)[None, :],
-                    other=0.0,
-                )
+                mb = _load_block(m_ptr, ks, kmask, ps, ps < P, P)
                 acc += tl.sum(e[:, :, None] * mb[None, :, :], axis=1)
             else:
                 for p0 in range(0, P, BP):
                     pc = p0 + ps
                     pmask = pc < P
-                    mb = tl.load(
-                        m_ptr + ks.to(tl.int64)[:, None] * P + pc[None, :], mask=kmask[:, None] & pmask[None, :], other=0.0
-                    )
+                    mb = _load_block(m_ptr, ks, kmask, pc, pmask, P)
                     yo = y_ptr + out_rows[:, None] * P + pc[None, :]
                     ym = rmask[:, None] & pmask[None, :]
                     yt = tl.load(yo, mask=ym, other=0.0)
@@ -211,16 +210,15 @@ def _grad_x_kernel(
     pid = tl.program_id(0)
     rows = pid * BN + tl.arange(0, BN)
     rmask = rows < n
-    rows64 = rows.to(tl.int64)
     cols = tl.arange(0, DP)
     jmask = cols < D
-    xt = tl.load(x_ptr + rows64[:, None] * D + cols[None, :], mask=rmask[:, None] & jmask[None, :], other=0.0)
+    xt = _load_block(x_ptr, rows, rmask, cols, jmask, D)
     if CULL:
         out_rows = tl.load(idx_ptr + rows, mask=rmask, other=0).to(tl.int64)
         plo = tl.load(plo_ptr + pid * D + cols, mask=jmask, other=0.0)
         phi = tl.load(phi_ptr + pid * D + cols, mask=jmask, other=0.0)
     else:
-        out_rows = rows64
+        out_rows = rows.to(tl.int64)
     ps = tl.arange(0, BP)
     gacc = tl.zeros([BN, DP], dtype=xt.dtype)
     for k0 in range(0, K, BK):
@@ -236,10 +234,8 @@ def _grad_x_kernel(
             for p0 in range(0, P, BP):
                 pc = p0 + ps
                 pmask = pc < P
-                gyt = tl.load(gy_ptr + rows64[:, None] * P + pc[None, :], mask=rmask[:, None] & pmask[None, :], other=0.0)
-                mb = tl.load(
-                    m_ptr + ks.to(tl.int64)[:, None] * P + pc[None, :], mask=kmask[:, None] & pmask[None, :], other=0.0
-                )
+                gyt = _load_block(gy_ptr, rows, rmask, pc, pmask, P)
+                mb = _load_block(m_ptr, ks, kmask, pc, pmask, P)
                 s += tl.sum(gyt[:, None, :] * mb[None, :, :], axis=2)
             t = 2.0 * e * s
             gacc += tl.sum(t[:, :, None] * z * iwb[None, :, :], axis=1)
@@ -276,17 +272,14 @@ def _grad_params_kernel(
         if hit:
             rows = t * BN + tl.arange(0, BN)
             rmask = rows < n
-            rows64 = rows.to(tl.int64)
-            xt = tl.load(x_ptr + rows64[:, None] * D + cols[None, :], mask=rmask[:, None] & jmask[None, :], other=0.0)
+            xt = _load_block(x_ptr, rows, rmask, cols, jmask, D)
             z, e = _pair_terms(xt, rmask, cb, iwb, hb, kmask, jmask)
             s = tl.zeros([BN, BK], dtype=xt.dtype)
             for p0 in range(0, P, BP):
                 pc = p0 + ps
                 pmask = pc < P
-                gyt = tl.load(gy_ptr + rows64[:, None] * P + pc[None, :], mask=rmask[:, None] & pmask[None, :], other=0.0)
-                mb = tl.load(
-                    m_ptr + ks.to(tl.int64)[:, None] * P + pc[None, :], mask=kmask[:, None] & pmask[None, :], other=0.0
-                )
+                gyt = _load_block(gy_ptr, rows, rmask, pc, pmask, P)
+                mb = _load_block(m_ptr, ks, kmask, pc, pmask, P)
                 s += tl.sum(gyt[:, None, :] * mb[None, :, :], axis=2)
                 gmt = tl.sum(e[:, :, None] * gyt[:, None, :], axis=0).to(tl.float64)
                 if ONE_CHUNK:
