@@ -275,11 +275,12 @@ def test_backend_env_override(monkeypatch):
 
 def test_unknown_backend_lists_valid_names():
     x, c, w, m = _problem(5, 2, 3, torch.float32, 16)
-    with pytest.raises(ValueError, match=r"backend must be one of \['auto', 'reference', 'torch', 'numba'\]"):
+    with pytest.raises(ValueError, match=r"backend must be one of \['auto', 'reference', 'torch', 'numba', 'triton'\]"):
         bump_sum(x, c, w, m, backend="cuda-magic")
     with pytest.raises(TypeError, match="backend must be a str"):
         bump_sum(x, c, w, m, backend=3)
-    assert set(BACKENDS) >= {"auto", "reference", "torch", "numba"}
+    # "triton" is listed even where it is unavailable (ENGINES says why)
+    assert set(BACKENDS) == {"auto", "reference", "torch", "numba", "triton"}
 
 
 def test_auto_picks_reference_for_tiny_and_torch_off_cpu():
@@ -292,7 +293,9 @@ def test_auto_picks_reference_for_tiny_and_torch_off_cpu():
 def test_registry_describes_each_engine_and_auto_follows_priority():
     assert list(BACKENDS) == ["auto", *ENGINES]
     for name, engine in ENGINES.items():
-        assert engine.name == name and engine.available and callable(engine.forward)
+        assert engine.name == name
+    for name in ("reference", "torch", "numba"):  # required engines: always there
+        assert ENGINES[name].available and callable(ENGINES[name].forward)
     assert ENGINES["numba"].supports(torch.device("cpu"), torch.float32)
     assert not ENGINES["numba"].supports(torch.device("cpu"), torch.bfloat16)
     assert ENGINES["numba"].priority > ENGINES["torch"].priority > ENGINES["reference"].priority
@@ -363,3 +366,17 @@ def test_flat_data_keeps_grid_small_and_exact():
     b = numba_engine.get_binning(x)
     assert int(b.ncell.prod()) <= 4 * 5000 / numba_engine._POINTS_PER_CELL + 64
     assert _pair_count(x, c, w, 0.01) == int(support_mask_reference(x, c, w, 0.01).sum())
+
+
+def test_optional_triton_engine_listed_unavailable_without_triton(monkeypatch):
+    import sys
+
+    from wandering._engine import _registry
+
+    monkeypatch.setitem(sys.modules, "triton", None)  # "import triton" raises ImportError
+    monkeypatch.delitem(sys.modules, "wandering._engine._triton_engine", raising=False)
+    e = _registry._engine(
+        "triton", "._triton_engine", ("cuda",), (torch.float32,), culls=True, priority=30, optional=True
+    )
+    assert not e.available and "triton" in e.unavailable and e.forward is None
+    assert not e.auto_supports(torch.device("cuda"), torch.float32)

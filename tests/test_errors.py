@@ -96,7 +96,7 @@ def test_forward_input_errors(cls):
         ("m_grad_gain", "x", TypeError, r"m_grad_gain must be a non-negative float, but got str"),
         ("support_p", 1.0, ValueError, r"support_p must be in \(0, 1\), but got 1.0"),
         ("support_p", "big", TypeError, r"support_p must be a float in \(0, 1\), but got str"),
-        ("backend", "nope", ValueError, r"backend must be one of \['auto', 'reference', 'torch', 'numba'\], but got 'nope'"),
+        ("backend", "nope", ValueError, r"backend must be one of \['auto', 'reference', 'torch', 'numba', 'triton'\], but got 'nope'"),
         ("backend", 3, TypeError, r"backend must be a str, but got int"),
     ],
 )

@@ -4,6 +4,33 @@ A module keeps ``noise_seed`` and ``noise_step`` as int64 buffers. They travel
 in ``state_dict`` (exact resume) and are synchronised by
 DistributedDataParallel like any buffer, so every rank draws the same noise
 without a collective and without touching the global generator.
+
+GPU: no sync per step. The key is needed on the host (it seeds a CPU
+generator), and reading a CUDA buffer with ``int()`` waits for the GPU. So each
+module keeps a host mirror of its key buffers (:func:`host_value`,
+:func:`advance`): the value it last read or wrote, with the buffer's identity,
+``data_ptr`` and autograd version counter at that moment. While those match, the
+mirror is used and the GPU is not touched; any visible change to a buffer
+(``load_state_dict``, an in-place write such as ``fill_``/``copy_``, DDP's
+broadcast at construction, ``.to()``/``.cuda()``, assigning a new tensor) bumps
+the version or replaces the tensor, and the next draw reads the buffer again
+(one sync, once). The draws themselves stay on the CPU generator, in float64,
+then are cast to the parameter's dtype on the CPU (exactly the cast the GPU
+would do) and copied to a CUDA device from pinned memory without blocking, so
+the numbers are bitwise the same on every device, as before, and old
+checkpoints resume onto the same noise.
+
+Why not draw on the device with an integer counter-based generator: the
+uniform bits would match across devices, but turning them into normals needs
+log/sqrt/cos, whose CUDA and CPU implementations differ in the last bit, and the
+numbers would change from those of existing runs.
+
+Limits of the mirror: writes that bypass the version counter are not seen:
+through ``buffer.data`` or under ``torch.autograd._unsafe_preserve_version_counter``.
+DDP's per-forward buffer broadcast (``broadcast_buffers=True``) is such a write,
+but it rewrites the values every rank already holds (all ranks advance the
+counters identically), so the mirror stays right. Write a key buffer through
+``buffer.copy_``/``fill_`` or ``load_state_dict``, never through ``.data``.
 """
 
 from __future__ import annotations
@@ -51,9 +78,50 @@ def keyed_normal(
     """Standard normal draws that depend only on the key, never on global RNG state.
 
     Drawn on the CPU in float64 and then cast, so the numbers are the same on
-    every device and both float dtypes see the same underlying draw.
+    every device and both float dtypes see the same underlying draw. To a CUDA
+    device the cast draw goes from pinned memory without blocking the host.
     """
     gen = torch.Generator(device="cpu")
     gen.manual_seed(mix_key(seed, step, stream))
-    z = torch.randn(tuple(shape), generator=gen, dtype=torch.float64)
-    return z.to(device=device, dtype=dtype)
+    z = torch.randn(tuple(shape), generator=gen, dtype=torch.float64).to(dtype)
+    device = torch.device(device)
+    if device.type == "cuda":
+        # The caching host allocator keeps the pinned block alive until the copy is done.
+        return z.pin_memory().to(device, non_blocking=True)
+    return z.to(device)
+
+
+_MIRROR = "_noise_key_mirror"  # per-module dict: buffer name -> (tensor, stamp, value)
+
+
+def _stamp(buf: torch.Tensor) -> tuple:
+    return (buf._version, buf.data_ptr(), buf.device)
+
+
+def host_value(module: torch.nn.Module, name: str) -> int:
+    """The int64 scalar buffer ``module.<name>`` as a Python int, without a GPU sync while the
+    mirror is current (see the module docstring); reads the buffer once after it changed."""
+    buf = getattr(module, name)
+    mirror = module.__dict__.setdefault(_MIRROR, {})
+    hit = mirror.get(name)
+    if hit is not None and hit[0] is buf and hit[1] == _stamp(buf):
+        return hit[2]
+    value = int(buf)
+    mirror[name] = (buf, _stamp(buf), value)
+    return value
+
+
+def advance(module: torch.nn.Module, name: str, value: int) -> None:
+    """``module.<name> += 1`` on its device, keeping the mirror current; ``value`` is what
+    :func:`host_value` returned for it just before (no write in between)."""
+    buf = getattr(module, name)
+    buf.add_(1)
+    module.__dict__.setdefault(_MIRROR, {})[name] = (buf, _stamp(buf), value + 1)
+
+
+def drop_mirror(state: dict) -> dict:
+    """A module ``__dict__`` without the mirror (for pickling and deepcopy: it is rebuilt on use)."""
+    if _MIRROR in state:
+        state = dict(state)
+        del state[_MIRROR]
+    return state

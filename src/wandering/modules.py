@@ -171,7 +171,8 @@ class _BumpModule(WanderingModule):
         construction, resume exactly from ``state_dict``, and agree across DDP ranks.
         """
         c_std, w_std, m_gain = self.c_grad_std, self.w_grad_std, self.m_grad_gain
-        seed, step = int(self.noise_seed), int(self.noise_step)
+        # Host mirrors of the key buffers: no GPU sync per step (see _noise).
+        seed, step = _noise.host_value(self, "noise_seed"), _noise.host_value(self, "noise_step")
         with torch.no_grad():
             for param, std, stream in (
                 (self.c, c_std, _noise.STREAM_C_GRAD),
@@ -183,7 +184,7 @@ class _BumpModule(WanderingModule):
                     _add_to_grad(param, noise.mul_(std))
             if m_gain > 0 and self.m.requires_grad:
                 _add_to_grad(self.m, self.m.detach() * (-m_gain))
-            self.noise_step.add_(1)
+            _noise.advance(self, "noise_step", step)
 
     # -- parameter noise (opt-in; see wandering.training.perturb_params) ----
     def perturb_params(self, c_std: float = 0.0, w_std: float = 0.0, m_std: float = 0.0) -> None:
@@ -200,13 +201,17 @@ class _BumpModule(WanderingModule):
             (self.w, _checks.check_nonneg(w_std, "w_std"), _noise.STREAM_W_PARAM),
             (self.m, _checks.check_nonneg(m_std, "m_std"), _noise.STREAM_M_PARAM),
         ]
-        seed, step = int(self.noise_seed), int(self.param_noise_step)
+        seed, step = _noise.host_value(self, "noise_seed"), _noise.host_value(self, "param_noise_step")
         with torch.no_grad():
             for param, std, stream in stds:
                 if std > 0 and param.requires_grad:
                     noise = _noise.keyed_normal(param.shape, seed, step, stream, param.dtype, param.device)
                     param.add_(noise, alpha=std)
-            self.param_noise_step.add_(1)
+            _noise.advance(self, "param_noise_step", step)
+
+    def __getstate__(self) -> dict:
+        # The noise key's host mirror is a cache: not pickled, not deep-copied (rebuilt on use).
+        return _noise.drop_mirror(super().__getstate__())
 
     def extra_repr(self) -> str:
         def fmt_bounds(b: torch.Tensor | None) -> str:

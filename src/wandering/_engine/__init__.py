@@ -6,7 +6,9 @@ the registry (``_registry``, where the engine contract is written down).
 
 Engines: ``"reference"`` (one dense broadcast; tiny problems), ``"torch"``
 (chunked pure PyTorch; any device), ``"numba"`` (compiled CPU kernels; fused
-dense sum or grid-culled sum). ``"auto"`` picks the reference for tiny problems,
+dense sum or grid-culled sum), ``"triton"`` (fused CUDA kernels, tile-culled;
+optional, needs the ``triton`` package; also CPU tensors under Triton's
+interpreter, ``TRITON_INTERPRET=1``, for tests). ``"auto"`` picks the reference for tiny problems,
 else the available engine of highest priority that supports the device and
 dtype. The environment variable ``WANDERING_BACKEND`` replaces ``"auto"`` by a
 named engine; an explicit ``backend=`` wins over it.
@@ -86,7 +88,7 @@ def resolve_backend(backend: str, x: torch.Tensor, K: int) -> str:
     if x.shape[0] * x.shape[1] * K <= SMALL_WORK:
         return "reference"
     for engine in _BY_PRIORITY:
-        if engine.available and engine.supports(x.device, x.dtype):
+        if engine.auto_supports(x.device, x.dtype):
             return engine.name
     raise ValueError(f"no engine runs {x.dtype} tensors on {x.device}")
 

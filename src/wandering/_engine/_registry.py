@@ -60,6 +60,7 @@ class Engine:
         priority: Higher wins under ``"auto"``.
         forward, backward: The contract's functions (None when unavailable).
         unavailable: Why the engine cannot run here, or None when it can.
+        auto_devices: Device types where ``"auto"`` may pick it (None: all of ``devices``).
     """
 
     name: str
@@ -70,6 +71,7 @@ class Engine:
     forward: Callable | None
     backward: Callable | None
     unavailable: str | None = None
+    auto_devices: frozenset | None = None
 
     @property
     def available(self) -> bool:
@@ -78,29 +80,54 @@ class Engine:
     def supports(self, device: torch.device, dtype: torch.dtype) -> bool:
         return device.type in self.devices and dtype in self.dtypes
 
+    def auto_supports(self, device: torch.device, dtype: torch.dtype) -> bool:
+        """Whether ``"auto"`` may pick this engine for the device and dtype."""
+        auto = self.devices if self.auto_devices is None else self.auto_devices
+        return self.available and device.type in auto and dtype in self.dtypes
+
 
 def _engine(name, module, devices, dtypes, culls, priority, optional=False) -> Engine:
     """Imports the engine's module. A required engine that fails to import fails loudly;
-    an optional one is listed as unavailable, with the reason."""
+    an optional one is listed as unavailable, with the reason.
+
+    A module may refine ``devices`` at import with its own ``DEVICES`` (and restrict
+    where ``"auto"`` picks it with ``AUTO_DEVICES``): the triton engine adds the CPU
+    under Triton's interpreter, for explicit use only."""
     try:
         mod = importlib.import_module(module, __package__)
     except ImportError as exc:
         if not optional:
             raise ImportError(f"wandering's {name!r} engine failed to import: {exc}") from exc
         return Engine(name, frozenset(devices), frozenset(dtypes), culls, priority, None, None, repr(exc))
-    return Engine(name, frozenset(devices), frozenset(dtypes), culls, priority, mod.forward, mod.backward)
+    devices = getattr(mod, "DEVICES", devices)
+    auto = getattr(mod, "AUTO_DEVICES", None)
+    return Engine(
+        name,
+        frozenset(devices),
+        frozenset(dtypes),
+        culls,
+        priority,
+        mod.forward,
+        mod.backward,
+        auto_devices=None if auto is None else frozenset(auto),
+    )
 
 
 _ANY_DEVICE = ("cpu", "cuda", "mps", "xpu", "meta")
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
-# Numba is a required dependency: the CPU engine the library is built around.
+# Numba is a required dependency: the CPU engine the library is built around. Triton is
+# optional (the ``gpu`` extra): without it the engine is listed, unavailable, with the reason.
 ENGINES: dict[str, Engine] = {
     e.name: e
     for e in (
         _engine("reference", "._reference_engine", _ANY_DEVICE, _FLOATS, culls=False, priority=0),
         _engine("torch", "._torch_engine", _ANY_DEVICE, _FLOATS, culls=False, priority=10),
         _engine("numba", "._numba_engine", ("cpu",), (torch.float32, torch.float64), culls=True, priority=20),
+        _engine(
+            "triton", "._triton_engine", ("cuda",), (torch.float32, torch.float64), culls=True, priority=30,
+            optional=True,
+        ),  # fmt: skip
     )
 }
 
