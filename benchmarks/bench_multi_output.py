@@ -13,6 +13,11 @@ the forward registers the bumps afresh and the backward reuses that plan.
     PYTHONPATH=src python benchmarks/bench_multi_output.py
     PYTHONPATH=src python benchmarks/bench_multi_output.py --baseline-dir /tmp/old --threads 1 2
     PYTHONPATH=src python benchmarks/bench_multi_output.py --rss-only   # peak RSS of culled P=16
+    PYTHONPATH=src python benchmarks/bench_multi_output.py --public     # the issue's table, through bump_sum
+
+``--public`` times the user's path, ``wandering.bump_sum`` forward + backward with
+c, w, m requiring grad: m of shape (K,), (K, 1) and (K, 16), and 16 separate (K,)
+sums (what P single-output modules cost), with the ratios the README quotes.
 
 Peak RSS of the culled P=16 run is measured in a separate process
 (``resource.getrusage`` maxrss), next to that process's RSS after imports and
@@ -109,6 +114,42 @@ def run_case(case, threads, Ps, repeats, eng, old):
     return times
 
 
+def run_public(case, threads, repeats):
+    import numba
+    import torch
+
+    from wandering import bump_sum
+
+    numba.set_num_threads(threads)
+    torch.set_num_threads(threads)
+    x, c, w, m_all, gy_all, _, _ = _inputs(case, 16)
+    support_p = CASES[case][4]
+    layouts = {
+        "(K,)": (m_all[:, 0].contiguous(), gy_all[:, 0].contiguous()),
+        "(K,1)": (m_all[:, :1].contiguous(), gy_all[:, :1].contiguous()),
+        "(K,16)": (m_all.contiguous(), gy_all.contiguous()),
+    }
+
+    def step(cr, m, gy):
+        cr = cr.clone().requires_grad_()
+        wr, mr = w.clone().requires_grad_(), m.clone().requires_grad_()
+        bump_sum(x, cr, wr, mr, support_p=support_p).backward(gy)
+
+    def sixteen(cr):
+        for p in range(16):
+            step(cr, m_all[:, p].contiguous(), gy_all[:, p].contiguous())
+
+    for m, gy in layouts.values():  # warm-up: compilation, binning
+        step(c, m, gy)
+    times: dict[str, list[float]] = {}
+    for r in range(repeats):
+        cr = c + (r + 1) * 1e-6  # fresh centres, as after an optimizer step
+        for name, (m, gy) in layouts.items():
+            times.setdefault(name, []).append(_timed(step, cr, m, gy))
+        times.setdefault("16 x (K,)", []).append(_timed(sixteen, cr))
+    return times
+
+
 def _vm(field: str) -> float:
     """A /proc/self/status memory field in MiB (Linux)."""
     with open("/proc/self/status") as f:
@@ -169,11 +210,24 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--rss-only", action="store_true", help="only the peak-RSS measurement")
     ap.add_argument("--no-rss", action="store_true", help="skip the peak-RSS measurement")
+    ap.add_argument("--public", action="store_true", help="the user's path (bump_sum) for (K,), (K,1), (K,16), 16x(K,)")
     ap.add_argument("--rss-child", nargs=2, metavar=("CASE", "P"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.rss_child:
         rss_child(args.rss_child[0], int(args.rss_child[1]))
         return
+    if args.public:
+        rows = [(case, nt, run_public(case, nt, args.repeats)) for case in args.cases for nt in args.threads]
+        for label, stat in (("medians", statistics.median), ("minima", min)):
+            print(f"\nbump_sum forward+backward, float32, {label} of {args.repeats} runs, ms")
+            print(f"{'case':7s} {'thr':>3s} {'(K,)':>9s} {'(K,1)':>9s} {'(K,16)':>9s} {'16x(K,)':>9s} "
+                  f"{'(K,1)/(K,)':>10s} {'P16/P1':>7s} {'16 sums/P16':>11s}")  # fmt: skip
+            for case, nt, raw in rows:
+                t = {k: stat(v) * 1e3 for k, v in raw.items()}
+                print(f"{case:7s} {nt:3d} {t['(K,)']:9.1f} {t['(K,1)']:9.1f} {t['(K,16)']:9.1f} {t['16 x (K,)']:9.1f} "
+                      f"{t['(K,1)'] / t['(K,)']:10.3f} {t['(K,16)'] / t['(K,)']:7.2f} "
+                      f"{t['16 x (K,)'] / t['(K,16)']:11.2f}", flush=True)  # fmt: skip
+        args.rss_only = True
     if not args.rss_only:
         from wandering._engine import _numba_engine as eng
 
