@@ -15,9 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
-class CliError(Exception):
-    """A user-facing problem: printed as one line, exit code 2."""
+from ._cli_errors import CliError
 
 
 @dataclass
