@@ -270,7 +270,7 @@ def fit_arrays(
     return FitResult(model, ckpt, metrics, train_idx, hold_idx, paths, losses)
 
 
-def predict_arrays(model: _Fitted, ckpt: dict, x: np.ndarray, chunk: int = 8192) -> np.ndarray:
+def predict_arrays(model: _Fitted, ckpt: dict, x: np.ndarray, chunk: int = 1_000_000) -> np.ndarray:
     """Predictions in the data's units for points x (n, d), in chunks to bound memory.
 
     Shape (n,) for a single-output model, (n, P) for P outputs.
