@@ -1,6 +1,8 @@
 """The ``wandering`` command: ``demo``, ``fit`` and ``predict`` (argument parsing and the commands).
 
-The parser is built inside :func:`main`, so importing this module costs nothing.
+Importing this module, building the parser and ``--help`` use the standard library only:
+torch, numba, numpy, pandas and the package's heavy modules are imported inside the
+commands, so help is instant and Ctrl-C at any point of start-up is one line (exit 130).
 The fitting recipe (``_fit_recipe``), the checkpoint format (``checkpoint``), the demo
 target (``demo``), data files (``_cli_data``) and pictures (``_cli_plots``) live in their
 own modules; matplotlib and tqdm (the ``wandering[cli]`` extra) are imported only when used.
@@ -15,38 +17,116 @@ import os
 import sys
 import time
 
-import numpy as np
-
-from . import checkpoint
-from ._cli_data import CliError, Table, read_table, write_predictions
-from ._cli_errors import require as _require
-from ._fit_recipe import MIN_ROWS, FitSettings, fit_arrays, model_from_checkpoint, pick_device, predict_arrays
-from .checkpoint import FORMAT_TAG, output_names
-from .demo import DEMO_SETTINGS, demo_target
+from ._cli_errors import CliError, require
+from ._fit_settings import FitSettings
+from .checkpoint import FORMAT_TAG
 
 __all__ = ["main", "FORMAT_TAG"]
 
 PLOT_OUTPUTS = 4  # fit.png shows at most this many outputs
+DEMO_MARK = "wandering demo"  # metrics.json's "written_by" in a folder the demo wrote
 
 
-# ---------------------------------------------------------------- helpers
-def _prepare_out_dir(out: str, names: list[str], force: bool) -> None:
-    """Creates DIR; refuses to overwrite any file we would write unless --force."""
+# ---------------------------------------------------------------- output files
+def _written_by_demo(out: str) -> bool:
+    """Whether DIR holds the demo's own earlier output (its metrics.json says so)."""
+    try:
+        with open(os.path.join(out, "metrics.json"), encoding="utf-8") as f:
+            return json.load(f).get("written_by") == DEMO_MARK
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _prepare_out_dir(out: str, names: list[str], force: bool, stale: list[str] = (), own: bool = False) -> list[str]:
+    """Creates DIR and checks that it can be written, before any fitting.
+
+    Refuses to overwrite a file in ``names`` unless ``force`` (or ``own``: the caller
+    recognised its own earlier output). A file in ``stale`` is one an earlier run wrote
+    that this run will not rewrite (fit.png with --no-plot): left there it would describe
+    another model, so it is refused as well, and with ``force``/``own`` it is returned
+    for the caller to remove when the new files are written.
+    """
     if os.path.exists(out) and not os.path.isdir(out):
         raise CliError(f"--out {out}: exists and is not a directory")
-    clash = [n for n in names if os.path.exists(os.path.join(out, n))]
-    if clash and not force:
+    clash = [n for n in names if os.path.lexists(os.path.join(out, n))]
+    old = [n for n in stale if os.path.lexists(os.path.join(out, n))]
+    for n in clash + old:
+        if os.path.isdir(os.path.join(out, n)):
+            raise CliError(f"--out {out}: {n} is a directory")
+    if clash and not (force or own):
         raise CliError(f"--out {out}: would overwrite {', '.join(clash)} (use --force)")
+    if old and not (force or own):
+        raise CliError(f"--out {out}: holds {', '.join(old)} from an earlier run, which would be left beside "
+                       f"the new model (use --force to replace the earlier run, or another --out)")
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as e:
         raise CliError(f"--out {out}: cannot create directory ({e.strerror or e})") from None
+    _check_writable(out, f"--out {out}")
+    return [os.path.join(out, n) for n in old]
 
 
-def _parse_bounds(text: str | None, d: int) -> np.ndarray | None:
+def _check_writable(folder: str, what: str) -> None:
+    """Creates and removes a scratch file: the only sure test (permissions, read-only disks, root)."""
+    import tempfile
+
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder or ".", prefix=".wandering-write-test-"):
+            pass
+    except OSError as e:
+        raise CliError(f"{what}: cannot write there ({e.strerror or e})") from None
+
+
+def _remove(paths: list[str]) -> None:
+    for path in paths:
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise CliError(f"{path}: cannot remove the earlier run's file ({e.strerror or e})") from None
+
+
+def _save_model(ckpt: dict, path: str) -> None:
+    from . import checkpoint
+
+    try:
+        checkpoint.save(ckpt, path)
+    except checkpoint.CheckpointError as e:
+        raise CliError(str(e)) from None
+
+
+def _write_json(obj: dict, path: str) -> None:
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+    except OSError as e:
+        raise CliError(f"{path}: cannot write ({e.strerror or e})") from None
+
+
+def load_checkpoint(path: str, device: str = "cpu"):
+    """A checked checkpoint and the model it describes; problems become one-line errors."""
+    from . import checkpoint
+    from ._fit_recipe import model_from_checkpoint
+
+    try:
+        ckpt = checkpoint.load(path)
+    except checkpoint.CheckpointError as e:
+        raise CliError(str(e)) from None
+    return model_from_checkpoint(ckpt, device, path)
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.4g}"
+
+
+def _parse_bounds(text: str | None, d: int) -> np.ndarray | None:  # noqa: F821
     """'lo:hi' for every dimension, or 'lo:hi,lo:hi,...' one per dimension."""
     if text is None:
         return None
+    import numpy as np
+
     parts = [p.strip() for p in text.split(",")]
     if len(parts) == 1:
         parts = parts * d
@@ -62,32 +142,6 @@ def _parse_bounds(text: str | None, d: int) -> np.ndarray | None:
             raise CliError(f"--bounds: need finite lo < hi, but got {p!r}")
         out[j] = lo, hi
     return out
-
-
-def load_checkpoint(path: str, device: str = "cpu"):
-    """A checked checkpoint and the model it describes; problems become one-line errors."""
-    try:
-        ckpt = checkpoint.load(path)
-    except checkpoint.CheckpointError as e:
-        raise CliError(str(e)) from None
-    return model_from_checkpoint(ckpt, device, path)
-
-
-def _save(obj: dict, path: str) -> None:
-    try:
-        checkpoint.save(obj, path)
-    except checkpoint.CheckpointError as e:
-        raise CliError(str(e)) from None
-
-
-def _write_json(obj: dict, path: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-
-
-def _fmt(v) -> str:
-    return "n/a" if v is None else f"{v:.4g}"
 
 
 # ---------------------------------------------------------------- commands
@@ -113,22 +167,42 @@ def _settings(a: argparse.Namespace, d: int) -> FitSettings:
     )
 
 
+def _check_magnitudes(table, path: str) -> None:
+    """Refuses finite values so large that the fit's scaling overflows (the unit box, the standardised target)."""
+    import numpy as np
+
+    with np.errstate(over="ignore", invalid="ignore"):
+        cols = [(name, table.x[:, j]) for j, name in enumerate(table.x_names)]
+        y2 = table.y.reshape(len(table.y), -1)
+        cols += [(name, y2[:, j]) for j, name in enumerate(table.y_names)]
+        for name, v in cols:
+            bad = not np.isfinite(v.max() - v.min()) or not np.isfinite(v.std())
+            if bad:
+                raise CliError(f"{path}: column {name!r}: values too large to fit (from {v.min():.3g} to "
+                               f"{v.max():.3g}; their spread overflows double precision); rescale them")
+
+
 def _cmd_fit(a: argparse.Namespace) -> int:
+    from ._cli_data import read_table
+    from ._fit_recipe import MIN_ROWS, fit_arrays, pick_device, predict_arrays
+
     pick_device(a.device)  # fail before reading a large file
     table = read_table(a.data, a.x_cols, a.y_col, need_y=True, y_cols=a.y_cols)
     n, d = table.x.shape
     s = _settings(a, d)
     if n < MIN_ROWS:
         raise CliError(f"{a.data}: too few rows: {n} (at least {MIN_ROWS} are needed)")
+    _check_magnitudes(table, a.data)
     plot = d <= 3 and not a.no_plot
-    outputs = ["model.pt", "metrics.json"] + (["fit.png"] if plot else [])
-    _prepare_out_dir(a.out, outputs, a.force)
     if plot:
-        _require("matplotlib")  # before the fit, not after it
+        require("matplotlib")  # before the fit, not after it
+    outputs = ["model.pt", "metrics.json"] + (["fit.png"] if plot else [])
+    stale = _prepare_out_dir(a.out, outputs, a.force, stale=[] if plot else ["fit.png"])
     multi = table.y.ndim == 2
     res = fit_arrays(table.x, table.y, s, table.x_names, table.y_names if multi else table.y_name)
     res.metrics["data"] = os.path.abspath(a.data)
-    _save(res.ckpt, os.path.join(a.out, "model.pt"))
+    _remove(stale)
+    _save_model(res.ckpt, os.path.join(a.out, "model.pt"))
     _write_json(res.metrics, os.path.join(a.out, "metrics.json"))
     if plot:
         from ._cli_plots import plot_fit
@@ -150,6 +224,8 @@ def _cmd_fit(a: argparse.Namespace) -> int:
     elif plot and multi and len(table.y_names) > PLOT_OUTPUTS:
         print(f"fit.png shows the first {PLOT_OUTPUTS} of {len(table.y_names)} outputs "
               f"({', '.join(table.y_names[:PLOT_OUTPUTS])})")
+    if stale:
+        print(f"removed the earlier run's {', '.join(stale)}")
     print(f"wrote {', '.join(os.path.join(a.out, o) for o in outputs)}")
     return 0
 
@@ -157,6 +233,16 @@ def _cmd_fit(a: argparse.Namespace) -> int:
 def _cmd_predict(a: argparse.Namespace) -> int:
     if os.path.exists(a.output) and not a.force:
         raise CliError(f"-o {a.output}: exists (use --force to overwrite)")
+    if os.path.isdir(a.output):
+        raise CliError(f"-o {a.output}: is a directory")
+    folder = os.path.dirname(a.output)
+    if folder and not os.path.isdir(folder):
+        raise CliError(f"-o {a.output}: no folder {folder}")
+    _check_writable(folder, f"-o {a.output}")
+    from ._cli_data import read_table, write_predictions
+    from ._fit_recipe import predict_arrays
+    from .checkpoint import output_names
+
     model, ckpt = load_checkpoint(a.model, a.device)
     table = read_table(a.data, a.x_cols, a.y_col, need_y=False, default_x=ckpt["x_names"], n_dims=ckpt["d"])
     if table.x.shape[1] != ckpt["d"]:
@@ -178,28 +264,50 @@ def _cmd_predict(a: argparse.Namespace) -> int:
     return 0
 
 
+def _warm_up(x, y, s: FitSettings) -> float:
+    """A few untimed steps on a small slice of the demo's problem: Numba's one-off compilation
+    (or loading its cache) happens here, so the fit's time is the fit's alone."""
+    import dataclasses
+
+    from ._fit_recipe import fit_arrays
+
+    t0 = time.perf_counter()
+    n = min(len(x), 400)  # enough points that the engine chosen is the one the fit uses
+    fit_arrays(x[:n], y[:n], dataclasses.replace(s, steps=3, progress=False, record_every=0), ["x0", "x1"], "y")
+    return time.perf_counter() - t0
+
+
 def _cmd_demo(a: argparse.Namespace) -> int:
+    from ._fit_recipe import MIN_ROWS, fit_arrays, predict_arrays
+    from .demo import demo_target
+
     if a.points < MIN_ROWS:
         raise CliError(f"--points must be at least {MIN_ROWS}, but got {a.points}")
     s = _settings(a, 2)
     s.record_every = max(1, s.steps // 150)
     outputs = ["demo.png", "model.pt", "metrics.json"]
-    _prepare_out_dir(a.out, outputs, a.force)
-    _require("matplotlib")
+    own = _written_by_demo(a.out)
+    _prepare_out_dir(a.out, outputs, a.force, own=own)
+    require("matplotlib")
+    if own:
+        print(f"replacing the earlier demo output in {a.out}")
     t0 = time.perf_counter()
     f, x, y = demo_target(a.seed, a.points)
-    table = Table(x, y, ["x0", "x1"], ["y"], [], [])
-    res = fit_arrays(x, y, s, table.x_names, table.y_name)
+    warm = _warm_up(x, y, s)
+    res = fit_arrays(x, y, s, ["x0", "x1"], "y")
     from ._cli_plots import plot_demo
 
     plot_demo(os.path.join(a.out, "demo.png"), f, x, y, res, lambda p: predict_arrays(res.model, res.ckpt, p))
+    res.metrics["seconds_warmup"] = warm
     res.metrics["seconds_total"] = time.perf_counter() - t0
     res.metrics["target"] = f"seeded synthetic 2-D bumps, seed {a.seed}, {a.points} points"
-    _save(res.ckpt, os.path.join(a.out, "model.pt"))
+    res.metrics["written_by"] = DEMO_MARK
+    _save_model(res.ckpt, os.path.join(a.out, "model.pt"))
     _write_json(res.metrics, os.path.join(a.out, "metrics.json"))
     m = res.metrics
     print(f"held-out R^2 {_fmt(m['r2'])}  RMSE {_fmt(m['rmse'])}  (train R^2 {_fmt(m['train_r2'])})")
-    print(f"time {m['seconds_total']:.1f} s (fit {m['seconds']:.1f} s)")
+    print(f"warm-up (one-off compilation) {warm:.1f} s; fit {m['seconds']:.1f} s; "
+          f"{m['seconds_total']:.1f} s in all")
     print(f"wrote {', '.join(os.path.join(a.out, o) for o in outputs)}")
     return 0
 
@@ -228,6 +336,7 @@ def _add_fit_options(p: argparse.ArgumentParser, defaults: FitSettings, hidden: 
 
 def _build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .demo import DEMO_POINTS, DEMO_SETTINGS
 
     parser = _Parser(prog="wandering", description="Fit sums of wandering Gaussian bumps to data.")
     parser.add_argument("--version", action="version", version=f"wandering {__version__}")
@@ -237,7 +346,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="wandering_demo", help="output directory (default: ./wandering_demo)")
     p.add_argument("--force", action="store_true", help="overwrite files already in --out")
     _add_fit_options(p, DEMO_SETTINGS, hidden=True)  # for tests and tinkering; the defaults are the demo
-    p.add_argument("--points", type=int, default=4000, help=argparse.SUPPRESS)
+    p.add_argument("--points", type=int, default=DEMO_POINTS, help=argparse.SUPPRESS)
     p.add_argument("--bounds", default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_demo)
 
@@ -269,7 +378,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs the ``wandering`` command; returns the exit code (2 for bad input)."""
+    """Runs the ``wandering`` command; returns the exit code (2 for bad input, 130 for Ctrl-C)."""
     try:
         parser = _build_parser()
         try:
