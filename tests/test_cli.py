@@ -633,6 +633,11 @@ def test_huge_finite_values_are_one_line(tmp_path, capsys):
     assert "column 'x1': values too large" in msg
     assert "column 'v': values too large" in run_err(capsys, ["fit", big_y, "--out", out, *FAST])
     assert not os.path.exists(out)
+    good, _, _ = data_csv(tmp_path / "good.csv", n=100, d=2)
+    assert main(["fit", good, "--out", out, *FAST, "--no-plot"]) == 0
+    q = write_csv(tmp_path / "q.csv", ["c0", "c1"], [[0.5, 0.5], [1e308, -1e308]])
+    msg = run_err(capsys, ["predict", os.path.join(out, "model.pt"), q, "-o", str(tmp_path / "p.csv")])
+    assert "column 'c0': 1e+308 is too far outside the range" in msg
 
 
 def test_forged_checkpoint_with_the_right_tag_is_one_line(tmp_path, capsys, fitted):

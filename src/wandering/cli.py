@@ -182,6 +182,19 @@ def _check_magnitudes(table, path: str) -> None:
                                f"{v.max():.3g}; their spread overflows double precision); rescale them")
 
 
+def _check_query(x, ckpt: dict, names: list[str], path: str) -> None:
+    """Refuses coordinates so far outside the fitted range that the model's float32 unit box overflows."""
+    import numpy as np
+
+    with np.errstate(over="ignore", invalid="ignore"):
+        xu = np.abs((x - ckpt["x_lo"].numpy()) / ckpt["x_scale"].numpy())
+        ok = xu < np.finfo(np.float32).max
+    if not ok.all():
+        i, j = (int(v[0]) for v in np.nonzero(~ok))
+        raise CliError(f"{path}: row {i + 1} of the data, column {names[j]!r}: {x[i, j]:.3g} is too far outside "
+                       f"the range the model was fitted on to evaluate")
+
+
 def _cmd_fit(a: argparse.Namespace) -> int:
     from ._cli_data import read_table
     from ._fit_recipe import MIN_ROWS, fit_arrays, pick_device, predict_arrays
@@ -249,6 +262,7 @@ def _cmd_predict(a: argparse.Namespace) -> int:
         raise CliError(f"{a.data}: the model needs {ckpt['d']} coordinate columns, but got {table.x.shape[1]}")
     if len(table.x) == 0:
         raise CliError(f"{a.data}: too few rows: 0")
+    _check_query(table.x, ckpt, table.x_names, a.data)
     names = output_names(ckpt)
     if a.name is None:
         pred_names = [f"{v}_pred" for v in names]
