@@ -56,11 +56,11 @@ def main() -> None:
     from wandering._cli_data import read_table
     from wandering.cli import main as cli
 
+    from wandering.cli import load_checkpoint as load_model
+
     try:  # the fitting recipe's module since the CLI was split
         from wandering._fit_recipe import predict_arrays
-        from wandering.checkpoint import load_model
     except ImportError:
-        from wandering.cli import load_checkpoint as load_model
         from wandering.cli import predict_arrays
 
     csv_path, npz_path, small = make_data(a.dir, a.rows)
