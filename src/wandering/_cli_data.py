@@ -1,6 +1,8 @@
-"""Reading and writing the CLI's tables: CSV with a header, or .npz with arrays ``x`` and ``y``.
+"""Reading and writing the CLI's tables: CSV (with or without a header), or .npz with arrays ``x`` and ``y``.
 
 Values come as one column (y of shape (n,)) or several (y of shape (n, P), P > 1).
+CSV files are parsed by pandas (C parser; a UTF-8 byte-order mark is dropped), .npz
+arrays are used as they are; nothing builds a string per cell.
 
 Every problem a user can cause raises :class:`CliError` with one line naming it;
 ``main`` turns that into a message on stderr and exit code 2.
@@ -9,15 +11,13 @@ Every problem a user can cause raises :class:`CliError` with one line naming it;
 from __future__ import annotations
 
 import csv
-import math
 import os
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 
-
-class CliError(Exception):
-    """A user-facing problem: printed as one line, exit code 2."""
+from ._cli_errors import CliError, require
 
 
 @dataclass
@@ -32,7 +32,7 @@ class Table:
     x_names: list[str]
     y_names: list[str]  # empty when there are no values
     header: list[str]  # every input column, for predict's output
-    rows: list[list[str]]  # every input cell as text, same order as header
+    columns: list[np.ndarray]  # every input column's values as read, same order as header
 
     @property
     def y_name(self) -> str | None:
@@ -59,16 +59,6 @@ def value_names(y_col: str | None, y_cols: str | None) -> list[str] | None:
     if y_cols is not None:
         return _split_names(y_cols, "--y-cols")
     return None if y_col is None else [y_col]
-
-
-def _parse_float(cell: str, path: str, row: int, col: str) -> float:
-    try:
-        v = float(cell)
-    except ValueError:
-        raise CliError(f"{path}: row {row}, column {col!r}: {cell!r} is not a number") from None
-    if not math.isfinite(v):
-        raise CliError(f"{path}: row {row}, column {col!r}: value {cell!r} is not finite (NaN or inf)")
-    return v
 
 
 def _check_readable(path: str) -> None:
@@ -143,8 +133,7 @@ def _read_npz(path: str, need_y: bool) -> Table:
     y2 = None if y is None else y.reshape(len(y), -1)
     header = names + y_names
     cols = [x[:, j] for j in range(x.shape[1])] + ([] if y2 is None else [y2[:, p] for p in range(y2.shape[1])])
-    rows = [[repr(float(v)) for v in r] for r in zip(*cols)]
-    return Table(x, y, names, y_names, header, rows)
+    return Table(x, y, names, y_names, header, cols)
 
 
 def _npz_value_names(path: str, given, p: int) -> list[str]:
@@ -162,23 +151,43 @@ def _npz_value_names(path: str, given, p: int) -> list[str]:
     return names
 
 
-def _read_csv(path, x_names, y_names, need_y, default_x, n_dims) -> Table:
+def _is_number(text: str) -> bool:
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            rows = [r for r in reader if any(cell.strip() for cell in r)]
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _read_csv(path, x_names, y_names, need_y, default_x, n_dims) -> Table:
+    pd = require("pandas")
+    try:  # the header row, as the csv module splits it (quotes included)
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            first = next(csv.reader(f), None)
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise CliError(f"{path}: cannot be read as CSV ({e})") from None
-    if not header:
+    if not first:
         raise CliError(f"{path}: empty file (a CSV with a header row is expected)")
-    header = [h.strip() for h in header]
-    for i, r in enumerate(rows, start=2):
-        if len(r) != len(header):
-            raise CliError(f"{path}: row {i} has {len(r)} fields but the header has {len(header)}")
-    twice = sorted({h for h in header if header.count(h) > 1} & set((x_names or []) + (y_names or [])))
+    header = [h.strip() for h in first]
+    headerless = all(h and _is_number(h) for h in header)
+    if headerless:  # its first row is data: x0, x1, ..., and the last column y
+        c = len(header)
+        all_x = not need_y and n_dims == c
+        header = [f"x{j}" for j in range(c if all_x else c - 1)] + ([] if all_x else ["y"])
+        print(f"wandering: note: {path}: the first row is all numbers, so it is data, not a header; "
+              f"the columns are named {', '.join(header)}", file=sys.stderr)
+    twice = sorted({h for h in header if header.count(h) > 1})
     if twice:
-        raise CliError(f"{path}: the header has more than one column named {twice[0]!r}")
+        raise CliError(f"{path}: the header has more than one column named {twice[0]!r}; rename one")
+    try:
+        frame = pd.read_csv(
+            path, header=None if headerless else 0, names=header, index_col=False, encoding="utf-8-sig",
+            keep_default_na=False, na_values=[""], skipinitialspace=True,
+        )
+    except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError) as e:
+        reason = " ".join(str(e).split())  # one line
+        raise CliError(f"{path}: cannot be read as CSV ({reason})") from None
+    first_row = 1 if headerless else 2  # file line of the frame's row 0, for messages
     for name in (x_names or []) + (y_names or []):
         if name not in header:
             raise CliError(f"{path}: no column {name!r} (columns: {', '.join(header)})")
@@ -214,18 +223,42 @@ def _read_csv(path, x_names, y_names, need_y, default_x, n_dims) -> Table:
     if y_names and y_names[0] in x_names:  # defaults only: chosen names were checked above
         raise CliError(f"{path}: column {y_names[0]!r} is both a coordinate and the value")
 
-    idx = {h: j for j, h in enumerate(header)}
-    x = np.empty((len(rows), len(x_names)))
-    for i, r in enumerate(rows):
-        for j, name in enumerate(x_names):
-            x[i, j] = _parse_float(r[idx[name]], path, i + 2, name)
+    x = _numbers(frame, x_names, path, first_row)
     y = None
     if y_names:
-        y = np.array([[_parse_float(r[idx[n]], path, i + 2, n) for n in y_names] for i, r in enumerate(rows)])
-        y = y.reshape(len(rows), len(y_names))
+        y = _numbers(frame, y_names, path, first_row)
         if len(y_names) == 1:
             y = y[:, 0]
-    return Table(x, y, list(x_names), list(y_names or []), header, rows)
+    columns = [frame[h].to_numpy() for h in header]
+    return Table(x, y, list(x_names), list(y_names or []), header, columns)
+
+
+def _numbers(frame, names: list[str], path: str, first_row: int) -> np.ndarray:
+    """The named columns as a float64 (n, len(names)) array; the first bad cell is named by row and column."""
+    pd = require("pandas")
+    out = np.empty((len(frame), len(names)))
+    for j, name in enumerate(names):
+        col = frame[name]
+        if col.dtype.kind in "iuf":
+            vals = col.to_numpy(dtype=np.float64)
+        else:  # text somewhere in the column: find it
+            vals = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64)
+            bad = np.flatnonzero(np.isnan(vals) & col.notna().to_numpy())
+            for i in bad:
+                cell = str(col.iloc[i]).strip()
+                if not _is_number(cell):
+                    raise CliError(f"{path}: row {i + first_row}, column {name!r}: {cell!r} is not a number")
+        finite = np.isfinite(vals)
+        if not finite.all():
+            i = int(np.flatnonzero(~finite)[0])
+            cell = col.iloc[i]
+            if pd.isna(cell) and not isinstance(cell, str):
+                what = "is empty"
+            else:
+                what = f"value {str(cell).strip()!r} is not finite (NaN or inf)"
+            raise CliError(f"{path}: row {i + first_row}, column {name!r}: {what}")
+        out[:, j] = vals
+    return out
 
 
 def write_predictions(path: str, table: Table, pred: np.ndarray, pred_names: str | list[str]) -> None:
@@ -253,10 +286,9 @@ def write_predictions(path: str, table: Table, pred: np.ndarray, pred_names: str
             with open(path, "wb") as f:
                 np.savez(f, **arrays)
             return
-        with open(path, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            w.writerow(table.header + names)
-            for r, p in zip(table.rows, pred2.tolist()):
-                w.writerow(r + [repr(float(v)) for v in p])
+        pd = require("pandas")
+        data = dict(zip(table.header, table.columns))
+        data.update({name: pred2[:, p] for p, name in enumerate(names)})
+        pd.DataFrame(data, copy=False).to_csv(path, index=False, na_rep="", lineterminator="\n")
     except OSError as e:
         raise CliError(f"{path}: cannot write ({e.strerror or e})") from None

@@ -1,7 +1,11 @@
-"""The ``wandering`` command: ``demo``, ``fit`` and ``predict``.
+"""The ``wandering`` command: ``demo``, ``fit`` and ``predict`` (argument parsing and the commands).
 
-The parser is built inside :func:`main`, so importing this module costs nothing.
-matplotlib and tqdm (the ``wandering[cli]`` extra) are imported only when used.
+Importing this module, building the parser and ``--help`` use the standard library only:
+torch, numba, numpy, pandas and the package's heavy modules are imported inside the
+commands, so help is instant and Ctrl-C at any point of start-up is one line (exit 130).
+The fitting recipe (``_fit_recipe``), the checkpoint format (``checkpoint``), the demo
+target (``demo``), data files (``_cli_data``) and pictures (``_cli_plots``) live in their
+own modules; matplotlib and tqdm (the ``wandering[cli]`` extra) are imported only when used.
 """
 
 from __future__ import annotations
@@ -12,60 +16,117 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
 
-import numpy as np
-import torch
+from ._cli_errors import CliError, require
+from ._fit_settings import FitSettings
+from .checkpoint import FORMAT_TAG
 
-from ._cli_data import CliError, Table, read_table, write_predictions
+__all__ = ["main", "FORMAT_TAG"]
 
-FORMAT_TAG = "wandering-cli-model"
-FORMAT_VERSION = 1  # one output: m (K,), scalar offset and y_mean/y_std, "y_name"
-FORMAT_VERSION_MULTI = 2  # P > 1 outputs: m (K, P), offset/y_mean/y_std (P,), "y_names"
-MIN_ROWS = 10
 PLOT_OUTPUTS = 4  # fit.png shows at most this many outputs
+DEMO_MARK = "wandering demo"  # metrics.json's "written_by" in a folder the demo wrote
 
 
-# ---------------------------------------------------------------- helpers
-def _require(module: str):
-    """Imports an optional dependency or says which extra to install."""
+# ---------------------------------------------------------------- output files
+def _written_by_demo(out: str) -> bool:
+    """Whether DIR holds the demo's own earlier output (its metrics.json says so)."""
     try:
-        return __import__(module)
-    except ImportError:
-        raise CliError(f"{module} is required for this command: pip install 'wandering[cli]'") from None
+        with open(os.path.join(out, "metrics.json"), encoding="utf-8") as f:
+            return json.load(f).get("written_by") == DEMO_MARK
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
-def _pick_device(name: str) -> torch.device:
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise CliError(f"--device: unknown device {name!r} (try cpu or cuda)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CliError(f"--device: {name!r} requested but CUDA is not available")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise CliError(f"--device: {name!r} requested but MPS is not available")
-    if dev.type not in ("cpu", "cuda", "mps"):
-        raise CliError(f"--device: unsupported device {name!r} (try cpu or cuda)")
-    return dev
+def _prepare_out_dir(out: str, names: list[str], force: bool, stale: list[str] = (), own: bool = False) -> list[str]:
+    """Creates DIR and checks that it can be written, before any fitting.
 
-
-def _prepare_out_dir(out: str, names: list[str], force: bool) -> None:
-    """Creates DIR; refuses to overwrite any file we would write unless --force."""
+    Refuses to overwrite a file in ``names`` unless ``force`` (or ``own``: the caller
+    recognised its own earlier output). A file in ``stale`` is one an earlier run wrote
+    that this run will not rewrite (fit.png with --no-plot): left there it would describe
+    another model, so it is refused as well, and with ``force``/``own`` it is returned
+    for the caller to remove when the new files are written.
+    """
     if os.path.exists(out) and not os.path.isdir(out):
         raise CliError(f"--out {out}: exists and is not a directory")
-    clash = [n for n in names if os.path.exists(os.path.join(out, n))]
-    if clash and not force:
+    clash = [n for n in names if os.path.lexists(os.path.join(out, n))]
+    old = [n for n in stale if os.path.lexists(os.path.join(out, n))]
+    for n in clash + old:
+        if os.path.isdir(os.path.join(out, n)):
+            raise CliError(f"--out {out}: {n} is a directory")
+    if clash and not (force or own):
         raise CliError(f"--out {out}: would overwrite {', '.join(clash)} (use --force)")
+    if old and not (force or own):
+        raise CliError(f"--out {out}: holds {', '.join(old)} from an earlier run, which would be left beside "
+                       f"the new model (use --force to replace the earlier run, or another --out)")
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as e:
         raise CliError(f"--out {out}: cannot create directory ({e.strerror or e})") from None
+    _check_writable(out, f"--out {out}")
+    return [os.path.join(out, n) for n in old]
 
 
-def _parse_bounds(text: str | None, d: int) -> np.ndarray | None:
+def _check_writable(folder: str, what: str) -> None:
+    """Creates and removes a scratch file: the only sure test (permissions, read-only disks, root)."""
+    import tempfile
+
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder or ".", prefix=".wandering-write-test-"):
+            pass
+    except OSError as e:
+        raise CliError(f"{what}: cannot write there ({e.strerror or e})") from None
+
+
+def _remove(paths: list[str]) -> None:
+    for path in paths:
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise CliError(f"{path}: cannot remove the earlier run's file ({e.strerror or e})") from None
+
+
+def _save_model(ckpt: dict, path: str) -> None:
+    from . import checkpoint
+
+    try:
+        checkpoint.save(ckpt, path)
+    except checkpoint.CheckpointError as e:
+        raise CliError(str(e)) from None
+
+
+def _write_json(obj: dict, path: str) -> None:
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+    except OSError as e:
+        raise CliError(f"{path}: cannot write ({e.strerror or e})") from None
+
+
+def load_checkpoint(path: str, device: str = "cpu"):
+    """A checked checkpoint and the model it describes; problems become one-line errors."""
+    from . import checkpoint
+    from ._fit_recipe import model_from_checkpoint
+
+    try:
+        ckpt = checkpoint.load(path)
+    except checkpoint.CheckpointError as e:
+        raise CliError(str(e)) from None
+    return model_from_checkpoint(ckpt, device, path)
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.4g}"
+
+
+def _parse_bounds(text: str | None, d: int) -> np.ndarray | None:  # noqa: F821
     """'lo:hi' for every dimension, or 'lo:hi,lo:hi,...' one per dimension."""
     if text is None:
         return None
+    import numpy as np
+
     parts = [p.strip() for p in text.split(",")]
     if len(parts) == 1:
         parts = parts * d
@@ -81,340 +142,6 @@ def _parse_bounds(text: str | None, d: int) -> np.ndarray | None:
             raise CliError(f"--bounds: need finite lo < hi, but got {p!r}")
         out[j] = lo, hi
     return out
-
-
-# ---------------------------------------------------------------- fitting
-@dataclass
-class FitSettings:
-    bumps: int = 64
-    steps: int = 2000
-    lr: float = 0.02
-    batch: int = 4096
-    c_grad_std: float = 0.001
-    w_grad_std: float = 0.0
-    m_grad_gain: float = 0.0
-    support_p: float = 0.01
-    holdout: float = 0.1
-    seed: int = 0
-    bounds: np.ndarray | None = None
-    device: str = "cpu"
-    progress: bool = True
-    record_every: int = 0  # >0: keep centre paths (demo)
-
-
-@dataclass
-class FitResult:
-    model: torch.nn.Module
-    ckpt: dict
-    metrics: dict
-    train_idx: np.ndarray
-    hold_idx: np.ndarray
-    paths: np.ndarray | None = None  # (T, d, K) in data coordinates
-    losses: list = field(default_factory=list)
-
-
-def _kmeans_centres(xs: np.ndarray, k: int, rng: np.random.Generator, iters: int = 8) -> np.ndarray:
-    """A few Lloyd steps from a random subset: centres where the data are."""
-    n = xs.shape[0]
-    cent = xs[rng.choice(n, size=k, replace=k > n)].copy()
-    if k > n:  # more bumps than points: spread duplicates a little
-        cent += rng.normal(scale=0.01, size=cent.shape)
-        return np.clip(cent, 0.0, 1.0)
-    for _ in range(iters):
-        # |x|^2 is the same for every centre, so (n, K) distances need no (n, K, d) array.
-        lab = ((cent * cent).sum(1)[None] - 2.0 * xs @ cent.T).argmin(1)
-        counts = np.bincount(lab, minlength=k)
-        sums = np.zeros_like(cent)
-        np.add.at(sums, lab, xs)
-        filled = counts > 0  # an empty cluster keeps its centre
-        cent[filled] = sums[filled] / counts[filled, None]
-    return cent
-
-
-def _init_magnitudes(xs, ys, cent, w0, ridge=1e-3) -> tuple[np.ndarray, float | np.ndarray]:
-    """Ridge least squares for m and an offset: the sum is linear in them, so start at the optimum.
-
-    ys (n,) gives m (K,) and a float offset; ys (n, P) gives m (K, P) and offsets (P,),
-    each output's own least-squares solution (one factorisation shared by all P).
-    """
-    z = (xs[:, None, :] - cent[None]) / w0  # (n, K, d)
-    phi = np.exp(-(z * z).sum(-1))
-    phi = np.concatenate([phi, np.ones((phi.shape[0], 1))], axis=1)
-    a = phi.T @ phi + ridge * len(xs) * np.eye(phi.shape[1])
-    sol = np.linalg.solve(a, phi.T @ ys)
-    return sol[:-1], (float(sol[-1]) if ys.ndim == 1 else sol[-1])
-
-
-class _Fitted(torch.nn.Module):
-    """A bump sum on the unit box plus a learned offset, on the standardised target.
-
-    One output: offset is a scalar and the output (n,). P outputs: offset (P,), output (n, P).
-    """
-
-    def __init__(self, bumps: torch.nn.Module, offset) -> None:
-        super().__init__()
-        self.bumps = bumps
-        off = torch.tensor(np.asarray(offset, dtype=np.float64), dtype=bumps.c.dtype, device=bumps.c.device)
-        self.offset = torch.nn.Parameter(off)
-
-    def forward(self, xu: torch.Tensor) -> torch.Tensor:
-        return self.bumps(xu) + self.offset
-
-
-def _build_model(d, k, c, w, m, offset, c_bounds, w_bounds, s: FitSettings, dev) -> _Fitted:
-    from .modules import SlowSumOfBumpFcns
-
-    f = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
-    bumps = SlowSumOfBumpFcns(
-        f(c), f(w), f(m), f(c_bounds), f(w_bounds), float(s.c_grad_std), float(s.w_grad_std),
-        float(s.m_grad_gain), float(s.support_p), device=dev,
-    )
-    return _Fitted(bumps, offset)
-
-
-def _metrics(y, pred) -> dict:
-    if len(y) == 0:
-        return {"r2": None, "rmse": None}
-    sse = float(((y - pred) ** 2).sum())
-    sst = float(((y - y.mean()) ** 2).sum())
-    return {"r2": (1.0 - sse / sst) if sst > 0 else None, "rmse": math.sqrt(sse / len(y))}
-
-
-def _mean_or_none(values) -> float | None:
-    """Mean of the values that are defined; None when none is (no hold-out, constant outputs)."""
-    vals = [v for v in values if v is not None]
-    return float(np.mean(vals)) if vals else None
-
-
-def output_names(ckpt: dict) -> list[str]:
-    """The value columns a checkpoint was fitted on: one name (version 1) or P (version 2)."""
-    return list(ckpt["y_names"]) if "y_names" in ckpt else [str(ckpt["y_name"])]
-
-
-def fit_arrays(
-    x: np.ndarray, y: np.ndarray, s: FitSettings, x_names: list[str], y_name: str | list[str]
-) -> FitResult:
-    """Fits a bounded, wandering bump sum to (x, y); returns the model, checkpoint and metrics.
-
-    y (n,) with one name fits one output, as the single-output CLI always has. y (n, P)
-    with P names fits P outputs with ONE shared set of bumps: m has shape (K, P), and
-    the target standardisation, initial magnitudes and offset are per output.
-    """
-    n, d = x.shape
-    multi = y.ndim == 2
-    y_names = list(y_name) if multi else [str(y_name)]
-    if multi and len(y_names) != y.shape[1]:
-        raise ValueError(f"{len(y_names)} names for {y.shape[1]} outputs")
-    dev = _pick_device(s.device)
-    if n < MIN_ROWS:
-        raise CliError(f"too few rows: {n} (at least {MIN_ROWS} are needed)")
-    rng = np.random.default_rng(s.seed)
-    torch.manual_seed(s.seed)  # also fixes the modules' noise seeds
-    perm = rng.permutation(n)
-    n_hold = int(round(s.holdout * n))
-    if n - n_hold < MIN_ROWS // 2:
-        raise CliError(f"too few rows: {n} rows leave {n - n_hold} for training after --holdout {s.holdout}")
-    hold_idx, train_idx = np.sort(perm[:n_hold]), np.sort(perm[n_hold:])
-
-    # Work on the unit box and a standardised target; predict undoes both.
-    x_lo = x.min(0)
-    x_scale = x.max(0) - x_lo
-    x_scale[x_scale == 0] = 1.0
-    if multi:  # per output; a constant output keeps std 1
-        y_mean = y[train_idx].mean(0)
-        y_std = y[train_idx].std(0)
-        y_std[y_std == 0] = 1.0
-    else:
-        y_mean = float(y[train_idx].mean())
-        y_std = float(y[train_idx].std()) or 1.0
-    xu = (x - x_lo) / x_scale
-    yu = (y - y_mean) / y_std
-
-    k = s.bumps
-    c_bounds = np.tile([0.0, 1.0], (d, 1)) if s.bounds is None else (s.bounds - x_lo[:, None]) / x_scale[:, None]
-    w0 = 1.0 / k ** (1.0 / d)  # one bump per cell of a K-cell grid on the unit box
-    w_bounds = np.tile([0.1 * w0, 2.0], (d, 1))
-    xt_np = xu[train_idx]
-    sub = xt_np[rng.choice(len(xt_np), size=min(len(xt_np), 20000), replace=False)]
-    cent = np.clip(_kmeans_centres(sub, k, rng), c_bounds[:, 0], c_bounds[:, 1])
-    pick = rng.choice(len(xt_np), size=min(len(xt_np), 5000), replace=False)
-    m0, b0 = _init_magnitudes(xt_np[pick], yu[train_idx][pick], cent, w0)
-    model = _build_model(d, k, cent.T, np.full((d, k), w0), m0, b0, c_bounds, w_bounds, s, dev)
-
-    xt = torch.as_tensor(xt_np, dtype=torch.float32, device=dev)
-    yt = torch.as_tensor(yu[train_idx], dtype=torch.float32, device=dev)
-    opt = torch.optim.Adam(model.parameters(), lr=s.lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=s.steps, eta_min=0.05 * s.lr)
-    gen = torch.Generator(device="cpu").manual_seed(s.seed)
-    batch = min(s.batch, len(xt))
-    paths = [] if s.record_every > 0 else None
-
-    bar = None
-    if s.progress:
-        tqdm = _require("tqdm").tqdm
-        bar = tqdm(total=s.steps, desc="fitting", unit="step", file=sys.stderr, dynamic_ncols=True)
-    losses = []
-    t0 = time.perf_counter()
-    for step in range(s.steps):
-        if paths is not None and step % s.record_every == 0:
-            paths.append(model.bumps.c.detach().cpu().numpy().copy())
-        if batch < len(xt):
-            idx = torch.randint(len(xt), (batch,), generator=gen).to(dev)
-            xb, yb = xt[idx], yt[idx]
-        else:
-            xb, yb = xt, yt
-        opt.zero_grad(set_to_none=True)
-        loss = torch.mean((model(xb) - yb) ** 2)
-        loss.backward()
-        model.bumps.pert_grads()
-        opt.step()
-        model.bumps.bound()
-        sched.step()
-        losses.append(loss.detach().item())
-        if bar is not None:
-            bar.update(1)
-            if step % 20 == 0 or step == s.steps - 1:
-                bar.set_postfix(loss=f"{losses[-1]:.4g}", refresh=False)
-    if bar is not None:
-        bar.close()
-    seconds = time.perf_counter() - t0
-    if paths is not None:
-        paths.append(model.bumps.c.detach().cpu().numpy().copy())
-
-    ckpt = {
-        "format": FORMAT_TAG,
-        "version": FORMAT_VERSION,
-        "d": int(d),
-        "n_bumps": int(k),
-        "c_bounds": model.bumps.c_bounds.detach().cpu(),
-        "w_bounds": model.bumps.w_bounds.detach().cpu(),
-        "c_grad_std": float(s.c_grad_std),
-        "w_grad_std": float(s.w_grad_std),
-        "m_grad_gain": float(s.m_grad_gain),
-        "support_p": float(s.support_p),
-        "state_dict": {k_: v.detach().cpu() for k_, v in model.state_dict().items()},
-        "x_lo": torch.as_tensor(x_lo, dtype=torch.float64),
-        "x_scale": torch.as_tensor(x_scale, dtype=torch.float64),
-        "y_mean": y_mean,
-        "y_std": y_std,
-        "x_names": list(x_names),
-        "y_name": y_names[0],
-    }
-    if multi:  # version 1 readers refuse it by version rather than failing on shapes
-        ckpt["version"] = FORMAT_VERSION_MULTI
-        ckpt["y_mean"] = torch.as_tensor(y_mean, dtype=torch.float64)
-        ckpt["y_std"] = torch.as_tensor(y_std, dtype=torch.float64)
-        del ckpt["y_name"]
-        ckpt["y_names"] = y_names
-        ckpt["n_outputs"] = len(y_names)
-    pred = predict_arrays(model, ckpt, x)
-    if multi:
-        per = {}
-        for j, name in enumerate(y_names):
-            tr = _metrics(y[train_idx, j], pred[train_idx, j])
-            ho = _metrics(y[hold_idx, j], pred[hold_idx, j])
-            per[name] = {"r2": ho["r2"], "rmse": ho["rmse"], "train_r2": tr["r2"], "train_rmse": tr["rmse"]}
-        # Top level: the mean over outputs, so single-output readers keep working.
-        head = {key: _mean_or_none(o[key] for o in per.values()) for key in ("r2", "rmse", "train_r2", "train_rmse")}
-    else:
-        tr, ho = _metrics(y[train_idx], pred[train_idx]), _metrics(y[hold_idx], pred[hold_idx])
-        head = {"r2": ho["r2"], "rmse": ho["rmse"], "train_r2": tr["r2"], "train_rmse": tr["rmse"]}
-    metrics = {
-        **head,
-        "seconds": seconds,
-        "n_train": int(len(train_idx)),
-        "n_holdout": int(len(hold_idx)),
-        "d": int(d),
-        "bumps": int(k),
-        "steps": int(s.steps),
-        "final_loss": losses[-1] if losses else None,
-        "device": str(dev),
-        "seed": int(s.seed),
-    }
-    if multi:
-        metrics["n_outputs"] = len(y_names)
-        metrics["outputs"] = per
-    if paths is not None:
-        paths = np.stack(paths) * x_scale[None, :, None] + x_lo[None, :, None]
-    return FitResult(model, ckpt, metrics, train_idx, hold_idx, paths, losses)
-
-
-def predict_arrays(model: _Fitted, ckpt: dict, x: np.ndarray, chunk: int = 8192) -> np.ndarray:
-    """Predictions in the data's units for points x (n, d), in chunks to bound memory.
-
-    Shape (n,) for a single-output model, (n, P) for P outputs.
-    """
-    x_lo = ckpt["x_lo"].numpy()
-    x_scale = ckpt["x_scale"].numpy()
-    dev = model.offset.device
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(x), chunk):
-            xu = torch.as_tensor((x[i : i + chunk] - x_lo) / x_scale, dtype=torch.float32, device=dev)
-            out.append(model(xu).double().cpu().numpy())
-    yu = np.concatenate(out) if out else np.zeros((0, *model.offset.shape))
-    y_std, y_mean = (np.asarray(ckpt[k], dtype=np.float64) if torch.is_tensor(ckpt[k]) else ckpt[k]
-                     for k in ("y_std", "y_mean"))
-    return yu * y_std + y_mean
-
-
-def load_checkpoint(path: str, device: str = "cpu") -> tuple[_Fitted, dict]:
-    """Loads one of our checkpoints (weights_only) and rebuilds the model."""
-    if not os.path.exists(path):
-        raise CliError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise CliError(f"{path}: is a directory, not a model file")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - pickles of anything else are refused, not executed
-        raise CliError(f"{path}: not a wandering model checkpoint (cannot be loaded)") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT_TAG:
-        raise CliError(f"{path}: not a wandering model checkpoint (no {FORMAT_TAG!r} format tag)")
-    version = ckpt.get("version")
-    if version not in (FORMAT_VERSION, FORMAT_VERSION_MULTI):
-        need = f"{FORMAT_VERSION} or {FORMAT_VERSION_MULTI}"
-        raise CliError(f"{path}: checkpoint version {version!r} is not supported (need {need})")
-    dev = _pick_device(device)
-    try:
-        d, k = ckpt["d"], ckpt["n_bumps"]
-        sd = ckpt["state_dict"]
-        s = FitSettings(
-            c_grad_std=ckpt["c_grad_std"], w_grad_std=ckpt["w_grad_std"],
-            m_grad_gain=ckpt["m_grad_gain"], support_p=ckpt["support_p"],
-        )
-        m = sd["bumps.m"]
-        if version == FORMAT_VERSION_MULTI:
-            p = len(ckpt["y_names"])
-            shapes = (tuple(m.shape[1:]), tuple(ckpt["y_mean"].shape), tuple(ckpt["y_std"].shape))
-            if m.dim() != 2 or shapes != ((p,), (p,), (p,)):
-                raise ValueError("outputs do not match")
-            offset = np.zeros(p)
-        else:
-            if m.dim() != 1:
-                raise ValueError("version 1 has one output")
-            output_names(ckpt)
-            offset = 0.0
-        model = _build_model(
-            d, k, sd["bumps.c"], sd["bumps.w"], m, offset, ckpt["c_bounds"], ckpt["w_bounds"], s, dev
-        )
-        model.load_state_dict(sd)
-    except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as e:
-        raise CliError(f"{path}: damaged wandering checkpoint ({type(e).__name__})") from None
-    return model, ckpt
-
-
-def _save(obj: dict, path: str) -> None:
-    torch.save(obj, path)
-
-
-def _write_json(obj: dict, path: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-
-
-def _fmt(v) -> str:
-    return "n/a" if v is None else f"{v:.4g}"
 
 
 # ---------------------------------------------------------------- commands
@@ -440,22 +167,55 @@ def _settings(a: argparse.Namespace, d: int) -> FitSettings:
     )
 
 
+def _check_magnitudes(table, path: str) -> None:
+    """Refuses finite values so large that the fit's scaling overflows (the unit box, the standardised target)."""
+    import numpy as np
+
+    with np.errstate(over="ignore", invalid="ignore"):
+        cols = [(name, table.x[:, j]) for j, name in enumerate(table.x_names)]
+        y2 = table.y.reshape(len(table.y), -1)
+        cols += [(name, y2[:, j]) for j, name in enumerate(table.y_names)]
+        for name, v in cols:
+            bad = not np.isfinite(v.max() - v.min()) or not np.isfinite(v.std())
+            if bad:
+                raise CliError(f"{path}: column {name!r}: values too large to fit (from {v.min():.3g} to "
+                               f"{v.max():.3g}; their spread overflows double precision); rescale them")
+
+
+def _check_query(x, ckpt: dict, names: list[str], path: str) -> None:
+    """Refuses coordinates so far outside the fitted range that the model's float32 unit box overflows."""
+    import numpy as np
+
+    with np.errstate(over="ignore", invalid="ignore"):
+        xu = np.abs((x - ckpt["x_lo"].numpy()) / ckpt["x_scale"].numpy())
+        ok = xu < np.finfo(np.float32).max
+    if not ok.all():
+        i, j = (int(v[0]) for v in np.nonzero(~ok))
+        raise CliError(f"{path}: row {i + 1} of the data, column {names[j]!r}: {x[i, j]:.3g} is too far outside "
+                       f"the range the model was fitted on to evaluate")
+
+
 def _cmd_fit(a: argparse.Namespace) -> int:
-    _pick_device(a.device)  # fail before reading a large file
+    from ._cli_data import read_table
+    from ._fit_recipe import MIN_ROWS, fit_arrays, pick_device, predict_arrays
+
+    pick_device(a.device)  # fail before reading a large file
     table = read_table(a.data, a.x_cols, a.y_col, need_y=True, y_cols=a.y_cols)
     n, d = table.x.shape
     s = _settings(a, d)
     if n < MIN_ROWS:
         raise CliError(f"{a.data}: too few rows: {n} (at least {MIN_ROWS} are needed)")
+    _check_magnitudes(table, a.data)
     plot = d <= 3 and not a.no_plot
-    outputs = ["model.pt", "metrics.json"] + (["fit.png"] if plot else [])
-    _prepare_out_dir(a.out, outputs, a.force)
     if plot:
-        _require("matplotlib")  # before the fit, not after it
+        require("matplotlib")  # before the fit, not after it
+    outputs = ["model.pt", "metrics.json"] + (["fit.png"] if plot else [])
+    stale = _prepare_out_dir(a.out, outputs, a.force, stale=[] if plot else ["fit.png"])
     multi = table.y.ndim == 2
     res = fit_arrays(table.x, table.y, s, table.x_names, table.y_names if multi else table.y_name)
     res.metrics["data"] = os.path.abspath(a.data)
-    _save(res.ckpt, os.path.join(a.out, "model.pt"))
+    _remove(stale)
+    _save_model(res.ckpt, os.path.join(a.out, "model.pt"))
     _write_json(res.metrics, os.path.join(a.out, "metrics.json"))
     if plot:
         from ._cli_plots import plot_fit
@@ -477,6 +237,8 @@ def _cmd_fit(a: argparse.Namespace) -> int:
     elif plot and multi and len(table.y_names) > PLOT_OUTPUTS:
         print(f"fit.png shows the first {PLOT_OUTPUTS} of {len(table.y_names)} outputs "
               f"({', '.join(table.y_names[:PLOT_OUTPUTS])})")
+    if stale:
+        print(f"removed the earlier run's {', '.join(stale)}")
     print(f"wrote {', '.join(os.path.join(a.out, o) for o in outputs)}")
     return 0
 
@@ -484,12 +246,23 @@ def _cmd_fit(a: argparse.Namespace) -> int:
 def _cmd_predict(a: argparse.Namespace) -> int:
     if os.path.exists(a.output) and not a.force:
         raise CliError(f"-o {a.output}: exists (use --force to overwrite)")
+    if os.path.isdir(a.output):
+        raise CliError(f"-o {a.output}: is a directory")
+    folder = os.path.dirname(a.output)
+    if folder and not os.path.isdir(folder):
+        raise CliError(f"-o {a.output}: no folder {folder}")
+    _check_writable(folder, f"-o {a.output}")
+    from ._cli_data import read_table, write_predictions
+    from ._fit_recipe import predict_arrays
+    from .checkpoint import output_names
+
     model, ckpt = load_checkpoint(a.model, a.device)
     table = read_table(a.data, a.x_cols, a.y_col, need_y=False, default_x=ckpt["x_names"], n_dims=ckpt["d"])
     if table.x.shape[1] != ckpt["d"]:
         raise CliError(f"{a.data}: the model needs {ckpt['d']} coordinate columns, but got {table.x.shape[1]}")
     if len(table.x) == 0:
         raise CliError(f"{a.data}: too few rows: 0")
+    _check_query(table.x, ckpt, table.x_names, a.data)
     names = output_names(ckpt)
     if a.name is None:
         pred_names = [f"{v}_pred" for v in names]
@@ -505,55 +278,50 @@ def _cmd_predict(a: argparse.Namespace) -> int:
     return 0
 
 
-# Small gradient noise: idle bumps visibly wander, working ones hold still (see demo.png).
-DEMO_SETTINGS = FitSettings(bumps=48, steps=800, lr=0.01, c_grad_std=0.001, record_every=10)
+def _warm_up(x, y, s: FitSettings) -> float:
+    """A few untimed steps on a small slice of the demo's problem: Numba's one-off compilation
+    (or loading its cache) happens here, so the fit's time is the fit's alone."""
+    import dataclasses
 
+    from ._fit_recipe import fit_arrays
 
-def demo_target(seed: int, n_points: int, n_true: int = 10):
-    """A seeded 2-D target on the unit square: rotated anisotropic Gaussian bumps plus a little noise.
-
-    Returns (f, x, y): f(points (m, 2)) -> noiseless values, and the noisy samples.
-    """
-    rng = np.random.default_rng(seed)
-    cent = rng.uniform(0.15, 0.85, size=(n_true, 2))
-    sig = rng.uniform(0.05, 0.2, size=(n_true, 2))
-    ang = rng.uniform(0, np.pi, size=n_true)
-    amp = rng.choice([-1.0, 1.0], size=n_true) * rng.uniform(0.5, 1.5, size=n_true)
-    rot = np.stack([np.stack([np.cos(ang), -np.sin(ang)], -1), np.stack([np.sin(ang), np.cos(ang)], -1)], -2)
-
-    def f(p: np.ndarray) -> np.ndarray:
-        d = p[:, None, :] - cent[None]  # (m, T, 2)
-        u = np.einsum("tij,mtj->mti", rot.transpose(0, 2, 1), d) / sig[None]
-        return (amp[None] * np.exp(-0.5 * (u * u).sum(-1))).sum(-1)
-
-    x = rng.uniform(0, 1, size=(n_points, 2))
-    clean = f(x)
-    y = clean + rng.normal(scale=0.03 * clean.std(), size=n_points)
-    return f, x, y
+    t0 = time.perf_counter()
+    n = min(len(x), 400)  # enough points that the engine chosen is the one the fit uses
+    fit_arrays(x[:n], y[:n], dataclasses.replace(s, steps=3, progress=False, record_every=0), ["x0", "x1"], "y")
+    return time.perf_counter() - t0
 
 
 def _cmd_demo(a: argparse.Namespace) -> int:
+    from ._fit_recipe import MIN_ROWS, fit_arrays, predict_arrays
+    from .demo import demo_target
+
     if a.points < MIN_ROWS:
         raise CliError(f"--points must be at least {MIN_ROWS}, but got {a.points}")
     s = _settings(a, 2)
     s.record_every = max(1, s.steps // 150)
     outputs = ["demo.png", "model.pt", "metrics.json"]
-    _prepare_out_dir(a.out, outputs, a.force)
-    _require("matplotlib")
+    own = _written_by_demo(a.out)
+    _prepare_out_dir(a.out, outputs, a.force, own=own)
+    require("matplotlib")
+    if own:
+        print(f"replacing the earlier demo output in {a.out}")
     t0 = time.perf_counter()
     f, x, y = demo_target(a.seed, a.points)
-    table = Table(x, y, ["x0", "x1"], ["y"], [], [])
-    res = fit_arrays(x, y, s, table.x_names, table.y_name)
+    warm = _warm_up(x, y, s)
+    res = fit_arrays(x, y, s, ["x0", "x1"], "y")
     from ._cli_plots import plot_demo
 
     plot_demo(os.path.join(a.out, "demo.png"), f, x, y, res, lambda p: predict_arrays(res.model, res.ckpt, p))
+    res.metrics["seconds_warmup"] = warm
     res.metrics["seconds_total"] = time.perf_counter() - t0
     res.metrics["target"] = f"seeded synthetic 2-D bumps, seed {a.seed}, {a.points} points"
-    _save(res.ckpt, os.path.join(a.out, "model.pt"))
+    res.metrics["written_by"] = DEMO_MARK
+    _save_model(res.ckpt, os.path.join(a.out, "model.pt"))
     _write_json(res.metrics, os.path.join(a.out, "metrics.json"))
     m = res.metrics
     print(f"held-out R^2 {_fmt(m['r2'])}  RMSE {_fmt(m['rmse'])}  (train R^2 {_fmt(m['train_r2'])})")
-    print(f"time {m['seconds_total']:.1f} s (fit {m['seconds']:.1f} s)")
+    print(f"warm-up (one-off compilation) {warm:.1f} s; fit {m['seconds']:.1f} s; "
+          f"{m['seconds_total']:.1f} s in all")
     print(f"wrote {', '.join(os.path.join(a.out, o) for o in outputs)}")
     return 0
 
@@ -582,6 +350,7 @@ def _add_fit_options(p: argparse.ArgumentParser, defaults: FitSettings, hidden: 
 
 def _build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .demo import DEMO_POINTS, DEMO_SETTINGS
 
     parser = _Parser(prog="wandering", description="Fit sums of wandering Gaussian bumps to data.")
     parser.add_argument("--version", action="version", version=f"wandering {__version__}")
@@ -591,7 +360,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="wandering_demo", help="output directory (default: ./wandering_demo)")
     p.add_argument("--force", action="store_true", help="overwrite files already in --out")
     _add_fit_options(p, DEMO_SETTINGS, hidden=True)  # for tests and tinkering; the defaults are the demo
-    p.add_argument("--points", type=int, default=4000, help=argparse.SUPPRESS)
+    p.add_argument("--points", type=int, default=DEMO_POINTS, help=argparse.SUPPRESS)
     p.add_argument("--bounds", default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_demo)
 
@@ -623,7 +392,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs the ``wandering`` command; returns the exit code (2 for bad input)."""
+    """Runs the ``wandering`` command; returns the exit code (2 for bad input, 130 for Ctrl-C)."""
     try:
         parser = _build_parser()
         try:

@@ -1,0 +1,123 @@
+"""The checkpoint format written by ``wandering fit`` and ``wandering demo`` (``model.pt``).
+
+A checkpoint is a plain dict of tensors, numbers, strings and lists, saved with
+``torch.save``, so ``torch.load(path, weights_only=True)`` reads it without running any
+pickled code. ``format`` is :data:`FORMAT_TAG`; ``version`` is :data:`FORMAT_VERSION` (one
+output: ``y_name``, float ``y_mean``/``y_std``, ``m`` of shape (K,)) or
+:data:`FORMAT_VERSION_MULTI` (P outputs: ``y_names``, ``n_outputs``, ``y_mean``/``y_std``
+and the offset of shape (P,), ``m`` of shape (K, P)). Both share ``d``, ``n_bumps``,
+``c_bounds``, ``w_bounds``, the gradient-noise settings, ``support_p``, ``state_dict``
+(``bumps.c``, ``bumps.w``, ``bumps.m``, bounds, ``offset``), ``x_lo``/``x_scale`` and
+``x_names``.
+
+torch is imported only when a checkpoint is saved or loaded.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["FORMAT_TAG", "FORMAT_VERSION", "FORMAT_VERSION_MULTI", "CheckpointError", "save", "load", "output_names"]
+
+FORMAT_TAG = "wandering-cli-model"
+FORMAT_VERSION = 1  # one output: m (K,), scalar offset and y_mean/y_std, "y_name"
+FORMAT_VERSION_MULTI = 2  # P > 1 outputs: m (K, P), offset/y_mean/y_std (P,), "y_names"
+
+
+class CheckpointError(ValueError):
+    """A file that is not a readable checkpoint of this format; the message is one line naming it."""
+
+
+def output_names(ckpt: dict) -> list[str]:
+    """The value columns a checkpoint was fitted on: one name (version 1) or P (version 2)."""
+    return list(ckpt["y_names"]) if "y_names" in ckpt else [str(ckpt["y_name"])]
+
+
+def save(ckpt: dict, path: str) -> None:
+    """Writes a checkpoint dict with ``torch.save``."""
+    import torch
+
+    try:
+        torch.save(ckpt, path)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot write ({e.strerror or e})") from None
+
+
+def load(path: str) -> dict:
+    """Reads a checkpoint (``weights_only``: pickles of anything else are refused, not run) and checks it."""
+    import torch
+
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path}: is a directory, not a model file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - pickles of anything else are refused, not executed
+        raise CheckpointError(f"{path}: not a wandering model checkpoint (cannot be loaded)") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT_TAG:
+        raise CheckpointError(f"{path}: not a wandering model checkpoint (no {FORMAT_TAG!r} format tag)")
+    version = ckpt.get("version")
+    if version not in (FORMAT_VERSION, FORMAT_VERSION_MULTI):
+        need = f"{FORMAT_VERSION} or {FORMAT_VERSION_MULTI}"
+        raise CheckpointError(f"{path}: checkpoint version {version!r} is not supported (need {need})")
+    problem = _problem(ckpt)
+    if problem:
+        raise CheckpointError(f"{path}: damaged wandering checkpoint ({problem})")
+    return ckpt
+
+
+def _problem(ckpt: dict) -> str | None:
+    """What is missing or malformed in a tagged checkpoint of a known version; None when it is sound."""
+    import torch
+
+    def tensor(value, shape) -> bool:
+        return torch.is_tensor(value) and tuple(value.shape) == shape and bool(torch.isfinite(value).all())
+
+    def number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+    multi = ckpt["version"] == FORMAT_VERSION_MULTI
+    keys = ["d", "n_bumps", "c_bounds", "w_bounds", "c_grad_std", "w_grad_std", "m_grad_gain", "support_p",
+            "state_dict", "x_lo", "x_scale", "y_mean", "y_std", "x_names", "y_names" if multi else "y_name"]
+    missing = [k for k in keys if k not in ckpt]
+    if missing:
+        return f"no {', '.join(missing)}"
+    d, k = ckpt["d"], ckpt["n_bumps"]
+    if not (isinstance(d, int) and isinstance(k, int) and d > 0 and k > 0):
+        return "d and n_bumps must be positive integers"
+    for key in ("c_grad_std", "w_grad_std", "m_grad_gain", "support_p"):
+        if not number(ckpt[key]):
+            return f"{key} is not a number"
+    names = ckpt["x_names"]
+    if not (isinstance(names, list) and len(names) == d and all(isinstance(n, str) for n in names)):
+        return f"x_names must be {d} strings"
+    for key in ("c_bounds", "w_bounds"):
+        if not tensor(ckpt[key], (d, 2)):
+            return f"{key} must be a finite ({d}, 2) tensor"
+    for key in ("x_lo", "x_scale"):
+        if not tensor(ckpt[key], (d,)):
+            return f"{key} must be a finite ({d},) tensor"
+    if multi:
+        p = ckpt["y_names"]
+        if not (isinstance(p, list) and p and all(isinstance(n, str) for n in p)):
+            return "y_names must be a list of strings"
+        out_shape = (len(p),)
+        if not all(tensor(ckpt[key], out_shape) for key in ("y_mean", "y_std")):
+            return f"y_mean and y_std must be finite ({len(p)},) tensors"
+    else:
+        out_shape = ()
+        if not isinstance(ckpt["y_name"], str):
+            return "y_name must be a string"
+        if not (number(ckpt["y_mean"]) and number(ckpt["y_std"])):
+            return "y_mean and y_std must be numbers"
+    sd = ckpt["state_dict"]
+    if not isinstance(sd, dict):
+        return "state_dict is not a dict"
+    for key, shape in (("bumps.c", (d, k)), ("bumps.w", (d, k)), ("bumps.m", (k, *out_shape)),
+                       ("offset", out_shape)):
+        if key not in sd:
+            return f"no state_dict[{key!r}]"
+        if not tensor(sd[key], shape):
+            return f"state_dict[{key!r}] must be a finite {shape} tensor"
+    return None
