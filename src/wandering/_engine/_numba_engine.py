@@ -218,13 +218,8 @@ def forward(x, c, w, m, half, cull):
             _kernels.dense_forward(_np(x), cn, iw, hn, mn, y.numpy(), _dense_parts(n, d, K, P))
             return y
         bounds = _bounds(plan, d, K, P)
-        args = (b.row_pts, plan.row_start, plan.reg_k, plan.reg_p0, plan.reg_p1, bounds)
-        if P > 1:
-            _kernels.culled_forward_multi(b.xs, b.perm, cn, iw, hn, mn, *args, plan.maxrow, plan.maxseg, y.numpy())
-        else:
-            ys = np.empty((1, n), dtype=cn.dtype)
-            _kernels.culled_forward(b.xs, cn, iw, hn, mn, *args, plan.maxseg, ys[0])
-            _kernels.scatter_rows(ys, b.perm, bounds, b.row_pts, y.numpy())
+        args = (b.row_pts, plan.row_start, plan.reg_k, plan.reg_p0, plan.reg_p1, bounds, plan.maxrow, plan.maxseg)
+        _kernels.culled_forward(b.xs, b.perm, cn, iw, hn, mn, *args, y.numpy())
     return y
 
 
@@ -247,18 +242,8 @@ def backward(gy, x, c, w, m, half, cull, need_x):
             bounds = _bounds(plan, d, K, P)
             npart = bounds.shape[0] - 1
             pcw, pm = np.zeros((npart, 2 * d, K)), np.zeros((npart, K, P))
-            args = (b.row_pts, plan.row_start, plan.reg_k, plan.reg_p0, plan.reg_p1, bounds)
-            if P > 1:
-                _kernels.culled_backward_multi(
-                    b.xs, b.perm, cn, iw, hn, mn, g, *args, plan.maxrow, plan.maxseg, gx.numpy(), need_x, pcw, pm
-                )
-            else:
-                gs = np.empty((1, n), dtype=cn.dtype)
-                _kernels.gather_rows(g, b.perm, bounds, b.row_pts, gs)
-                gxs = np.empty((d, n) if need_x else (d, 0), dtype=cn.dtype)
-                _kernels.culled_backward(b.xs, cn, iw, hn, mn, gs[0], *args, plan.maxseg, gxs, need_x, pcw, pm)
-                if need_x:
-                    _kernels.scatter_rows(gxs, b.perm, bounds, b.row_pts, gx.numpy())
+            args = (b.row_pts, plan.row_start, plan.reg_k, plan.reg_p0, plan.reg_p1, bounds, plan.maxrow, plan.maxseg)
+            _kernels.culled_backward(b.xs, b.perm, cn, iw, hn, mn, g, *args, gx.numpy(), need_x, pcw, pm)
     # Fixed-order reduction: partials added in partition order.
     tcw = torch.from_numpy(_kernels.sum_parts(pcw))
     gm = torch.from_numpy(_kernels.sum_parts(pm)).to(m.dtype)
