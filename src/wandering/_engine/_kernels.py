@@ -287,7 +287,8 @@ def dense_backward(x, c, iw, half, m, g, gx, pcw, pm, npart):
 
 
 # ---------------------------------------------------------------- culled (grid) path
-# Points are binned on a uniform grid over the first gd = min(d, 3) dims and
+# Points are binned on a uniform grid over the first gd = min(d, 3) dims (ordered so the
+# last has the most cells) and
 # sorted by cell (counting sort). A "row" is a line of cells along the last grid
 # dim; its points are contiguous. Each bump is registered in every row its support
 # box overlaps, with the range of cells along that line. Rows are split into fixed
@@ -297,9 +298,13 @@ def dense_backward(x, c, iw, half, m, g, gx, pcw, pm, npart):
 
 
 @njit(cache=True)
-def bin_points(xT, gd, lo, inv_h, ncell):
-    """Cell of every point (float64 arithmetic, monotone in x) and a counting sort by cell."""
+def bin_points(xT, gdim, lo, inv_h, ncell):
+    """Cell of every point (float64 arithmetic, monotone in x) and a counting sort by cell.
+
+    Grid dim j is data dim gdim[j]; the last grid dim (along which rows run) is the one
+    with the most cells, so thin data (a slab) still gives long runs of points."""
     d, n = xT.shape
+    gd = gdim.shape[0]
     total = 1
     for j in range(gd):
         total *= ncell[j]
@@ -307,7 +312,7 @@ def bin_points(xT, gd, lo, inv_h, ncell):
     for i in range(n):
         idx = 0
         for j in range(gd):
-            q = math.floor((np.float64(xT[j, i]) - lo[j]) * inv_h[j])
+            q = math.floor((np.float64(xT[gdim[j], i]) - lo[j]) * inv_h[j])
             q = min(max(q, 0), ncell[j] - 1)
             idx = idx * ncell[j] + np.int64(q)
         cell[i] = idx
@@ -326,7 +331,10 @@ def bin_points(xT, gd, lo, inv_h, ncell):
     for j in range(d):
         for p in range(n):
             xs[j, p] = xT[j, perm[p]]
-    return perm, start, xs
+    rank = np.empty(n, np.int64)
+    for p in range(n):
+        rank[perm[p]] = p
+    return perm, rank, start, xs
 
 
 @njit(cache=True)
@@ -343,7 +351,7 @@ def _cell_range(a, b, lo, inv_h, nc):
 
 
 @njit(cache=True)
-def register_bumps(c, half, gd, lo, inv_h, ncell, start):
+def register_bumps(c, half, gdim, lo, inv_h, ncell, start):
     """Per row, the bumps whose support box reaches it and their segment of points.
 
     Returns (row_start, reg_k, reg_p0, reg_p1, n_candidates). The box is widened by
@@ -351,6 +359,7 @@ def register_bumps(c, half, gd, lo, inv_h, ncell, start):
     inside point in a cell the bump skips.
     """
     K = c.shape[1]
+    gd = gdim.shape[0]
     nrows = 1
     for j in range(gd - 1):
         nrows *= ncell[j]
@@ -360,8 +369,8 @@ def register_bumps(c, half, gd, lo, inv_h, ncell, start):
     valid = np.ones(K, np.bool_)
     for k in range(K):
         for j in range(gd):
-            cj = np.float64(c[j, k])
-            hj = np.float64(half[j, k])
+            cj = np.float64(c[gdim[j], k])
+            hj = np.float64(half[gdim[j], k])
             tol = (abs(cj) + hj) * 2.0**-20
             a, b = _cell_range(cj - hj - tol, cj + hj + tol, lo[j], inv_h[j], ncell[j])
             if not (a <= b) or not (hj > 0):
@@ -505,11 +514,12 @@ def culled_forward(xs, perm, c, iw, half, m, row_pts, row_start, reg_k, reg_p0, 
 
 @njit(parallel=True, fastmath=FM, cache=True)
 def culled_backward(
-    xs, perm, c, iw, half, m, g, row_pts, row_start, reg_k, reg_p0, reg_p1, bounds, maxrow, maxseg, gx, need_x, pcw, pm
+    xs, perm, c, iw, half, m, gs, row_pts, row_start, reg_k, reg_p0, reg_p1, bounds, maxrow, maxseg, gx, need_x, pcw, pm
 ):
-    """g (n, P) and gx (n, d) in original order. Per row the upstream gradient is gathered
-    through perm into a (P, row) buffer and grad x collects in a (d, row) buffer;
-    partition q adds its parameter gradients into pcw[q] and pm[q]."""
+    """gs (n, P) is the upstream gradient in sorted order (see :func:`to_sorted`), gx (n, d)
+    in original order. Per row the upstream gradient is copied into a (P, row) buffer and
+    grad x collects in a (d, row) buffer, written back through perm; partition q adds its
+    parameter gradients into pcw[q] and pm[q]."""
     d, n = xs.shape
     P = m.shape[1]
     dt = xs.dtype
@@ -539,9 +549,8 @@ def culled_backward(
                             gx[pi, j] = 0
                 continue
             for i in range(nr):
-                pi = perm[a + i]
                 for p in range(P):
-                    grow[p, i] = g[pi, p]
+                    grow[p, i] = gs[a + i, p]
             for j in range(d):
                 gj = gxr[j]
                 for i in range(nr):
@@ -587,6 +596,18 @@ def culled_backward(
                     pi = perm[a + i]
                     for j in range(d):
                         gx[pi, j] = gxr[j, i]
+
+
+@njit(parallel=True, cache=True)
+def to_sorted(g, rank, gs, npart):
+    """gs[rank[i]] = g[i]: rows into sorted order by sequential reads and scattered writes
+    (random reads stall on cache misses; random writes do not)."""
+    n, P = g.shape
+    for q in prange(npart):
+        for i in range(q * n // npart, (q + 1) * n // npart):
+            r = rank[i]
+            for p in range(P):
+                gs[r, p] = g[i, p]
 
 
 @njit(parallel=True, cache=True)
