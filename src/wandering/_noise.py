@@ -8,6 +8,8 @@ without a collective and without touching the global generator.
 
 from __future__ import annotations
 
+import threading
+
 import torch
 
 _MASK64 = (1 << 64) - 1
@@ -40,6 +42,17 @@ def draw_seed() -> int:
     return int(torch.randint(0, 2**62, (1,), dtype=torch.int64).item())
 
 
+_local = threading.local()
+
+
+def _generator() -> torch.Generator:
+    """One CPU generator per thread, re-seeded for every draw (creating one costs more than the draw)."""
+    gen = getattr(_local, "gen", None)
+    if gen is None:
+        gen = _local.gen = torch.Generator(device="cpu")
+    return gen
+
+
 def keyed_normal(
     shape: torch.Size | tuple[int, ...],
     seed: int,
@@ -53,7 +66,7 @@ def keyed_normal(
     Drawn on the CPU in float64 and then cast, so the numbers are the same on
     every device and both float dtypes see the same underlying draw.
     """
-    gen = torch.Generator(device="cpu")
+    gen = _generator()
     gen.manual_seed(mix_key(seed, step, stream))
     z = torch.randn(tuple(shape), generator=gen, dtype=torch.float64)
     return z.to(device=device, dtype=dtype)
