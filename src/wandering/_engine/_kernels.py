@@ -633,6 +633,35 @@ def culled_pair_count(xs, c, half, row_start, reg_k, reg_p0, reg_p1, bounds):
 
 
 @njit(cache=True)
+def box_fraction(x, c, half, gd, cell_frac):
+    """Mean over bumps of the fraction of x's bounding box (first gd dims) that the support
+    box, widened by cell_frac of the extent, covers once clipped to it."""
+    n = x.shape[0]
+    K = c.shape[1]
+    lo = np.empty(gd)
+    hi = np.empty(gd)
+    for j in range(gd):
+        lo[j] = np.inf
+        hi[j] = -np.inf
+    for i in range(n):
+        for j in range(gd):
+            v = np.float64(x[i, j])
+            lo[j] = min(lo[j], v)
+            hi[j] = max(hi[j], v)
+    total = 0.0
+    for k in range(K):
+        f = 1.0
+        for j in range(gd):
+            ext = hi[j] - lo[j]
+            if ext > 0:
+                h = np.float64(half[j, k]) + cell_frac * ext
+                ck = np.float64(c[j, k])
+                f *= min(1.0, max(0.0, min(hi[j], ck + h) - max(lo[j], ck - h)) / ext)
+        total += f
+    return total / max(K, 1)
+
+
+@njit(cache=True)
 def sum_parts(part):
     """Sum of the per-partition partials part[q] (3-D, float64), added in partition order."""
     out = np.zeros((part.shape[1], part.shape[2]))

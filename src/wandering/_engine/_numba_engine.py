@@ -203,16 +203,11 @@ def _register(b: _Binning, c: torch.Tensor, half: torch.Tensor, n: int, K: int) 
 def _box_fraction(x: torch.Tensor, c: torch.Tensor, half: torch.Tensor) -> float:
     """Estimated candidate fraction of the grid path for uniform data over x's bounding box:
     per bump, the box widened by a cell and clipped to the bounding box, in the first
-    min(d, 3) dims (cells of ~_POINTS_PER_CELL points)."""
+    min(d, 3) dims (cells of ~_POINTS_PER_CELL points). One compiled call: on a loaded
+    machine a tiny torch op with 2 intra-op threads was measured at ~8 ms."""
     n, d = x.shape
     gd = min(d, 3)
-    lo, hi = (t.double()[:, None] for t in torch.aminmax(x[:, :gd], dim=0))
-    ext = hi - lo
-    cell = ext * (_POINTS_PER_CELL / max(n, 1)) ** (1.0 / gd)
-    cd, hd = c[:gd].double(), half[:gd].double() + cell
-    cover = ((torch.minimum(hi, cd + hd) - torch.maximum(lo, cd - hd)).clamp(min=0.0) / ext).clamp(max=1.0)
-    cover = torch.where(ext > 0, cover, torch.ones_like(cover))
-    return float(cover.prod(dim=0).mean())
+    return float(_kernels.box_fraction(_np(x), _np(c), _np(half), gd, (_POINTS_PER_CELL / max(n, 1)) ** (1.0 / gd)))
 
 
 def make_plan(
