@@ -1,47 +1,82 @@
-"""Benchmark the bump-sum engines against baselines (forward + backward).
+"""Benchmark the bump-sum engine (forward + backward, float32) against baselines.
 
-Each (case, engine) runs in its own subprocess so the peak RSS reported is
-that engine's whole process. Times are medians of forward+backward with
-requires_grad on c, w, m and a random upstream gradient.
+Every figure is printed: per case and thread count, the median AND the minimum over
+repeats, pairs/s (output-pairs for P > 1: pairs x P), and same-run ratios. Each case
+runs in its own subprocess; within it, the new engine (through ``bump_sum``, autograd
+and all), the pre-change engine (``--baseline-dir``) and KeOps are interleaved per
+repeat, so load from other processes hits them alike. Peak RSS is measured in a
+separate subprocess that runs only the new engine.
 
-    python benchmarks/bench_engine.py             # all cases
-    python benchmarks/bench_engine.py --quick     # fewer repeats, per-bump loop extrapolated
-    python benchmarks/bench_engine.py --cases culled small
+Cases (x, c uniform in the unit cube unless said otherwise):
+
+    culled         N=1e6, K=1024, d=3, w in [0.02, 0.06], support_p=0.01; same x every step
+    culled-newx    the same, a new x every step (binning counted in the time)
+    culled-P16     culled with m of shape (K, 16)
+    culled-d2      culled at d=2
+    dense          N=2e5, K=1024, d=3, w in [0.2, 0.6], exact
+    dense-P16, dense-d2
+    clustered      1e6 points in 8 tight clusters (std 0.03); 10% of the bumps 10x wider
+    slab           1e6 points on a slab 0.002 thick; the same mixed bumps
+                   (both compared with uniform data whose widths are scaled to give the
+                   same number of in-support pairs: cost per pair, clustered / uniform)
+    train          the seed author's development problem: a whole training step
+
+    PYTHONPATH=src python benchmarks/bench_engine.py --baseline-dir /tmp/old --threads 1 2
+    PYTHONPATH=src python benchmarks/bench_engine.py --cases culled dense --quick
+
+``--baseline-dir`` holds an older ``_kernels.py`` and ``_numba_engine.py`` (from
+``git show <rev>:src/wandering/_engine/<file>``); it runs behind that version's
+finite check, so its op-level costs are counted too.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
 import sys
 import time
 
-# name: (n_smps, K, d, (w_lo, w_hi), support_p)
+SP = 0.01
+# name: (n, K, d, P, (w_lo, w_hi), support_p, layout)
 CASES = {
-    "culled": (1_000_000, 1024, 3, (0.02, 0.06), 0.01),
-    "dense-2e5": (200_000, 1024, 3, (0.2, 0.6), None),
-    "dense-1e6": (1_000_000, 1024, 3, (0.2, 0.6), None),
-    "small": (10_000, 64, 3, (0.05, 0.15), None),
+    "culled": (1_000_000, 1024, 3, 1, (0.02, 0.06), SP, "uniform"),
+    "culled-newx": (1_000_000, 1024, 3, 1, (0.02, 0.06), SP, "uniform"),
+    "culled-P16": (1_000_000, 1024, 3, 16, (0.02, 0.06), SP, "uniform"),
+    "culled-d2": (1_000_000, 1024, 2, 1, (0.02, 0.06), SP, "uniform"),
+    "dense": (200_000, 1024, 3, 1, (0.2, 0.6), None, "uniform"),
+    "dense-P16": (200_000, 1024, 3, 16, (0.2, 0.6), None, "uniform"),
+    "dense-d2": (200_000, 1024, 2, 1, (0.2, 0.6), None, "uniform"),
+    "clustered": (1_000_000, 1024, 3, 1, (0.02, 0.06), SP, "clusters"),
+    "slab": (1_000_000, 1024, 3, 1, (0.02, 0.06), SP, "slab"),
 }
-ENGINES = ("auto", "numba", "torch", "per-bump", "broadcast", "keops")
-BROADCAST_LIMIT = 8e9  # bytes the dense (n, d, K) reference may use (~4 temporaries)
-PER_BUMP_GRAPH_LIMIT = 4e9
-TORCH_FULL_LIMIT = 20_000_000  # n*K above which the torch engine is timed on a prefix  # bytes of autograd graph the per-bump loop may keep
+ALL = (*CASES, "train")
+PER_BUMP_SUBSET = 64  # bumps the per-bump loop runs; its time is scaled to K
 
 
-def _inputs(case: str, seed: int = 0):
+def _inputs(case: str, seed: int = 0, width_scale: float = 1.0, layout: str | None = None):
     import torch
 
-    n, K, d, (w_lo, w_hi), support_p = CASES[case]
+    n, K, d, P, (w_lo, w_hi), support_p, lay = CASES[case]
+    lay = layout or lay
     g = torch.Generator().manual_seed(seed)
-    x = torch.rand(n, d, generator=g)
-    c = torch.rand(d, K, generator=g).requires_grad_()
-    w = (w_lo + (w_hi - w_lo) * torch.rand(d, K, generator=g)).requires_grad_()
-    m = torch.randn(K, generator=g).requires_grad_()
-    gy = torch.randn(n, generator=g)
+    if lay == "clusters":
+        centres = 0.15 + 0.7 * torch.rand(8, d, generator=g)
+        x = centres[torch.randint(0, 8, (n,), generator=g)] + 0.03 * torch.randn(n, d, generator=g)
+    elif lay == "slab":
+        x = torch.rand(n, d, generator=g)
+        x[:, d - 1] = 0.5 + 0.002 * x[:, d - 1]
+    else:
+        x = torch.rand(n, d, generator=g)
+    c = torch.rand(d, K, generator=g)
+    w = width_scale * (w_lo + (w_hi - w_lo) * torch.rand(d, K, generator=g))
+    if lay in ("clusters", "slab"):
+        w[:, : K // 10] *= 10.0  # mixed widths: a tenth of the bumps 10x wider
+    m = torch.randn(K, P, generator=g) if P > 1 else torch.randn(K, generator=g)
+    gy = torch.randn(n, P, generator=g) if P > 1 else torch.randn(n, generator=g)
     return x, c, w, m, gy, support_p
 
 
@@ -51,156 +86,353 @@ def per_bump_loop(x, c, w, m, support_p, bumps=None):
 
     from wandering._geometry import support_halfwidths
 
-    y = torch.zeros(x.shape[0], dtype=x.dtype)
+    P = None if m.dim() == 1 else m.shape[1]
+    y = torch.zeros(x.shape[0] if P is None else (x.shape[0], P), dtype=x.dtype)
     half = None if support_p is None else support_halfwidths(w, support_p)
     for k in range(c.shape[1]) if bumps is None else bumps:
         if half is None:
-            idx = None
-            xk = x
+            idx, xk = None, x
         else:
             inside = ((x - c[:, k].detach()).abs() < half[:, k]).all(dim=1)
             idx = inside.nonzero().squeeze(1)
             xk = x[idx]
         z = (xk - c[:, k]) / w[:, k]
-        v = m[k] * torch.exp(-(z * z).sum(dim=1))
+        e = torch.exp(-(z * z).sum(dim=1))
+        v = e * m[k] if P is None else e[:, None] * m[k][None]
         y = y + v if idx is None else y.index_add(0, idx, v)
     return y
 
 
-def _keops_sum(x, c, w, m, support_p):
+def _keops_sum(x, c, w, m):
     from pykeops.torch import LazyTensor
 
-    if support_p is not None:
-        raise RuntimeError("KeOps baseline is exact only")
     xi = LazyTensor(x[:, None, :].contiguous())
     cj = LazyTensor(c.T[None].contiguous())
     iwj = LazyTensor((1.0 / w).T[None].contiguous())
-    mj = LazyTensor(m[None, :, None].contiguous())
-    return ((-(((xi - cj) * iwj) ** 2).sum(-1)).exp() * mj).sum(1).squeeze(1)
+    m2 = m if m.dim() == 2 else m[:, None]
+    mj = LazyTensor(m2[None].contiguous())
+    y = ((-(((xi - cj) * iwj) ** 2).sum(-1)).exp() * mj).sum(1)
+    return y if m.dim() == 2 else y[:, 0]
 
 
-def _worker(case: str, engine: str, repeats: int, quick: bool) -> dict:
-    import resource
+def _load_baseline(path: str):
+    """The older engine module, imported as a throwaway package from ``path``."""
+    import importlib.util
+    from pathlib import Path
 
+    pkg = "_wandering_bench_baseline"
+    init = importlib.util.module_from_spec(importlib.util.spec_from_loader(pkg, loader=None, is_package=True))
+    init.__path__ = [path]
+    sys.modules[pkg] = init
+    spec = importlib.util.spec_from_file_location(f"{pkg}._numba_engine", Path(path) / "_numba_engine.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _old_finite_check(**tensors):
+    """The pre-change op's finite check: a full isfinite mask per tensor."""
     import torch
 
-    from wandering._engine import bump_sum
+    for t in tensors.values():
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError("non-finite")
 
-    x, c, w, m, gy, support_p = _inputs(case)
+
+def _stats(ts):
+    return {"median_s": statistics.median(ts), "min_s": min(ts)}
+
+
+def _pairs(x, c, w, support_p) -> int:
+    import torch
+
+    from wandering._engine import _numba_engine
+    from wandering._geometry import support_halfwidths
+
+    if support_p is None:
+        return x.shape[0] * c.shape[1]
+    with torch.no_grad():
+        old = _numba_engine._CULL_FRACTION
+        _numba_engine._CULL_FRACTION = math.inf
+        try:
+            return int(_numba_engine.pair_count(x, c, support_halfwidths(w, support_p)))
+        finally:
+            _numba_engine._CULL_FRACTION = old
+
+
+def _matched_uniform_scale(case, target_pairs):
+    """Width scale that gives uniform data the target number of in-support pairs (pairs ~ scale**d)."""
+    scale = 1.0
+    d = CASES[case][2]
+    for _ in range(4):
+        x, c, w, m, gy, sp = _inputs(case, width_scale=scale, layout="uniform")
+        w[:, : c.shape[1] // 10] /= 10.0  # matched data: all bumps narrow
+        p = _pairs(x, c, w, sp)
+        scale *= (target_pairs / max(p, 1)) ** (1.0 / d)
+    return scale
+
+
+def _worker(case, threads, repeats, quick, baseline_dir):
+    import numba
+    import torch
+
+    numba.set_num_threads(threads)
+    torch.set_num_threads(threads)
+    if case == "train":
+        return _train_worker(repeats)
+    from wandering._engine import _numba_engine, bump_sum
+
+    x, c, w, m, gy, sp = _inputs(case)
     n, d = x.shape
     K = c.shape[1]
-    note = ""
-    scale = 1.0
-    if engine == "torch" and n * K > TORCH_FULL_LIMIT:
-        # The chunked engine is dense and linear in n: time a prefix of the points.
-        sub = max(1, TORCH_FULL_LIMIT // K)
-        scale = n / sub
-        note = f"extrapolated from {sub} of {n} points"
-        xs, gs = x[:sub], gy[:sub]
-        fn = lambda: bump_sum(xs, c, w, m, support_p=support_p, backend="torch")  # noqa: E731
-        gy = gs
-    elif engine in ("auto", "numba", "torch"):
-        fn = lambda: bump_sum(x, c, w, m, support_p=support_p, backend=engine)  # noqa: E731
-    elif engine == "broadcast":
-        need = n * d * K * 4 * 4
-        if need > BROADCAST_LIMIT:
-            return {"skipped": f"skipped: would need {need / 1e9:.0f} GB"}
-        fn = lambda: bump_sum(x, c, w, m, support_p=support_p, backend="reference")  # noqa: E731
-    elif engine == "keops":
-        try:
-            import pykeops  # noqa: F401
-        except ImportError:
-            return {"skipped": "not installed"}
-        if support_p is not None:
-            return {"skipped": "exact only"}
-        fn = lambda: _keops_sum(x, c, w, m, support_p)  # noqa: E731
-    elif engine == "per-bump":
-        graph = n * (1 if support_p is not None else K) * d * 4 * 6
-        sub = None
-        if quick or (support_p is None and graph > PER_BUMP_GRAPH_LIMIT):
-            sub = range(min(K, 32 if support_p is None else 128))
-            scale = K / len(sub)
-            note = f"extrapolated from {len(sub)} of {K} bumps"
-        fn = lambda: per_bump_loop(x, c, w, m, support_p, sub)  # noqa: E731
-        repeats = 1 if not quick else repeats
-    else:
-        raise ValueError(engine)
+    P = 1 if m.dim() == 1 else m.shape[1]
+    pairs = _pairs(x, c, w, sp)
+    c.requires_grad_(), w.requires_grad_(), m.requires_grad_()
+    newx = case == "culled-newx"
+    xs_new = [torch.rand(n, d, generator=torch.Generator().manual_seed(100 + r)) for r in range(repeats + 1)] if newx else None
 
-    def step():
+    def new_step(r):
+        xr = xs_new[r] if newx else x
         for t in (c, w, m):
             t.grad = None
         t0 = time.perf_counter()
-        y = fn()
-        y.backward(gy[: y.shape[0]])
+        y = bump_sum(xr, c, w, m, support_p=sp)
+        y.backward(gy)
         return time.perf_counter() - t0
 
-    step()  # warm-up: compile cache load, binning of x
-    times = [step() for _ in range(repeats)]
-    pairs = n * K
-    if support_p is not None:
+    fns = {"new": new_step}
+    if baseline_dir:
+        old = _load_baseline(baseline_dir)
         from wandering._geometry import support_halfwidths
 
-        from wandering._engine import _numba_engine
+        def old_step(r):
+            xr = xs_new[r] if newx else x
+            cd, wd = c.detach(), w.detach()
+            md = m.detach() if P > 1 else m.detach()[:, None]
+            g2 = gy if P > 1 else gy[:, None]
+            t0 = time.perf_counter()
+            _old_finite_check(x=xr, c=cd, w=wd, m=md)
+            half = support_halfwidths(wd, sp)
+            old.forward(xr, cd, wd, md, half, sp is not None)
+            old.backward(g2, xr, cd, wd, md, half, sp is not None, False)
+            return time.perf_counter() - t0
 
-        with torch.no_grad():
-            plan = _numba_engine.make_plan(x, c, support_halfwidths(w, support_p))
-        pairs = _numba_engine.culled_pair_count(x, c, w, support_p) if plan is not None else pairs
-    med = statistics.median(times) * scale
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
-    return {"median_s": med, "pairs": pairs, "pairs_per_s": pairs / med, "rss_mb": rss, "note": note}
+        fns["old"] = old_step
+    if sp is None:
+        try:
+            import pykeops  # noqa: F401
+
+            def keops_step(r):
+                for t in (c, w, m):
+                    t.grad = None
+                t0 = time.perf_counter()
+                _keops_sum(x, c, w, m).backward(gy)
+                return time.perf_counter() - t0
+
+            fns["keops"] = keops_step
+        except ImportError:
+            pass
+    for f in fns.values():
+        f(repeats)  # warm-up: compile-cache load, binning of x (new-x: its own x)
+    times = {k: [] for k in fns}
+    for r in range(repeats):
+        for k, f in fns.items():
+            times[k].append(f(r))
+    # The per-bump loop: slow; a subset of bumps, scaled to K, once (or twice).
+    sub = range(min(K, PER_BUMP_SUBSET if sp is not None else 16))
+    pb = []
+    for _ in range(1 if quick else 2):
+        t0 = time.perf_counter()
+        per_bump_loop(x, c, w, m, sp, sub).backward(gy)
+        pb.append((time.perf_counter() - t0) * K / len(sub))
+    for t in (c, w, m):
+        t.grad = None
+    out = {k: _stats(v) for k, v in times.items()}
+    out["per-bump"] = _stats(pb)
+    out["per-bump"]["note"] = f"{len(sub)} of {K} bumps, scaled"
+    out["_pairs"] = pairs
+    out["_P"] = P
+    if "keops" not in fns and sp is None:
+        out["keops"] = {"skipped": "pykeops not installed"}
+    if CASES[case][6] != "uniform":
+        # Same in-support pairs on uniform data (widths scaled), same engine, same process.
+        scale = _matched_uniform_scale(case, pairs)
+        xu, cu, wu, mu, gyu, _ = _inputs(case, width_scale=scale, layout="uniform")
+        wu[:, : K // 10] /= 10.0
+        pu = _pairs(xu, cu, wu, sp)
+        cu.requires_grad_(), wu.requires_grad_(), mu.requires_grad_()
+
+        def uni_step(r):
+            for t in (cu, wu, mu):
+                t.grad = None
+            t0 = time.perf_counter()
+            bump_sum(xu, cu, wu, mu, support_p=sp).backward(gyu)
+            return time.perf_counter() - t0
+
+        uni_step(0)
+        tu, tc = [], []
+        for r in range(repeats):
+            tu.append(uni_step(r))
+            tc.append(new_step(r))
+        out["uniform-matched"] = _stats(tu)
+        out["uniform-matched"]["pairs"] = pu
+        out["clustered-again"] = _stats(tc)
+        out["_cost_ratio"] = statistics.median([(a / pairs) / (b / pu) for a, b in zip(tc, tu)])
+    return out
+
+
+def _train_worker(repeats):
+    """A whole training step of the seed author's development problem, split into the engine's
+    forward+backward and the rest."""
+    import torch
+
+    import wandering
+    from wandering._engine import ENGINES
+
+    g = torch.Generator().manual_seed(0)
+    d, N, K, B = 3, 10_000, 100, 1000
+    X = torch.rand(N, d, generator=g)
+    Y = torch.sin(3 * X[:, 0]) * torch.cos(2 * X[:, 1]) + X[:, 2]
+    torch.manual_seed(0)
+    model = wandering.SlowSumOfBumpFcns(
+        torch.rand(d, K), 0.1 + 0.2 * torch.rand(d, K), 0.1 * torch.randn(K),
+        torch.tensor([[0.0, 1.0]] * d), torch.tensor([[0.05, 0.5]] * d), 0.01, 0.01, 0.001, 0.01,
+    )  # fmt: skip
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    eng = ENGINES["numba"]
+    spent = [0.0]
+
+    def timed(f):
+        def h(*a):
+            t0 = time.perf_counter()
+            r = f(*a)
+            spent[0] += time.perf_counter() - t0
+            return r
+
+        return h
+
+    import wandering._engine._registry as reg
+
+    ENG = dict(reg.ENGINES)
+    reg.ENGINES["numba"] = reg.Engine(
+        eng.name, eng.devices, eng.dtypes, eng.culls, eng.priority, timed(eng.forward), timed(eng.backward)
+    )
+    try:
+        steps, engine = [], []
+        for i in range(repeats * 20 + 20):
+            idx = torch.randint(0, N, (B,), generator=g)
+            x, y = X[idx], Y[idx]
+            spent[0] = 0.0
+            t0 = time.perf_counter()
+            opt.zero_grad()
+            loss = ((model(x) - y) ** 2).mean()
+            loss.backward()
+            model.pert_grads()
+            opt.step()
+            model.bound()
+            if i >= 20:
+                steps.append(time.perf_counter() - t0)
+                engine.append(spent[0])
+    finally:
+        reg.ENGINES.clear()
+        reg.ENGINES.update(ENG)
+    rest = [s - e for s, e in zip(steps, engine)]
+    return {
+        "step": _stats(steps), "engine": _stats(engine), "rest": _stats(rest),
+        "rest_fraction": statistics.median([r / s for r, s in zip(rest, steps)]),
+    }  # fmt: skip
+
+
+def _rss_worker(case, threads):
+    import resource
+
+    import numba
+    import torch
+
+    numba.set_num_threads(threads)
+    torch.set_num_threads(threads)
+    from wandering._engine import bump_sum
+
+    x, c, w, m, gy, sp = _inputs(case)
+    for t in (c, w, m):
+        t.requires_grad_()
+    for _ in range(2):
+        bump_sum(x, c, w, m, support_p=sp).backward(gy)
+    return {"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def _run(args_list):
+    cmd = [sys.executable, os.path.abspath(__file__), *args_list]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        return {"failed": (out.stderr.strip().splitlines() or [str(out.returncode)])[-1]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _ms(s):
+    return f"{s['median_s'] * 1e3:9.2f} ms (min {s['min_s'] * 1e3:8.2f})"
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="fewer repeats; per-bump loop on a subset, extrapolated")
-    p.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
-    p.add_argument("--engines", nargs="+", choices=list(ENGINES), default=["numba", "torch", "per-bump", "broadcast", "keops"])
+    p.add_argument("--cases", nargs="+", choices=ALL, default=list(ALL))
+    p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     p.add_argument("--repeats", type=int, default=None)
-    p.add_argument("--markdown", action="store_true", help="print a markdown table")
-    p.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    p.add_argument("--quick", action="store_true", help="fewer repeats")
+    p.add_argument("--baseline-dir", default=None, help="older engine to compare with in the same run")
+    p.add_argument("--no-rss", action="store_true")
+    p.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     repeats = args.repeats or (3 if args.quick else 7)
     if args.worker:
-        print(json.dumps(_worker(args.worker[0], args.worker[1], repeats, args.quick)))
+        kind, case, threads = args.worker
+        if kind == "rss":
+            res = _rss_worker(case, int(threads))
+        else:
+            res = _worker(case, int(threads), repeats, args.quick, args.baseline_dir)
+        print(json.dumps(res))
         return 0
-    rows = []
     for case in args.cases:
-        res = {}
-        for engine in args.engines:
-            cmd = [sys.executable, os.path.abspath(__file__), "--worker", case, engine, "--repeats", str(repeats)]
+        for nt in args.threads:
+            wargs = ["--worker", "time", case, str(nt), "--repeats", str(repeats)]
             if args.quick:
-                cmd.append("--quick")
-            out = subprocess.run(cmd, capture_output=True, text=True)
-            if out.returncode != 0:
-                res[engine] = {"skipped": f"failed: {out.stderr.strip().splitlines()[-1] if out.stderr else out.returncode}"}
-            else:
-                res[engine] = json.loads(out.stdout.strip().splitlines()[-1])
-            r = res[engine]
-            if "skipped" in r:
-                print(f"{case:10s} {engine:10s} {r['skipped']}", flush=True)
-            else:
+                wargs.append("--quick")
+            if args.baseline_dir:
+                wargs += ["--baseline-dir", args.baseline_dir]
+            res = _run(wargs)
+            head = f"{case:12s} threads={nt}"
+            if "failed" in res:
+                print(f"{head} FAILED: {res['failed']}", flush=True)
+                continue
+            if case == "train":
                 print(
-                    f"{case:10s} {engine:10s} {r['median_s'] * 1e3:10.1f} ms  {r['pairs_per_s']:.3g} pairs/s  "
-                    f"peak RSS {r['rss_mb']:.0f} MB  {r['note']}",
+                    f"{head} step {_ms(res['step'])}  engine fwd+bwd {_ms(res['engine'])}  rest {_ms(res['rest'])}  "
+                    f"rest/step (median of per-step ratios) {res['rest_fraction']:.0%}",
                     flush=True,
                 )
-        rows.append((case, res))
-    lead = args.engines[0]
-    print()
-    print("| case | engine | fwd+bwd median | pairs/s | peak RSS | speed-up of " + lead + " |")
-    print("|---|---|---|---|---|---|")
-    for case, res in rows:
-        base = res.get(lead, {}).get("median_s")
-        for engine, r in res.items():
-            if "skipped" in r:
-                print(f"| {case} | {engine} | {r['skipped']} | | | |")
                 continue
-            ratio = f"{r['median_s'] / base:.1f}x" if base and engine != lead else ""
-            label = engine + (f" ({r['note']})" if r["note"] else "")
-            print(
-                f"| {case} | {label} | {r['median_s'] * 1e3:.1f} ms | {r['pairs_per_s']:.3g} | "
-                f"{r['rss_mb']:.0f} MB | {ratio} |"
-            )
+            pairs, P = res.pop("_pairs"), res.pop("_P")
+            ratio = res.pop("_cost_ratio", None)
+            new = res["new"]["median_s"]
+            unit = "output-pairs" if P > 1 else "pairs"
+            print(f"{head} in-support pairs {pairs:.4g} (x P={P})", flush=True)
+            for eng, r in res.items():
+                if "skipped" in r:
+                    print(f"    {eng:16s} skipped: {r['skipped']}")
+                    continue
+                pp = r.get("pairs", pairs) * P
+                rel = "" if eng == "new" else f"  {r['median_s'] / new:6.2f}x the new engine's median"
+                print(
+                    f"    {eng:16s} {_ms(r)}  {pp / r['median_s']:.3g} {unit}/s (best {pp / r['min_s']:.3g}){rel}"
+                    + (f"  [{r['note']}]" if "note" in r else ""),
+                    flush=True,
+                )
+            if ratio is not None:
+                print(f"    cost per in-support pair, {case} / uniform-matched (median of paired ratios): {ratio:.2f}")
+            if not args.no_rss and case in ("culled", "culled-P16", "culled-newx"):
+                rss = _run(["--worker", "rss", case, str(nt)])
+                print(f"    peak RSS (new engine only, whole process): {rss.get('rss_mb', float('nan')):.0f} MB", flush=True)
     return 0
 
 

@@ -292,3 +292,60 @@ def test_dense_fallback_when_culling_does_not_pay():
     x, c, w, m, half, gy = problem(2000, 3, 20, 2, torch.float64, seed=19, w_lo=2.0, w_hi=3.0)
     assert ne.pair_count(x, c, half) is None
     assert_matches_oracle(x, c, w, m, half, gy, cull=True)
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 numba threads")
+@pytest.mark.parametrize("P", [1, 4])
+@pytest.mark.parametrize("path", ["dense", "culled"])
+def test_thread_choice_by_work_size_changes_nothing(P, path, monkeypatch):
+    """Small work runs on one thread, large on all: the same bits either way."""
+    x, c, w, m, half, gy = problem(5000, 3, 48, P, torch.float64, seed=23, w_lo=0.03, w_hi=0.1)
+    cull = path == "culled"
+    results = []
+    for limit in (0, math.inf):  # 0: always parallel; inf: always one thread
+        monkeypatch.setattr(ne, "_PARALLEL_WORK", limit)
+        with numba_threads(2), forced_cull():
+            results.append(run_engine(x, c, w, m, half, gy, cull))
+    (y1, g1), (y2, g2) = results
+    assert torch.equal(y1, y2)
+    for a, b in zip(g1, g2):
+        assert torch.equal(a, b)
+
+
+def clustered_problem(layout, n, K, P, dtype, seed):
+    """Points in tight clusters or on a thin slab; a tenth of the bumps 10x wider."""
+    g = torch.Generator().manual_seed(seed)
+    d = 3
+    if layout == "clusters":
+        centres = 0.2 + 0.6 * torch.rand(4, d, generator=g, dtype=torch.float64)
+        x = centres[torch.randint(0, 4, (n,), generator=g)] + 0.02 * torch.randn(n, d, generator=g, dtype=torch.float64)
+    else:
+        x = torch.rand(n, d, generator=g, dtype=torch.float64)
+        x[:, 1] = 0.5 + 0.003 * x[:, 1]  # slab thin in a middle dim: rows must not run along it
+    c = torch.rand(d, K, generator=g, dtype=torch.float64)
+    w = 0.02 + 0.05 * torch.rand(d, K, generator=g, dtype=torch.float64)
+    w[:, : max(1, K // 10)] *= 10.0
+    m = torch.randn(K, P, generator=g, dtype=torch.float64)
+    gy = torch.randn(n, P, generator=g, dtype=torch.float64)
+    x, c, w, m, gy = (t.to(dtype) for t in (x, c, w, m, gy))
+    return x, c, w, m, SCALE * w.abs(), gy
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("P", [1, 3])
+@pytest.mark.parametrize("layout", ["clusters", "slab"])
+def test_clustered_data_parity(layout, P, dtype):
+    x, c, w, m, half, gy = clustered_problem(layout, 3000, 40, P, dtype, seed=29)
+    with forced_cull():
+        assert ne.pair_count(x, c, half) == int(oracle_mask(x, c, w, half).sum())
+        assert_matches_oracle(x, c, w, m, half, gy, cull=True)
+    if layout == "slab":  # the thin dim is not the one rows run along
+        assert ne.get_binning(x).gdim[-1] != 1
+
+
+def test_small_problem_skips_the_grid_without_binning():
+    x, c, w, m, half, gy = problem(1000, 3, 100, 1, torch.float32, seed=31, w_lo=0.1, w_hi=0.3, odd_widths=False)
+    before = ne.bin_calls
+    assert ne.make_plan(x, c, half) is None
+    assert ne.bin_calls == before
+    assert_matches_oracle(x, c, w, m, half, gy, cull=True)

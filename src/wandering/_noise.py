@@ -35,6 +35,8 @@ counters identically), so the mirror stays right. Write a key buffer through
 
 from __future__ import annotations
 
+import threading
+
 import torch
 
 _MASK64 = (1 << 64) - 1
@@ -67,6 +69,17 @@ def draw_seed() -> int:
     return int(torch.randint(0, 2**62, (1,), dtype=torch.int64).item())
 
 
+_local = threading.local()
+
+
+def _generator() -> torch.Generator:
+    """One CPU generator per thread, re-seeded for every draw (creating one costs more than the draw)."""
+    gen = getattr(_local, "gen", None)
+    if gen is None:
+        gen = _local.gen = torch.Generator(device="cpu")
+    return gen
+
+
 def keyed_normal(
     shape: torch.Size | tuple[int, ...],
     seed: int,
@@ -81,7 +94,7 @@ def keyed_normal(
     every device and both float dtypes see the same underlying draw. To a CUDA
     device the cast draw goes from pinned memory without blocking the host.
     """
-    gen = torch.Generator(device="cpu")
+    gen = _generator()
     gen.manual_seed(mix_key(seed, step, stream))
     z = torch.randn(tuple(shape), generator=gen, dtype=torch.float64).to(dtype)
     device = torch.device(device)

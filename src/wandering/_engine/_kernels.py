@@ -83,16 +83,20 @@ def _neg_exp_block_impl(s, e, nb, ibuf):
 
 
 @njit(fastmath=FM, cache=True)
-def _pair_block(xb, c, iw, half, k, nb, s, gate):
-    """s = sum_j z_j**2 and gate = 1/0 (support test) for bump k against nb points in xb."""
-    d = xb.shape[0]
+def _pair_block(xs, p0, c, iw, half, k, nb, s, gate):
+    """s = sum_j z_j**2 and gate = 1/0 (support test) for bump k against points p0:p0+nb of xs (d, n).
+
+    Every array is read through a 1-D C-contiguous slice indexed from 0: an offset
+    index (p0 + i) made Numba emit a negative-index check per element, which kept
+    LLVM from vectorising the culled loops."""
+    d = xs.shape[0]
     one = s.dtype.type(1.0)
     zero = s.dtype.type(0.0)
     for i in range(nb):
         s[i] = zero
         gate[i] = one
     for j in range(d):
-        xj = xb[j]
+        xj = xs[j][p0 : p0 + nb]
         cj = c[j, k]
         iwj = iw[j, k]
         hj = half[j, k]
@@ -114,7 +118,7 @@ def _grad_block1(xb, g1, c, iw, half, m, k, nb, s, gate, e, ibuf, tm, gxb, pcw, 
     d = xb.shape[0]
     zero = s.dtype.type(0.0)
     two = s.dtype.type(2.0)
-    _pair_block(xb, c, iw, half, k, nb, s, gate)
+    _pair_block(xb, 0, c, iw, half, k, nb, s, gate)
     neg_exp_block(s, e, nb, ibuf)
     mk2 = two * m[k, 0]
     sm = zero
@@ -152,7 +156,7 @@ def _grad_block(xb, gb, c, iw, half, m, k, nb, s, gate, e, ibuf, tm, gxb, pcw, p
     P = gb.shape[0]
     zero = s.dtype.type(0.0)
     two = s.dtype.type(2.0)
-    _pair_block(xb, c, iw, half, k, nb, s, gate)
+    _pair_block(xb, 0, c, iw, half, k, nb, s, gate)
     neg_exp_block(s, e, nb, ibuf)
     for i in range(nb):
         e[i] = e[i] * gate[i]
@@ -169,17 +173,18 @@ def _grad_block(xb, gb, c, iw, half, m, k, nb, s, gate, e, ibuf, tm, gxb, pcw, p
     for i in range(nb):
         el = e[i]
         tm[i] = two * el * tm[i] if el > zero else zero
-    _grad_tail(xb, c, iw, k, nb, tm, gxb, pcw)
+    _grad_tail(xb, 0, c, iw, k, nb, tm, gxb, 0, pcw)
 
 
 @njit(fastmath=FM, cache=True)
-def _grad_tail(xb, c, iw, k, nb, tm, gxb, pcw):
-    """From t_i = 2 e_i sum_p g[i, p] m[k, p] (0 for dead pairs): grad x into gxb, grad c, w into pcw."""
-    d = xb.shape[0]
+def _grad_tail(xs, p0, c, iw, k, nb, tm, gxb, g0, pcw):
+    """From t_i = 2 e_i sum_p g[i, p] m[k, p] (0 for dead pairs) for points p0:p0+nb of xs:
+    grad x into gxb[:, g0:g0+nb], grad c, w into pcw."""
+    d = xs.shape[0]
     zero = tm.dtype.type(0.0)
     for j in range(d):
-        xj = xb[j]
-        gxj = gxb[j]
+        xj = xs[j][p0 : p0 + nb]
+        gxj = gxb[j][g0 : g0 + nb]
         cj = c[j, k]
         iwj = iw[j, k]
         sc = zero
@@ -221,14 +226,14 @@ def dense_forward(x, c, iw, half, m, y, npart):
             if P == 1:
                 acc1 = acc[0]
                 for k in range(K):
-                    _pair_block(xb, c, iw, half, k, nb, s, gate)
+                    _pair_block(xb, 0, c, iw, half, k, nb, s, gate)
                     neg_exp_block(s, e, nb, ibuf)
                     mk = m[k, 0]
                     for i in range(nb):
                         acc1[i] += mk * (e[i] * gate[i])
             else:
                 for k in range(K):
-                    _pair_block(xb, c, iw, half, k, nb, s, gate)
+                    _pair_block(xb, 0, c, iw, half, k, nb, s, gate)
                     neg_exp_block(s, e, nb, ibuf)
                     for i in range(nb):
                         e[i] = e[i] * gate[i]
@@ -282,7 +287,8 @@ def dense_backward(x, c, iw, half, m, g, gx, pcw, pm, npart):
 
 
 # ---------------------------------------------------------------- culled (grid) path
-# Points are binned on a uniform grid over the first gd = min(d, 3) dims and
+# Points are binned on a uniform grid over the first gd = min(d, 3) dims (ordered so the
+# last has the most cells) and
 # sorted by cell (counting sort). A "row" is a line of cells along the last grid
 # dim; its points are contiguous. Each bump is registered in every row its support
 # box overlaps, with the range of cells along that line. Rows are split into fixed
@@ -292,9 +298,13 @@ def dense_backward(x, c, iw, half, m, g, gx, pcw, pm, npart):
 
 
 @njit(cache=True)
-def bin_points(xT, gd, lo, inv_h, ncell):
-    """Cell of every point (float64 arithmetic, monotone in x) and a counting sort by cell."""
+def bin_points(xT, gdim, lo, inv_h, ncell):
+    """Cell of every point (float64 arithmetic, monotone in x) and a counting sort by cell.
+
+    Grid dim j is data dim gdim[j]; the last grid dim (along which rows run) is the one
+    with the most cells, so thin data (a slab) still gives long runs of points."""
     d, n = xT.shape
+    gd = gdim.shape[0]
     total = 1
     for j in range(gd):
         total *= ncell[j]
@@ -302,7 +312,7 @@ def bin_points(xT, gd, lo, inv_h, ncell):
     for i in range(n):
         idx = 0
         for j in range(gd):
-            q = math.floor((np.float64(xT[j, i]) - lo[j]) * inv_h[j])
+            q = math.floor((np.float64(xT[gdim[j], i]) - lo[j]) * inv_h[j])
             q = min(max(q, 0), ncell[j] - 1)
             idx = idx * ncell[j] + np.int64(q)
         cell[i] = idx
@@ -321,7 +331,10 @@ def bin_points(xT, gd, lo, inv_h, ncell):
     for j in range(d):
         for p in range(n):
             xs[j, p] = xT[j, perm[p]]
-    return perm, start, xs
+    rank = np.empty(n, np.int64)
+    for p in range(n):
+        rank[perm[p]] = p
+    return perm, rank, start, xs
 
 
 @njit(cache=True)
@@ -338,7 +351,7 @@ def _cell_range(a, b, lo, inv_h, nc):
 
 
 @njit(cache=True)
-def register_bumps(c, half, gd, lo, inv_h, ncell, start):
+def register_bumps(c, half, gdim, lo, inv_h, ncell, start):
     """Per row, the bumps whose support box reaches it and their segment of points.
 
     Returns (row_start, reg_k, reg_p0, reg_p1, n_candidates). The box is widened by
@@ -346,6 +359,7 @@ def register_bumps(c, half, gd, lo, inv_h, ncell, start):
     inside point in a cell the bump skips.
     """
     K = c.shape[1]
+    gd = gdim.shape[0]
     nrows = 1
     for j in range(gd - 1):
         nrows *= ncell[j]
@@ -355,8 +369,8 @@ def register_bumps(c, half, gd, lo, inv_h, ncell, start):
     valid = np.ones(K, np.bool_)
     for k in range(K):
         for j in range(gd):
-            cj = np.float64(c[j, k])
-            hj = np.float64(half[j, k])
+            cj = np.float64(c[gdim[j], k])
+            hj = np.float64(half[gdim[j], k])
             tol = (abs(cj) + hj) * 2.0**-20
             a, b = _cell_range(cj - hj - tol, cj + hj + tol, lo[j], inv_h[j], ncell[j])
             if not (a <= b) or not (hj > 0):
@@ -410,15 +424,6 @@ def _visit_rows(k, gd, r0, r1, ncell, arr, mode, reg_k, reg_p0, reg_p1, start, n
                 arr[row] += 1
 
 
-@njit(fastmath=FM, cache=True)
-def _load_segment(xs, p0, L, xb):
-    d = xs.shape[0]
-    for j in range(d):
-        xj = xb[j]
-        for i in range(L):
-            xj[i] = xs[j, p0 + i]
-
-
 @njit(cache=True)
 def row_costs(row_pts, row_start, reg_p0, reg_p1):
     """Work per row (points + candidate pairs) as a prefix sum (nrows + 1,), longest row, longest segment."""
@@ -455,169 +460,66 @@ def partition_bounds(cost, npart):
     return bounds
 
 
-@njit(parallel=True, cache=True)
-def gather_rows(src, perm, bounds, row_pts, out):
-    """out[j, i] = src[perm[i], j]: (n, J) in original order to (J, n) in sorted order."""
-    J = src.shape[1]
-    npart = bounds.shape[0] - 1
-    for q in prange(npart):
-        for i in range(row_pts[bounds[q]], row_pts[bounds[q + 1]]):
-            pi = perm[i]
-            for j in range(J):
-                out[j, i] = src[pi, j]
-
-
-@njit(parallel=True, cache=True)
-def scatter_rows(src, perm, bounds, row_pts, out):
-    """out[perm[i], j] = src[j, i]: (J, n) in sorted order back to (n, J) in original order."""
-    J = src.shape[0]
-    npart = bounds.shape[0] - 1
-    for q in prange(npart):
-        for i in range(row_pts[bounds[q]], row_pts[bounds[q + 1]]):
-            pi = perm[i]
-            for j in range(J):
-                out[pi, j] = src[j, i]
-
-
 @njit(parallel=True, fastmath=FM, cache=True)
-def culled_forward(xs, c, iw, half, m, row_pts, row_start, reg_k, reg_p0, reg_p1, bounds, maxseg, ys):
-    """P == 1: ys (n,) in sorted order = sum over registered bumps; partition q owns rows bounds[q]:bounds[q+1]."""
-    d, n = xs.shape
-    dt = xs.dtype
-    npart = bounds.shape[0] - 1
-    for q in prange(npart):
-        xb = np.empty((d, maxseg), dt)
-        s = np.empty(maxseg, dt)
-        gate = np.empty(maxseg, dt)
-        e = np.empty(maxseg, dt)
-        ibuf = np.empty(maxseg, np.int32)
-        for i in range(row_pts[bounds[q]], row_pts[bounds[q + 1]]):
-            ys[i] = 0
-        for r in range(bounds[q], bounds[q + 1]):
-            for t in range(row_start[r], row_start[r + 1]):
-                p0 = reg_p0[t]
-                L = reg_p1[t] - p0
-                if L == 0:
-                    continue
-                k = reg_k[t]
-                _load_segment(xs, p0, L, xb)
-                _pair_block(xb, c, iw, half, k, L, s, gate)
-                neg_exp_block(s, e, L, ibuf)
-                mk = m[k, 0]
-                for i in range(L):
-                    ys[p0 + i] += mk * (e[i] * gate[i])
-
-
-@njit(parallel=True, fastmath=FM, cache=True)
-def culled_backward(xs, c, iw, half, m, gs, row_pts, row_start, reg_k, reg_p0, reg_p1, bounds, maxseg, gxs, need_x, pcw, pm):
-    """P == 1: gs (n,) and gxs (d, n) in sorted order; gxs gets dL/dx when need_x; partition q adds into pcw[q], pm[q]."""
-    d, n = xs.shape
-    dt = xs.dtype
-    npart = bounds.shape[0] - 1
-    for q in prange(npart):
-        xb = np.empty((d, maxseg), dt)
-        gxb = np.empty((d, maxseg), dt)
-        gb = np.empty(maxseg, dt)
-        s = np.empty(maxseg, dt)
-        gate = np.empty(maxseg, dt)
-        e = np.empty(maxseg, dt)
-        tm = np.empty(maxseg, dt)
-        ibuf = np.empty(maxseg, np.int32)
-        pcq = pcw[q]
-        pmq = pm[q]
-        if need_x:
-            for j in range(d):
-                for i in range(row_pts[bounds[q]], row_pts[bounds[q + 1]]):
-                    gxs[j, i] = 0
-        for r in range(bounds[q], bounds[q + 1]):
-            for t in range(row_start[r], row_start[r + 1]):
-                p0 = reg_p0[t]
-                L = reg_p1[t] - p0
-                if L == 0:
-                    continue
-                k = reg_k[t]
-                _load_segment(xs, p0, L, xb)
-                for i in range(L):
-                    gb[i] = gs[p0 + i]
-                for j in range(d):
-                    for i in range(L):
-                        gxb[j, i] = 0
-                _grad_block1(xb, gb, c, iw, half, m, k, L, s, gate, e, ibuf, tm, gxb, pcq, pmq)
-                if need_x:
-                    for j in range(d):
-                        for i in range(L):
-                            gxs[j, p0 + i] += gxb[j, i]
-
-
-@njit(fastmath=FM, cache=True)
-def _live_pairs(e, gate, nb, idx, ev):
-    """Compact the live pairs of a segment: idx[:nl], ev[:nl] = positions, e * gate where > 0."""
-    zero = e.dtype.type(0.0)
-    nl = 0
-    for i in range(nb):
-        el = e[i] * gate[i]
-        idx[nl] = i
-        ev[nl] = el
-        nl += 1 if el > zero else 0
-    return nl
-
-
-@njit(parallel=True, fastmath=FM, cache=True)
-def culled_forward_multi(xs, perm, c, iw, half, m, row_pts, row_start, reg_k, reg_p0, reg_p1, bounds, maxrow, maxseg, y):
-    """P > 1: y (n, P, original order). Per row a (rows, P) accumulator gets each live pair's
-    e * m[k, :] (contiguous in P) and is written back through perm at the row's end."""
+def culled_forward(xs, perm, c, iw, half, m, row_pts, row_start, reg_k, reg_p0, reg_p1, bounds, maxrow, maxseg, y):
+    """y (n, P), original order. Partition q owns rows bounds[q]:bounds[q+1]; per row a
+    (P, row) accumulator takes every registered segment's m[k, p] * e, each segment
+    evaluated straight from the sorted points, and is written back through perm."""
     d, n = xs.shape
     P = m.shape[1]
     dt = xs.dtype
     npart = bounds.shape[0] - 1
     for q in prange(npart):
-        xb = np.empty((d, maxseg), dt)
         s = np.empty(maxseg, dt)
         gate = np.empty(maxseg, dt)
         e = np.empty(maxseg, dt)
-        ev = np.empty(maxseg, dt)
-        idx = np.empty(maxseg, np.int64)
         ibuf = np.empty(maxseg, np.int32)
-        acc = np.empty((maxrow, P), dt)
+        acc = np.empty((P, maxrow), dt)
         for r in range(bounds[q], bounds[q + 1]):
             a = row_pts[r]
             nr = row_pts[r + 1] - a
             if nr == 0:
                 continue
-            for i in range(nr):
-                for p in range(P):
-                    acc[i, p] = 0
+            for p in range(P):
+                ap = acc[p]
+                for i in range(nr):
+                    ap[i] = 0
             for t in range(row_start[r], row_start[r + 1]):
                 p0 = reg_p0[t]
                 L = reg_p1[t] - p0
                 if L == 0:
                     continue
                 k = reg_k[t]
-                _load_segment(xs, p0, L, xb)
-                _pair_block(xb, c, iw, half, k, L, s, gate)
-                neg_exp_block(s, e, L, ibuf)
-                nl = _live_pairs(e, gate, L, idx, ev)
-                mk = m[k]
                 off = p0 - a
-                for u in range(nl):
-                    ai = acc[off + idx[u]]
-                    eu = ev[u]
+                _pair_block(xs, p0, c, iw, half, k, L, s, gate)
+                neg_exp_block(s, e, L, ibuf)
+                if P == 1:
+                    ap = acc[0][off : off + L]
+                    mk = m[k, 0]
+                    for i in range(L):
+                        ap[i] += mk * (e[i] * gate[i])
+                else:
+                    for i in range(L):
+                        e[i] = e[i] * gate[i]
                     for p in range(P):
-                        ai[p] += eu * mk[p]
+                        ap = acc[p][off : off + L]
+                        mkp = m[k, p]
+                        for i in range(L):
+                            ap[i] += mkp * e[i]
             for i in range(nr):
-                yi = y[perm[a + i]]
-                ai = acc[i]
+                pi = perm[a + i]
                 for p in range(P):
-                    yi[p] = ai[p]
+                    y[pi, p] = acc[p, i]
 
 
 @njit(parallel=True, fastmath=FM, cache=True)
-def culled_backward_multi(
-    xs, perm, c, iw, half, m, g, row_pts, row_start, reg_k, reg_p0, reg_p1, bounds, maxrow, maxseg, gx, need_x, pcw, pm
+def culled_backward(
+    xs, perm, c, iw, half, m, gs, row_pts, row_start, reg_k, reg_p0, reg_p1, bounds, maxrow, maxseg, gx, need_x, pcw, pm
 ):
-    """P > 1: g (n, P) and gx (n, d) in original order; per row the upstream gradient is
-    gathered into a (rows, P) buffer; live pairs are compacted and their P-loops run
-    contiguous in P; partition q adds into pcw[q] and pm[q]."""
+    """gs (n, P) is the upstream gradient in sorted order (see :func:`to_sorted`), gx (n, d)
+    in original order. Per row the upstream gradient is copied into a (P, row) buffer and
+    grad x collects in a (d, row) buffer, written back through perm; partition q adds its
+    parameter gradients into pcw[q] and pm[q]."""
     d, n = xs.shape
     P = m.shape[1]
     dt = xs.dtype
@@ -625,38 +527,34 @@ def culled_backward_multi(
     two = dt.type(2.0)
     npart = bounds.shape[0] - 1
     for q in prange(npart):
-        xb = np.empty((d, maxseg), dt)
-        gxb = np.empty((d, maxseg), dt)
         s = np.empty(maxseg, dt)
         gate = np.empty(maxseg, dt)
         e = np.empty(maxseg, dt)
-        ev = np.empty(maxseg, dt)
-        idx = np.empty(maxseg, np.int64)
         tm = np.empty(maxseg, dt)
         ibuf = np.empty(maxseg, np.int32)
-        sm = np.empty(P, dt)
-        grow = np.empty((maxrow, P), dt)
+        grow = np.empty((P, maxrow), dt)
         gxr = np.empty((d, maxrow), dt)
         pcq = pcw[q]
         pmq = pm[q]
         for r in range(bounds[q], bounds[q + 1]):
             a = row_pts[r]
             nr = row_pts[r + 1] - a
-            if nr == 0 or row_start[r] == row_start[r + 1]:
+            if nr == 0:
+                continue
+            if row_start[r] == row_start[r + 1]:
                 if need_x:
                     for i in range(nr):
-                        gxi = gx[perm[a + i]]
+                        pi = perm[a + i]
                         for j in range(d):
-                            gxi[j] = 0
+                            gx[pi, j] = 0
                 continue
             for i in range(nr):
-                gi = g[perm[a + i]]
-                gr = grow[i]
                 for p in range(P):
-                    gr[p] = gi[p]
+                    grow[p, i] = gs[a + i, p]
             for j in range(d):
+                gj = gxr[j]
                 for i in range(nr):
-                    gxr[j, i] = 0
+                    gj[i] = 0
             for t in range(row_start[r], row_start[r + 1]):
                 p0 = reg_p0[t]
                 L = reg_p1[t] - p0
@@ -664,42 +562,52 @@ def culled_backward_multi(
                     continue
                 k = reg_k[t]
                 off = p0 - a
-                _load_segment(xs, p0, L, xb)
-                _pair_block(xb, c, iw, half, k, L, s, gate)
+                _pair_block(xs, p0, c, iw, half, k, L, s, gate)
                 neg_exp_block(s, e, L, ibuf)
-                nl = _live_pairs(e, gate, L, idx, ev)
-                if nl == 0:
-                    continue
-                mk = m[k]
-                for p in range(P):
-                    sm[p] = 0
-                for i in range(L):
-                    tm[i] = 0
-                for u in range(nl):
-                    gr = grow[off + idx[u]]
-                    eu = ev[u]
-                    dot = zero
-                    for p in range(P):
-                        gp = gr[p]
-                        dot += gp * mk[p]
-                        sm[p] += gp * eu
-                    tm[idx[u]] = two * eu * dot
-                pk = pmq[k]
-                for p in range(P):
-                    pk[p] += sm[p]
-                for j in range(d):
+                if P == 1:
+                    g1 = grow[0][off : off + L]
+                    mk2 = two * m[k, 0]
+                    sm = zero
                     for i in range(L):
-                        gxb[j, i] = 0
-                _grad_tail(xb, c, iw, k, L, tm, gxb, pcq)
-                if need_x:
-                    for j in range(d):
+                        el = e[i] * gate[i]
+                        ge = g1[i] * el
+                        sm += ge
+                        tm[i] = ge * mk2 if el > zero else zero
+                    pmq[k, 0] += sm
+                else:
+                    for i in range(L):
+                        e[i] = e[i] * gate[i]
+                        tm[i] = zero
+                    for p in range(P):
+                        gp = grow[p][off : off + L]
+                        mkp = m[k, p]
+                        sm = zero
                         for i in range(L):
-                            gxr[j, off + i] += gxb[j, i]
+                            gi = gp[i]
+                            sm += gi * e[i]
+                            tm[i] += gi * mkp
+                        pmq[k, p] += sm
+                    for i in range(L):
+                        el = e[i]
+                        tm[i] = two * el * tm[i] if el > zero else zero
+                _grad_tail(xs, p0, c, iw, k, L, tm, gxr, off, pcq)
             if need_x:
                 for i in range(nr):
-                    gxi = gx[perm[a + i]]
+                    pi = perm[a + i]
                     for j in range(d):
-                        gxi[j] = gxr[j, i]
+                        gx[pi, j] = gxr[j, i]
+
+
+@njit(parallel=True, cache=True)
+def to_sorted(g, rank, gs, npart):
+    """gs[rank[i]] = g[i]: rows into sorted order by sequential reads and scattered writes
+    (random reads stall on cache misses; random writes do not)."""
+    n, P = g.shape
+    for q in prange(npart):
+        for i in range(q * n // npart, (q + 1) * n // npart):
+            r = rank[i]
+            for p in range(P):
+                gs[r, p] = g[i, p]
 
 
 @njit(parallel=True, cache=True)
@@ -722,6 +630,35 @@ def culled_pair_count(xs, c, half, row_start, reg_k, reg_p0, reg_p1, bounds):
                         cnt += 1
         counts[q] = cnt
     return counts.sum()
+
+
+@njit(cache=True)
+def box_fraction(x, c, half, gd, cell_frac):
+    """Mean over bumps of the fraction of x's bounding box (first gd dims) that the support
+    box, widened by cell_frac of the extent, covers once clipped to it."""
+    n = x.shape[0]
+    K = c.shape[1]
+    lo = np.empty(gd)
+    hi = np.empty(gd)
+    for j in range(gd):
+        lo[j] = np.inf
+        hi[j] = -np.inf
+    for i in range(n):
+        for j in range(gd):
+            v = np.float64(x[i, j])
+            lo[j] = min(lo[j], v)
+            hi[j] = max(hi[j], v)
+    total = 0.0
+    for k in range(K):
+        f = 1.0
+        for j in range(gd):
+            ext = hi[j] - lo[j]
+            if ext > 0:
+                h = np.float64(half[j, k]) + cell_frac * ext
+                ck = np.float64(c[j, k])
+                f *= min(1.0, max(0.0, min(hi[j], ck + h) - max(lo[j], ck - h)) / ext)
+        total += f
+    return total / max(K, 1)
 
 
 @njit(cache=True)

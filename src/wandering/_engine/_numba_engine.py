@@ -27,6 +27,11 @@ from . import _kernels
 _POINTS_PER_CELL = 16
 # Cull only when the candidate pairs are well below the dense n*K (tests raise it to force the grid).
 _CULL_FRACTION = 0.5
+# Small problems (n * K below _SMALL_GRID) skip the grid without binning when, for uniform
+# data over x's bounding box, the candidates would already exceed _CULL_FRACTION: binning
+# and registering (~0.4 ms at n = 1000, K = 100) then cost more than the
+# dense kernels (~0.1 ms) they could save.
+_SMALL_GRID = 1 << 18
 # Work partitions: a number that depends on the problem only (never on the thread count).
 # Each holds a float64 (2d + P, K) gradient partial, so their count is also capped by a
 # memory budget for the partials, but kept at least _MIN_PARTS for parallelism.
@@ -40,16 +45,29 @@ _PLAN_CACHE_MAX = 2  # culling plans kept per binning
 bin_calls = 0
 
 
-def _threads() -> int:
+# Below this much work (pair evaluations, about 1-2 ms on one core) the kernels run on one
+# thread: a second thread saves little there, and on a busy machine the parallel region can
+# wait a whole scheduler slice for it. Partitions never depend on the thread count, so the
+# choice changes no result.
+_PARALLEL_WORK = 1 << 20
+
+
+def _threads(work: float = math.inf) -> int:
+    if work < _PARALLEL_WORK:
+        return 1
     return max(1, min(numba.get_num_threads(), torch.get_num_threads()))
 
 
 class _threads_capped:
-    """Run numba kernels on at most torch's thread count too (restored afterwards)."""
+    """Run numba kernels on at most torch's thread count too, and on one thread for small
+    work (restored afterwards)."""
+
+    def __init__(self, work: float = math.inf):
+        self.work = work
 
     def __enter__(self):
         self.old = numba.get_num_threads()
-        nt = _threads()
+        nt = _threads(self.work)
         if nt != self.old:
             numba.set_num_threads(nt)
 
@@ -88,10 +106,11 @@ class _Plan:
 @dataclass
 class _Binning:
     perm: np.ndarray  # (n,) int64: sorted position -> original index
+    rank: np.ndarray  # (n,) int64: original index -> sorted position
     start: np.ndarray  # (n_cells + 1,) first sorted position of each cell
     row_pts: np.ndarray  # (nrows + 1,) first sorted position of each row
     xs: np.ndarray  # (d, n) points in sorted order
-    gd: int
+    gdim: np.ndarray  # (gd,) data dim of each grid dim
     lo: np.ndarray
     inv_h: np.ndarray
     ncell: np.ndarray
@@ -133,19 +152,37 @@ def _make_binning(x: torch.Tensor) -> _Binning:
             j = int(np.argmax(ncell))
             ncell[j] = max(1, ncell[j] // 2)
             inv_h[j] = ncell[j] / ext[j]
-    perm, start, xs = _kernels.bin_points(_np(x.T), gd, lo, inv_h, ncell)
+    # Rows run along the grid dim with the most cells (stable order: ties keep data order).
+    gdim = np.argsort(ncell, kind="stable").astype(np.int64)
+    lo, inv_h, ncell = lo[gdim].copy(), inv_h[gdim].copy(), ncell[gdim].copy()
+    perm, rank, start, xs = _kernels.bin_points(_np(x.T), gdim, lo, inv_h, ncell)
     row_pts = np.ascontiguousarray(start[:: int(ncell[gd - 1])])
-    return _Binning(perm, start, row_pts, xs, gd, lo, inv_h, ncell, x.clone())
+    return _Binning(perm, rank, start, row_pts, xs, gdim, lo, inv_h, ncell, x.clone())
 
 
-def get_binning(x: torch.Tensor) -> _Binning:
-    """Binning of x, reused while x holds the same values at the same place."""
+# Key of the binning the last forward verified by value, until a backward uses it.
+_verified_key: tuple | None = None
+
+
+def get_binning(x: torch.Tensor, trust_forward: bool = False) -> _Binning:
+    """Binning of x, reused while x holds the same values at the same place.
+
+    The value compare (O(n*d), far cheaper than re-binning; catches in-place writes via
+    x.data) runs on every forward. A backward right after the forward that verified the
+    same key (``trust_forward``) skips it once: it then computes the gradients at the
+    values that forward saw, as autograd's saved tensors intend."""
+    global _verified_key
     key = _x_key(x)
     hit = _BIN_CACHE.get(key)
-    # O(n*d) compare, far cheaper than re-binning; catches in-place writes via x.data.
-    if hit is not None and torch.equal(hit.x_copy, x):
-        return hit
+    if hit is not None:
+        if trust_forward and _verified_key == key:
+            _verified_key = None
+            return hit
+        if torch.equal(hit.x_copy, x):
+            _verified_key = None if trust_forward else key
+            return hit
     b = _make_binning(x)
+    _verified_key = None if trust_forward else key
     _BIN_CACHE.pop(key, None)
     while len(_BIN_CACHE) >= _BIN_CACHE_MAX:
         _BIN_CACHE.pop(next(iter(_BIN_CACHE)))
@@ -155,7 +192,7 @@ def get_binning(x: torch.Tensor) -> _Binning:
 
 def _register(b: _Binning, c: torch.Tensor, half: torch.Tensor, n: int, K: int) -> _Plan | None:
     row_start, reg_k, reg_p0, reg_p1, ncand = _kernels.register_bumps(
-        _np(c), _np(half), b.gd, b.lo, b.inv_h, b.ncell, b.start
+        _np(c), _np(half), b.gdim, b.lo, b.inv_h, b.ncell, b.start
     )
     if ncand > _CULL_FRACTION * n * K:
         return None
@@ -163,13 +200,27 @@ def _register(b: _Binning, c: torch.Tensor, half: torch.Tensor, n: int, K: int) 
     return _Plan(row_start, reg_k, reg_p0, reg_p1, cost, int(maxrow), int(maxseg), int(ncand))
 
 
-def make_plan(x: torch.Tensor, c: torch.Tensor, half: torch.Tensor) -> tuple[_Binning, _Plan] | None:
+def _box_fraction(x: torch.Tensor, c: torch.Tensor, half: torch.Tensor) -> float:
+    """Estimated candidate fraction of the grid path for uniform data over x's bounding box:
+    per bump, the box widened by a cell and clipped to the bounding box, in the first
+    min(d, 3) dims (cells of ~_POINTS_PER_CELL points). One compiled call: on a loaded
+    machine a tiny torch op with 2 intra-op threads was measured at ~8 ms."""
+    n, d = x.shape
+    gd = min(d, 3)
+    return float(_kernels.box_fraction(_np(x), _np(c), _np(half), gd, (_POINTS_PER_CELL / max(n, 1)) ** (1.0 / gd)))
+
+
+def make_plan(
+    x: torch.Tensor, c: torch.Tensor, half: torch.Tensor, trust_forward: bool = False
+) -> tuple[_Binning, _Plan] | None:
     """Binning and grid plan for the culled sum, or None where culling does not pay (dense)."""
     n = x.shape[0]
     K = c.shape[1]
     if n == 0 or K == 0 or not bool(torch.isfinite(half).all()):
         return None
-    b = get_binning(x)
+    if n * K < _SMALL_GRID and _box_fraction(x, c, half) > _CULL_FRACTION:
+        return None
+    b = get_binning(x, trust_forward)
     frac = _CULL_FRACTION
     for cc, hc, fc, plan in b.plans:
         if fc == frac and cc.shape == c.shape and torch.equal(cc, c) and torch.equal(hc, half):
@@ -197,12 +248,18 @@ def _bounds(plan: _Plan, d: int, K: int, P: int) -> np.ndarray:
     return _kernels.partition_bounds(plan.cost, _n_parts(nrows, d, K, P))
 
 
-def _prepare(x, c, w, m, half, cull):
+def _prepare(x, c, w, m, half, cull, trust_forward=False):
     """Kernel arrays, and the binning and plan when the culled path runs (else None, None)."""
     hz = _zero_width_half(half, w)
-    bp = make_plan(x, c, hz) if cull else None
+    bp = make_plan(x, c, hz, trust_forward) if cull else None
     b, plan = (None, None) if bp is None else bp
     return b, plan, _np(c), _inv_widths(w), _np(hz), _np(m)
+
+
+def _work(n: int, K: int, P: int, plan: _Plan | None) -> float:
+    """Pair evaluations of one pass (P outputs count as P / 4 more each), for the thread choice."""
+    pairs = n * K if plan is None else plan.ncand + n
+    return pairs * (1.0 + P / 4.0)
 
 
 def forward(x, c, w, m, half, cull):
@@ -213,18 +270,13 @@ def forward(x, c, w, m, half, cull):
         return torch.zeros((n, P), dtype=x.dtype)
     b, plan, cn, iw, hn, mn = _prepare(x, c, w, m, half, cull)
     y = torch.empty((n, P), dtype=x.dtype)
-    with _threads_capped():
+    with _threads_capped(_work(n, K, P, plan)):
         if plan is None:
             _kernels.dense_forward(_np(x), cn, iw, hn, mn, y.numpy(), _dense_parts(n, d, K, P))
             return y
         bounds = _bounds(plan, d, K, P)
-        args = (b.row_pts, plan.row_start, plan.reg_k, plan.reg_p0, plan.reg_p1, bounds)
-        if P > 1:
-            _kernels.culled_forward_multi(b.xs, b.perm, cn, iw, hn, mn, *args, plan.maxrow, plan.maxseg, y.numpy())
-        else:
-            ys = np.empty((1, n), dtype=cn.dtype)
-            _kernels.culled_forward(b.xs, cn, iw, hn, mn, *args, plan.maxseg, ys[0])
-            _kernels.scatter_rows(ys, b.perm, bounds, b.row_pts, y.numpy())
+        args = (b.row_pts, plan.row_start, plan.reg_k, plan.reg_p0, plan.reg_p1, bounds, plan.maxrow, plan.maxseg)
+        _kernels.culled_forward(b.xs, b.perm, cn, iw, hn, mn, *args, y.numpy())
     return y
 
 
@@ -235,10 +287,10 @@ def backward(gy, x, c, w, m, half, cull, need_x):
     if n == 0 or K == 0 or P == 0:
         gx = torch.zeros((n, d), dtype=x.dtype) if need_x else None
         return gx, torch.zeros((d, K), dtype=c.dtype), torch.zeros((d, K), dtype=w.dtype), torch.zeros((K, P), dtype=m.dtype)
-    b, plan, cn, iw, hn, mn = _prepare(x, c, w, m, half, cull)
+    b, plan, cn, iw, hn, mn = _prepare(x, c, w, m, half, cull, trust_forward=True)
     g = _np(gy.to(x.dtype))
     gx = torch.empty((n, d) if (need_x or plan is None) else (0, d), dtype=x.dtype)
-    with _threads_capped():
+    with _threads_capped(2 * _work(n, K, P, plan)):
         if plan is None:
             npart = _dense_parts(n, d, K, P)
             pcw, pm = np.zeros((npart, 2 * d, K)), np.zeros((npart, K, P))
@@ -247,18 +299,10 @@ def backward(gy, x, c, w, m, half, cull, need_x):
             bounds = _bounds(plan, d, K, P)
             npart = bounds.shape[0] - 1
             pcw, pm = np.zeros((npart, 2 * d, K)), np.zeros((npart, K, P))
-            args = (b.row_pts, plan.row_start, plan.reg_k, plan.reg_p0, plan.reg_p1, bounds)
-            if P > 1:
-                _kernels.culled_backward_multi(
-                    b.xs, b.perm, cn, iw, hn, mn, g, *args, plan.maxrow, plan.maxseg, gx.numpy(), need_x, pcw, pm
-                )
-            else:
-                gs = np.empty((1, n), dtype=cn.dtype)
-                _kernels.gather_rows(g, b.perm, bounds, b.row_pts, gs)
-                gxs = np.empty((d, n) if need_x else (d, 0), dtype=cn.dtype)
-                _kernels.culled_backward(b.xs, cn, iw, hn, mn, gs[0], *args, plan.maxseg, gxs, need_x, pcw, pm)
-                if need_x:
-                    _kernels.scatter_rows(gxs, b.perm, bounds, b.row_pts, gx.numpy())
+            args = (b.row_pts, plan.row_start, plan.reg_k, plan.reg_p0, plan.reg_p1, bounds, plan.maxrow, plan.maxseg)
+            gs = np.empty_like(g)
+            _kernels.to_sorted(g, b.rank, gs, npart)
+            _kernels.culled_backward(b.xs, b.perm, cn, iw, hn, mn, gs, *args, gx.numpy(), need_x, pcw, pm)
     # Fixed-order reduction: partials added in partition order.
     tcw = torch.from_numpy(_kernels.sum_parts(pcw))
     gm = torch.from_numpy(_kernels.sum_parts(pm)).to(m.dtype)
