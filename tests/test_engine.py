@@ -368,6 +368,15 @@ def test_flat_data_keeps_grid_small_and_exact():
     assert _pair_count(x, c, w, 0.01) == int(support_mask_reference(x, c, w, 0.01).sum())
 
 
+def test_optional_engine_is_not_imported_until_used():
+    import subprocess
+    import sys
+
+    code = "import torch, sys, wandering._engine as e; print('triton' in sys.modules, e.ENGINES['triton'].available)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[0] == "False"  # listed (available or not) without importing Triton
+
+
 def test_optional_triton_engine_listed_unavailable_without_triton(monkeypatch):
     import sys
 
@@ -375,8 +384,8 @@ def test_optional_triton_engine_listed_unavailable_without_triton(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "triton", None)  # "import triton" raises ImportError
     monkeypatch.delitem(sys.modules, "wandering._engine._triton_engine", raising=False)
-    e = _registry._engine(
-        "triton", "._triton_engine", ("cuda",), (torch.float32,), culls=True, priority=30, optional=True
+    e = _registry._optional_engine(
+        "triton", "._triton_engine", "triton", ("cuda",), (torch.float32,), culls=True, priority=30
     )
     assert not e.available and "triton" in e.unavailable and e.forward is None
     assert not e.auto_supports(torch.device("cuda"), torch.float32)

@@ -36,6 +36,8 @@ entry here plus its own file.
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -86,31 +88,40 @@ class Engine:
         return self.available and device.type in auto and dtype in self.dtypes
 
 
-def _engine(name, module, devices, dtypes, culls, priority, optional=False) -> Engine:
-    """Imports the engine's module. A required engine that fails to import fails loudly;
-    an optional one is listed as unavailable, with the reason.
-
-    A module may refine ``devices`` at import with its own ``DEVICES`` (and restrict
-    where ``"auto"`` picks it with ``AUTO_DEVICES``): the triton engine adds the CPU
-    under Triton's interpreter, for explicit use only."""
+def _engine(name, module, devices, dtypes, culls, priority) -> Engine:
+    """A required engine: imported now, and a failure to import fails loudly."""
     try:
         mod = importlib.import_module(module, __package__)
     except ImportError as exc:
-        if not optional:
-            raise ImportError(f"wandering's {name!r} engine failed to import: {exc}") from exc
-        return Engine(name, frozenset(devices), frozenset(dtypes), culls, priority, None, None, repr(exc))
-    devices = getattr(mod, "DEVICES", devices)
-    auto = getattr(mod, "AUTO_DEVICES", None)
-    return Engine(
-        name,
-        frozenset(devices),
-        frozenset(dtypes),
-        culls,
-        priority,
-        mod.forward,
-        mod.backward,
-        auto_devices=None if auto is None else frozenset(auto),
-    )
+        raise ImportError(f"wandering's {name!r} engine failed to import: {exc}") from exc
+    return Engine(name, frozenset(devices), frozenset(dtypes), culls, priority, mod.forward, mod.backward)
+
+
+def _optional_engine(name, module, requires, devices, dtypes, culls, priority, auto_devices=None) -> Engine:
+    """An optional engine: listed as unavailable, with the reason, when ``requires`` is not
+    installed; otherwise imported on first use, so ``import wandering`` does not pay for
+    (say) Triton on a machine that never runs it."""
+    try:
+        found = importlib.util.find_spec(requires) is not None
+        reason = f"ModuleNotFoundError: No module named {requires!r} (install the extra that provides it)"
+    except (ImportError, ValueError, AttributeError) as exc:
+        found, reason = False, repr(exc)
+    if not found:
+        return Engine(name, frozenset(devices), frozenset(dtypes), culls, priority, None, None, reason)
+
+    def forward(*args):
+        return importlib.import_module(module, __package__).forward(*args)
+
+    def backward(*args):
+        return importlib.import_module(module, __package__).backward(*args)
+
+    auto = None if auto_devices is None else frozenset(auto_devices)
+    return Engine(name, frozenset(devices), frozenset(dtypes), culls, priority, forward, backward, None, auto)
+
+
+def _triton_interpreting() -> bool:
+    # Under Triton's interpreter (TRITON_INTERPRET=1 before import) its kernels run CPU tensors.
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
 
 
 _ANY_DEVICE = ("cpu", "cuda", "mps", "xpu", "meta")
@@ -124,9 +135,9 @@ ENGINES: dict[str, Engine] = {
         _engine("reference", "._reference_engine", _ANY_DEVICE, _FLOATS, culls=False, priority=0),
         _engine("torch", "._torch_engine", _ANY_DEVICE, _FLOATS, culls=False, priority=10),
         _engine("numba", "._numba_engine", ("cpu",), (torch.float32, torch.float64), culls=True, priority=20),
-        _engine(
-            "triton", "._triton_engine", ("cuda",), (torch.float32, torch.float64), culls=True, priority=30,
-            optional=True,
+        _optional_engine(
+            "triton", "._triton_engine", "triton", ("cuda", "cpu") if _triton_interpreting() else ("cuda",),
+            (torch.float32, torch.float64), culls=True, priority=30, auto_devices=("cuda",),
         ),  # fmt: skip
     )
 }
