@@ -69,6 +69,7 @@ def main() -> None:
         t0 = time.perf_counter()
         time_steps(model, compiled, x, y, 1)
         t_compile = time.perf_counter() - t0
+        time_steps(model, compiled, x, y, 5)  # warm-up, as for eager (a recompile for dynamic shapes lands here)
         t_comp = statistics.median(time_steps(model, compiled, x, y, a.steps))
         print(
             f"threads={threads}: eager step {t_eager * 1e3:.2f} ms, compiled step {t_comp * 1e3:.2f} ms "
