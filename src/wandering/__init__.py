@@ -4,6 +4,7 @@ whose gradients can be perturbed, so that bumps random-walk where data gives no 
 from ._engine import bump_sum
 from ._reference import bump_sum_reference
 from .modules import BumpFcn, SlowSumOfBumpFcns, SumOfBumpFcns, WanderingModule
+from .regressor import BumpRegressor
 from .training import WanderingHooks, attach, bound_params, perturb_grads, perturb_params, wandering_modules
 
 __version__ = "0.1.0"
@@ -21,5 +22,6 @@ __all__ = [
     "perturb_params",
     "attach",
     "WanderingHooks",
+    "BumpRegressor",
     "__version__",
 ]

@@ -18,6 +18,8 @@ STREAM_W_GRAD = 1
 STREAM_C_PARAM = 2
 STREAM_W_PARAM = 3
 STREAM_M_PARAM = 4
+STREAM_RELOCATE_SAMPLE = 5  # wandering.relocation: which points are candidates
+STREAM_RELOCATE_PICK = 6  # wandering.relocation: where each dead bump goes
 
 
 def _splitmix64(z: int) -> int:
@@ -38,6 +40,13 @@ def mix_key(seed: int, step: int, stream: int) -> int:
 def draw_seed() -> int:
     """A fresh module seed from torch's global generator (so torch.manual_seed reproduces it)."""
     return int(torch.randint(0, 2**62, (1,), dtype=torch.int64).item())
+
+
+def keyed_generator(seed: int, step: int, stream: int) -> torch.Generator:
+    """A CPU generator seeded from the key alone (for draws other than normals)."""
+    gen = torch.Generator(device="cpu")
+    gen.manual_seed(mix_key(seed, step, stream))
+    return gen
 
 
 def keyed_normal(
