@@ -192,3 +192,25 @@ def test_works_without_sklearn():
     r = subprocess.run([sys.executable, "-c", _NO_SKLEARN], capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "ok BumpRegressor(n_bumps=16, random_state=0, steps=30)" in r.stdout
+
+
+@pytest.mark.parametrize("P", [None, 2])
+def test_least_squares_paths_agree_with_the_dense_design(monkeypatch, P):
+    from wandering import _lstsq
+    from wandering._geometry import support_halfwidths
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(700, 2, generator=gen)
+    c, w = torch.rand(2, 30, generator=gen), 0.1 + 0.1 * torch.rand(2, 30, generator=gen)
+    y = torch.randn(700, generator=gen) if P is None else torch.randn(700, P, generator=gen)
+    phi = _lstsq._design_chunk(x.double(), c.double(), w.double(), support_halfwidths(w.double(), 0.01))
+    phi = torch.cat([phi, torch.ones(700, 1, dtype=torch.float64)], 1)
+    y2 = y.double().reshape(700, -1)
+    for work in (1e18, 0.0):  # dense chunks, then the Numba kernel
+        monkeypatch.setattr(_lstsq, "_DENSE_WORK", work)
+        G, B = _lstsq.normal_equations(x, y, c, w, 0.01)
+        torch.testing.assert_close(G, phi.T @ phi, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(B, phi.T @ y2, rtol=1e-4, atol=1e-4)
+        m, b = _lstsq.solve_magnitudes(x, y, c, w, 0.01, ridge=0.0)
+        ref = torch.linalg.lstsq(phi, y2).solution
+        torch.testing.assert_close(torch.cat([m.reshape(30, -1), b.reshape(1, -1)]), ref, rtol=1e-3, atol=1e-3)

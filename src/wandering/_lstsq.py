@@ -31,6 +31,8 @@ except ImportError:  # pragma: no cover
 
 __all__ = ["normal_equations", "solve_magnitudes"]
 
+_DENSE_WORK = 2e9  # n * K**2 up to which the dense chunked path is used on the CPU
+
 
 if _HAVE_NUMBA:
 
@@ -114,7 +116,9 @@ def normal_equations(
     y2 = y.detach().reshape(len(y), -1)
     K = c.shape[1]
     half = support_halfwidths(w, support_p)
-    if _HAVE_NUMBA and x.device.type == "cpu" and support_p is not None and x.dtype in (torch.float32, torch.float64):
+    sparse = _HAVE_NUMBA and x.device.type == "cpu" and support_p is not None
+    # Small problems: dense BLAS is fast enough and needs no kernel compilation.
+    if sparse and x.dtype in (torch.float32, torch.float64) and len(x) * K * K > _DENSE_WORK:
         order = torch.argsort(c[0], stable=True)
         cs = c[:, order].T.contiguous()
         big = torch.finfo(w.dtype).max
