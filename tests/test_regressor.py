@@ -45,6 +45,9 @@ def test_fit_predict_one_output():
     assert len(est.loss_curve_) == FAST["steps"]
     assert est.n_params_ == 5 * 16 + 1
     assert est.module_.bumps.m.shape == (16,)
+    assert len(est.ridge_) == 2  # picked on held-out points at the start and for the polish
+    fixed = BumpRegressor(**FAST, ridge=1e-6).fit(x, y)
+    assert fixed.ridge_ == [1e-6, 1e-6]
 
 
 def test_fit_predict_several_outputs_and_column_vector():
@@ -127,6 +130,8 @@ def test_fit_input_errors(X, y, exc, match):
         (dict(callback=3), TypeError, "callback"),
         (dict(random_state="x"), ValueError, "random_state"),
         (dict(device="nonsense"), ValueError, "device"),
+        (dict(ridge="big"), TypeError, "ridge"),
+        (dict(ridge=-1.0), ValueError, "ridge"),
     ],
 )
 def test_parameter_errors(params, exc, match):

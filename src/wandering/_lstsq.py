@@ -29,7 +29,10 @@ try:  # numba is a required dependency; the dense path still works without it
 except ImportError:  # pragma: no cover
     _HAVE_NUMBA = False
 
-__all__ = ["normal_equations", "solve_magnitudes"]
+__all__ = ["normal_equations", "solve_magnitudes", "solve_magnitudes_cv", "RIDGE_GRID"]
+
+# Relative ridges tried by solve_magnitudes_cv (relative to the mean of diag(Phi^T Phi)).
+RIDGE_GRID = (1e-8, 1e-6, 1e-4, 1e-3, 1e-2, 3e-2, 1e-1)
 
 _DENSE_WORK = 2e9  # n * K**2 up to which the dense chunked path is used on the CPU
 
@@ -167,8 +170,12 @@ def solve_magnitudes(
         float64 on the CPU.
     """
     G, B = normal_equations(x, y, c, w, support_p)
+    return _solve(G, B, ridge, y.dim() == 1)
+
+
+def _solve(G: torch.Tensor, B: torch.Tensor, ridge: float, one: bool, scale_from: torch.Tensor | None = None):
     K = G.shape[0] - 1
-    diag = torch.diagonal(G)[:K]
+    diag = torch.diagonal(G if scale_from is None else scale_from)[:K]
     scale = float(diag.mean()) if K else 1.0
     lam = ridge * (scale if scale > 0 else 1.0)
     reg = torch.full((K + 1,), lam, dtype=torch.float64)
@@ -182,6 +189,42 @@ def solve_magnitudes(
     except RuntimeError:  # singular (e.g. one point): minimum-norm least squares
         sol = torch.linalg.lstsq(A, B, driver="gelsd").solution
     m, b = sol[:K], sol[K]
-    if y.dim() == 1:
+    if one:
         return m[:, 0], b[0]
     return m, b
+
+
+def solve_magnitudes_cv(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    c: torch.Tensor,
+    w: torch.Tensor,
+    support_p: float | None,
+    val_mask: torch.Tensor,
+    ridges=RIDGE_GRID,
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Like :func:`solve_magnitudes`, with the ridge picked on held-out points.
+
+    The normal equations are accumulated separately for the points where ``val_mask``
+    is False (fit) and True (validation); each ridge is solved on the fit part and
+    scored by its squared error on the validation part (a quadratic form in the
+    solution, so no second pass over the points); the chosen ridge is then solved on
+    all points.
+
+    Returns:
+        m, offset (as :func:`solve_magnitudes`) and the chosen relative ridge.
+    """
+    fit, val = ~val_mask, val_mask
+    G1, B1 = normal_equations(x[fit], y[fit], c, w, support_p)
+    G2, B2 = normal_equations(x[val], y[val], c, w, support_p)
+    y2 = y[val].detach().double().reshape(int(val.sum()), -1).cpu()
+    yy = (y2 * y2).sum(0)
+    best = None
+    for r in ridges:
+        m, b = _solve(G1, B1, r, False)
+        sol = torch.cat([m, b[None]])
+        sse = float((yy - 2 * (sol * B2).sum(0) + (sol * (G2 @ sol)).sum(0)).sum())
+        if best is None or sse < best[0]:
+            best = (sse, r)
+    m, b = _solve(G1 + G2, B1 + B2, best[1], y.dim() == 1)
+    return m, b, best[1]

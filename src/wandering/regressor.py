@@ -19,7 +19,7 @@ import torch
 
 from . import _noise
 from ._engine import ENGINES
-from ._lstsq import solve_magnitudes
+from ._lstsq import solve_magnitudes, solve_magnitudes_cv
 from .modules import SlowSumOfBumpFcns
 from .relocation import Relocation
 from .training import attach
@@ -234,7 +234,9 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
         relocate_until: Relocation stops after this fraction of the steps.
         relocate_min_rel_m: Dead below this fraction of the largest |m|.
         relocate_max_fraction: At most this fraction of the bumps moves per event.
-        ridge: Ridge penalty of the least-squares solves, relative to the design's diagonal.
+        ridge: Ridge penalty of the least-squares solves, relative to the mean of the design's
+            diagonal; "auto" picks it from ``wandering._lstsq.RIDGE_GRID`` by the error on a
+            held-out 10% of the training points (the solve then uses all points).
         polish: Solve the magnitudes and offset exactly after the last step.
         random_state: None, an int, or a numpy RandomState/Generator.
         device: Torch device of the fit ("cpu", "cuda", ...).
@@ -262,7 +264,7 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
         lr_position: float = 0.1,
         lr_magnitude: float = 0.01,
         lr_final: float = 0.05,
-        width: float = 1.0,
+        width: float = 0.7,
         init: str = "variation",
         support_p: float = 0.01,
         c_grad_std: float = 0.0,
@@ -274,7 +276,7 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
         relocate_until: float = 0.5,
         relocate_min_rel_m: float = 0.02,
         relocate_max_fraction: float = 0.1,
-        ridge: float = 1e-6,
+        ridge: Any = "auto",
         polish: bool = True,
         random_state: Any = None,
         device: Any = "cpu",
@@ -367,7 +369,8 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
             "relocate_until": pos_float("relocate_until", allow_zero=True, upper=1.0),
             "relocate_min_rel_m": pos_float("relocate_min_rel_m", allow_zero=True, upper=1.0),
             "relocate_max_fraction": pos_float("relocate_max_fraction", allow_zero=True, upper=1.0),
-            "ridge": pos_float("ridge", allow_zero=True),
+            "ridge": "auto" if isinstance(self.ridge, str) and self.ridge == "auto"
+            else pos_float("ridge", allow_zero=True),
             "support_p": pos_float("support_p", upper=1.0),
         }
         if p["support_p"] >= 1.0:
@@ -450,7 +453,13 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
                 p["c_grad_std"], p["w_grad_std"], p["m_grad_gain"], p["support_p"], device=dev,
             )
         bumps.noise_seed.fill_(_noise.mix_key(seed, 0, 99) >> 1)
-        m0, b0 = solve_magnitudes(xt, yt, bumps.c, bumps.w, p["support_p"], p["ridge"])
+        val_mask = None
+        if p["ridge"] == "auto":
+            val_mask = torch.zeros(n, dtype=torch.bool, device=dev)
+            if n >= 50:
+                val_mask[torch.as_tensor(rng.permutation(n)[: n // 10], device=dev)] = True
+        self.ridge_ = []
+        m0, b0 = self._solve(xt, yt, bumps, p, val_mask)
         with torch.no_grad():
             bumps.m.copy_(m0.to(dtype))
         model = _BumpModel(bumps, b0.to(dtype=dtype, device=dev).clone())
@@ -458,7 +467,7 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
         losses = self._train(model, xt, yt, p, spacing, w0, seed)
 
         if self.polish:
-            m1, b1 = solve_magnitudes(xt, yt, bumps.c, bumps.w, p["support_p"], p["ridge"])
+            m1, b1 = self._solve(xt, yt, bumps, p, val_mask)
             with torch.no_grad():
                 bumps.m.copy_(m1.to(dtype))
                 model.offset.copy_(b1.to(dtype))
@@ -467,6 +476,15 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
         self.loss_curve_ = losses
         self.fit_seconds_ = time.perf_counter() - t_start
         return self
+
+    def _solve(self, xt, yt, bumps, p, val_mask):
+        if val_mask is None or not bool(val_mask.any()):
+            ridge = 1e-6 if p["ridge"] == "auto" else p["ridge"]
+            m, b = solve_magnitudes(xt, yt, bumps.c, bumps.w, p["support_p"], ridge)
+        else:
+            m, b, ridge = solve_magnitudes_cv(xt, yt, bumps.c, bumps.w, p["support_p"], val_mask)
+        self.ridge_.append(ridge)
+        return m, b
 
     def _init_centres(self, xu, yu, xt, yt, K, w0, p, rng) -> np.ndarray:
         n = len(xu)
@@ -480,7 +498,7 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
         c_t = torch.as_tensor(cent.T, dtype=xt.dtype, device=xt.device)
         w_t = torch.full_like(c_t, w0)
         xsub, ysub = xt[torch.as_tensor(sub, device=xt.device)], yt[torch.as_tensor(sub, device=xt.device)]
-        m, b = solve_magnitudes(xsub, ysub, c_t, w_t, p["support_p"], p["ridge"])
+        m, b = solve_magnitudes(xsub, ysub, c_t, w_t, p["support_p"], 1e-6)
         from ._engine import bump_sum
 
         with torch.no_grad():
