@@ -23,6 +23,7 @@ _EXPORTS = {
     "perturb_params": ".training",
     "attach": ".training",
     "WanderingHooks": ".training",
+    "BumpRegressor": ".regressor",
 }
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "perturb_params",
     "attach",
     "WanderingHooks",
+    "BumpRegressor",
     "__version__",
 ]
 

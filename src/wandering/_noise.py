@@ -47,6 +47,8 @@ STREAM_W_GRAD = 1
 STREAM_C_PARAM = 2
 STREAM_W_PARAM = 3
 STREAM_M_PARAM = 4
+STREAM_RELOCATE_SAMPLE = 5  # wandering.relocation: which points are candidates
+STREAM_RELOCATE_PICK = 6  # wandering.relocation: where each dead bump goes
 
 
 def _splitmix64(z: int) -> int:
@@ -77,6 +79,13 @@ def _generator() -> torch.Generator:
     gen = getattr(_local, "gen", None)
     if gen is None:
         gen = _local.gen = torch.Generator(device="cpu")
+    return gen
+
+
+def keyed_generator(seed: int, step: int, stream: int) -> torch.Generator:
+    """A fresh CPU generator seeded from the key alone (for draws other than normals)."""
+    gen = torch.Generator(device="cpu")
+    gen.manual_seed(mix_key(seed, step, stream))
     return gen
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "perturb_params",
     "attach",
     "WanderingHooks",
+    "Relocation",
 ]
 
 
@@ -299,3 +300,6 @@ def attach(
     for mod in mods:
         _ATTACHED[mod] = hooks
     return hooks
+
+
+from .relocation import Relocation  # noqa: E402  (re-exported; relocation imports this package's modules)

@@ -1,0 +1,606 @@
+"""``BumpRegressor``: a scikit-learn compatible fit of a wandering sum of Gaussian bumps.
+
+scikit-learn is optional (the ``wandering[fit]`` extra). With it, the class derives
+from ``sklearn.base.RegressorMixin`` and ``BaseEstimator`` and validates input with
+sklearn's own ``validate_data`` (so it passes ``check_estimator``); without it, a
+small stand-in provides ``get_params``/``set_params``/``score`` and the same checks.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import numbers
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from . import _noise
+from ._engine import ENGINES
+from ._lstsq import solve_magnitudes, solve_magnitudes_cv
+from .modules import SlowSumOfBumpFcns
+from .relocation import Relocation
+from .training import attach
+
+try:  # optional: the `fit` extra
+    from sklearn.base import BaseEstimator as _BaseEstimator
+    from sklearn.base import RegressorMixin as _RegressorMixin
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.validation import check_is_fitted as _sk_check_is_fitted
+
+    try:
+        from sklearn.utils.validation import validate_data as _sk_validate_data
+    except ImportError:  # scikit-learn < 1.6
+
+        def _sk_validate_data(est, *args, **kwargs):
+            return est._validate_data(*args, **kwargs)
+
+    HAVE_SKLEARN = True
+except ImportError:  # pragma: no cover - exercised in an environment without sklearn
+    HAVE_SKLEARN = False
+
+    class NotFittedError(ValueError, AttributeError):
+        """Raised by predict/score before fit (sklearn's class when sklearn is installed)."""
+
+    class _BaseEstimator:
+        """get_params/set_params/repr from the constructor's signature, as in scikit-learn."""
+
+        @classmethod
+        def _get_param_names(cls) -> list[str]:
+            sig = inspect.signature(cls.__init__)
+            return sorted(p.name for p in sig.parameters.values() if p.name != "self" and p.kind != p.VAR_KEYWORD)
+
+        def get_params(self, deep: bool = True) -> dict:
+            return {name: getattr(self, name) for name in self._get_param_names()}
+
+        def set_params(self, **params: Any):
+            valid = self._get_param_names()
+            for key, value in params.items():
+                if key not in valid:
+                    raise ValueError(f"Invalid parameter {key!r} for estimator {type(self).__name__}. "
+                                     f"Valid parameters are: {valid!r}.")
+                setattr(self, key, value)
+            return self
+
+        def __repr__(self) -> str:
+            defaults = {p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()}
+            changed = [f"{k}={v!r}" for k, v in self.get_params().items() if not _same(v, defaults.get(k))]
+            return f"{type(self).__name__}({', '.join(changed)})"
+
+    class _RegressorMixin:
+        _estimator_type = "regressor"
+
+        def score(self, X, y, sample_weight=None) -> float:
+            """R^2 of the predictions (averaged uniformly over outputs)."""
+            return _r2(np.asarray(y, dtype=np.float64), self.predict(X), sample_weight)
+
+
+__all__ = ["BumpRegressor", "NotFittedError", "HAVE_SKLEARN"]
+
+_WIDTH_LO = 0.1  # widths bounded to [0.1, 4] times the bump spacing
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b) if not isinstance(a, np.ndarray) else False
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _r2(y: np.ndarray, pred: np.ndarray, sample_weight=None) -> float:
+    y2, p2 = y.reshape(len(y), -1), np.asarray(pred, dtype=np.float64).reshape(len(y), -1)
+    wts = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    mean = (wts[:, None] * y2).sum(0) / wts.sum()
+    sse = (wts[:, None] * (y2 - p2) ** 2).sum(0)
+    sst = (wts[:, None] * (y2 - mean) ** 2).sum(0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r2 = np.where(sst > 0, 1.0 - sse / np.where(sst > 0, sst, 1.0), np.where(sse == 0, 1.0, 0.0))
+    return float(r2.mean())
+
+
+# ---------------------------------------------------------------- validation without sklearn
+def _as_2d_float(X: Any, name: str = "X") -> np.ndarray:
+    if hasattr(X, "toarray") or type(X).__module__.startswith("scipy.sparse"):
+        raise TypeError(f"Sparse data was passed for {name}, but dense data is required.")
+    if isinstance(X, torch.Tensor):
+        X = X.detach().cpu().numpy()
+    try:
+        arr = np.asarray(X)
+    except Exception as exc:  # noqa: BLE001
+        raise TypeError(f"{name} must be an array of numbers, but got {type(X).__name__}") from exc
+    if arr.dtype.kind in "cOSUV" or arr.dtype == object:
+        try:
+            arr = arr.astype(np.float64)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{name} must hold real numbers, but got dtype {arr.dtype}") from exc
+    if arr.dtype.kind == "c":
+        raise ValueError("Complex data not supported")
+    return arr.astype(np.float64, copy=False)
+
+
+def _check_finite(a: np.ndarray, name: str) -> None:
+    if not np.isfinite(a).all():
+        kind = "NaN" if np.isnan(a).any() else "infinity"
+        raise ValueError(f"Input {name} contains {kind}.")
+
+
+def _validate_plain(est, X, y=None, reset=True):
+    X = _as_2d_float(X)
+    if X.ndim != 2:
+        raise ValueError(f"Expected 2D array, got {X.ndim}D array instead: reshape your data to (n_samples, "
+                         f"n_features)")
+    if X.shape[0] < 1:
+        raise ValueError(f"Found array with 0 sample(s) (shape={X.shape}) while a minimum of 1 is required.")
+    if X.shape[1] < 1:
+        raise ValueError(f"Found array with 0 feature(s) (shape={X.shape}) while a minimum of 1 is required.")
+    _check_finite(X, "X")
+    if reset:
+        est.n_features_in_ = X.shape[1]
+    elif X.shape[1] != est.n_features_in_:
+        raise ValueError(f"X has {X.shape[1]} features, but {type(est).__name__} is expecting "
+                         f"{est.n_features_in_} features as input.")
+    if y is None:
+        return X
+    yv = _as_2d_float(y, "y")
+    if yv.ndim not in (1, 2):
+        raise ValueError(f"y must have shape (n_samples,) or (n_samples, n_outputs), but got {yv.shape}")
+    if len(yv) != len(X):
+        raise ValueError(f"Found input variables with inconsistent numbers of samples: [{len(X)}, {len(yv)}]")
+    _check_finite(yv, "y")
+    return X, yv
+
+
+class _BumpModel(torch.nn.Module):
+    """The fitted function on the unit box and the standardised target: bump sum + offset."""
+
+    def __init__(self, bumps: SlowSumOfBumpFcns, offset: torch.Tensor) -> None:
+        super().__init__()
+        self.bumps = bumps
+        self.offset = torch.nn.Parameter(offset)
+
+    def forward(self, xu: torch.Tensor) -> torch.Tensor:
+        return self.bumps(xu) + self.offset
+
+
+def _seed_from(random_state: Any) -> int:
+    """An int seed from None (fresh), an int, a numpy RandomState or Generator."""
+    if random_state is None:
+        return int(np.random.SeedSequence().generate_state(1, np.uint64)[0] >> 2)
+    if isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
+        return int(random_state) & ((1 << 62) - 1)
+    if isinstance(random_state, np.random.RandomState):
+        return int(random_state.randint(0, 2**31 - 1))
+    if isinstance(random_state, np.random.Generator):
+        return int(random_state.integers(0, 2**62))
+    raise ValueError(f"random_state must be None, an int, a numpy RandomState or Generator, but got {random_state!r}")
+
+
+def _weighted_kmeans(xs: np.ndarray, k: int, weights: np.ndarray, rng: np.random.Generator,
+                     iters: int = 10) -> np.ndarray:
+    """Centres of mass ``weights`` (k-means++-like seeding by weight, then weighted Lloyd steps)."""
+    n, d = xs.shape
+    p = weights / weights.sum()
+    cent = xs[rng.choice(n, size=k, replace=k > n, p=p)].copy()
+    if k >= n:
+        return cent + rng.normal(scale=1e-3, size=cent.shape)
+    xx = (xs * xs).sum(1)
+    for _ in range(iters):
+        lab = np.empty(n, dtype=np.int64)
+        for i in range(0, n, 8192):  # (chunk, k) distances, never (n, k, d)
+            blk = xs[i : i + 8192]
+            lab[i : i + 8192] = ((cent * cent).sum(1)[None] - 2.0 * blk @ cent.T).argmin(1)
+        mass = np.bincount(lab, weights=weights, minlength=k)
+        sums = np.zeros_like(cent)
+        for j in range(d):
+            sums[:, j] = np.bincount(lab, weights=weights * xs[:, j], minlength=k)
+        filled = mass > 0
+        cent[filled] = sums[filled] / mass[filled, None]
+        if not filled.all():  # an empty cluster restarts at a heavy point
+            cent[~filled] = xs[rng.choice(n, size=int((~filled).sum()), p=p)]
+    del xx
+    return cent
+
+
+class BumpRegressor(_RegressorMixin, _BaseEstimator):
+    """Regression with a trainable sum of Gaussian bumps, fitted by the library's recipe.
+
+    The inputs are mapped to the unit box and each target standardised; K bumps are
+    placed by k-means weighted by the target's variation, magnitudes and offset start at
+    their exact ridge least-squares values, Adam then moves centres and widths (learning
+    rates in units of the bump spacing ``K**(-1/d)``) and magnitudes (their own rate)
+    with a cosine decay (optionally relocating dead bumps to where the residual is large
+    during the first part of the fit), and a final exact least-squares solve polishes the
+    magnitudes.
+
+    Args:
+        n_bumps: K, the number of bumps.
+        steps: Optimizer steps.
+        batch: Points per step. None or "auto": every training point when there are at
+            most ``2**17`` (full batch), else ``2**16`` sampled per step; an int fixes it.
+        lr_position: Adam learning rate of centres and widths, in units of the bump spacing.
+        lr_magnitude: Adam learning rate of magnitudes and offset (standardised target units).
+        lr_final: The cosine decay ends at this fraction of each learning rate.
+        width: Initial widths, in units of the bump spacing.
+        init: "variation" (k-means weighted by the squared residual of a first fit, plus the
+            density) or "kmeans" (plain k-means of the inputs).
+        support_p: Each bump counts only inside its support box (see the modules).
+        c_grad_std, w_grad_std, m_grad_gain: Gradient noise (in unit-box coordinates), as in
+            ``SlowSumOfBumpFcns``. Default 0: relocation does the moving.
+        bounds: Box for the centres in data units, (d, 2) with columns lower and upper;
+            None: the training data's range.
+        relocate: Relocate dead bumps (see :class:`wandering.relocation.Relocation`). Off by
+            default: with the variation-weighted start and exact magnitudes it changed held-out
+            R^2 by -0.004..+0.001 on benchmarks/fit_quality.py (K=256); it matters when bumps
+            can be stranded (a start away from the data, tight bounds, culled boxes).
+        relocate_every: Steps between relocation events.
+        relocate_until: Relocation stops after this fraction of the steps.
+        relocate_min_rel_m: Dead below this fraction of the largest |m|.
+        relocate_max_fraction: At most this fraction of the bumps moves per event.
+        ridge: Ridge penalty of the least-squares solves, relative to the mean of the design's
+            diagonal; "auto" picks it from ``wandering._lstsq.RIDGE_GRID`` by the error on a
+            held-out 10% of the training points (the solve then uses all points).
+        polish: Solve the magnitudes and offset exactly after the last step.
+        random_state: None, an int, or a numpy RandomState/Generator.
+        device: Torch device of the fit ("cpu", "cuda", ...).
+        progress: Show a tqdm progress bar (when tqdm is installed).
+        callback: ``callback(step, loss, model)`` after every step; a True return stops the fit.
+
+    Attributes:
+        module_: The fitted ``_BumpModel`` (``module_.bumps`` is the ``SlowSumOfBumpFcns``,
+            ``module_.offset`` its offset), working on unit-box inputs and standardised targets.
+        n_features_in_: d.
+        n_outputs_: P (1 for a 1-D target).
+        x_lo_, x_scale_: The input map ``(X - x_lo_) / x_scale_``.
+        y_mean_, y_std_: The target standardisation, (P,).
+        loss_curve_: Training loss (standardised MSE) at every step.
+        relocated_: Number of bumps moved by relocation in all.
+        fit_seconds_: Wall time of the fit.
+    """
+
+    def __init__(
+        self,
+        n_bumps: int = 256,
+        *,
+        steps: int = 2000,
+        batch: Any = "auto",
+        lr_position: float = 0.1,
+        lr_magnitude: float = 0.01,
+        lr_final: float = 0.05,
+        width: float = 0.7,
+        init: str = "variation",
+        support_p: float = 0.01,
+        c_grad_std: float = 0.0,
+        w_grad_std: float = 0.0,
+        m_grad_gain: float = 0.0,
+        bounds: Any = None,
+        relocate: bool = False,
+        relocate_every: int = 100,
+        relocate_until: float = 0.5,
+        relocate_min_rel_m: float = 0.02,
+        relocate_max_fraction: float = 0.1,
+        ridge: Any = "auto",
+        polish: bool = True,
+        random_state: Any = None,
+        device: Any = "cpu",
+        progress: bool = False,
+        callback: Callable | None = None,
+    ) -> None:
+        self.n_bumps = n_bumps
+        self.steps = steps
+        self.batch = batch
+        self.lr_position = lr_position
+        self.lr_magnitude = lr_magnitude
+        self.lr_final = lr_final
+        self.width = width
+        self.init = init
+        self.support_p = support_p
+        self.c_grad_std = c_grad_std
+        self.w_grad_std = w_grad_std
+        self.m_grad_gain = m_grad_gain
+        self.bounds = bounds
+        self.relocate = relocate
+        self.relocate_every = relocate_every
+        self.relocate_until = relocate_until
+        self.relocate_min_rel_m = relocate_min_rel_m
+        self.relocate_max_fraction = relocate_max_fraction
+        self.ridge = ridge
+        self.polish = polish
+        self.random_state = random_state
+        self.device = device
+        self.progress = progress
+        self.callback = callback
+
+    # ---------------------------------------------------------------- sklearn protocol
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        tags.target_tags.single_output = True
+        tags.non_deterministic = False
+        return tags
+
+    def _more_tags(self) -> dict:  # scikit-learn < 1.6
+        return {"multioutput": True}
+
+    def _validate(self, X, y=None, reset=True):
+        if HAVE_SKLEARN:
+            if y is None and reset:
+                return _sk_validate_data(self, X, y, reset=reset, dtype=np.float64)
+            if y is None:
+                return _sk_validate_data(self, X, reset=False, dtype=np.float64)
+            return _sk_validate_data(self, X, y, reset=reset, dtype=np.float64, multi_output=True, y_numeric=True)
+        return _validate_plain(self, X, y, reset=reset)
+
+    def _check_fitted(self) -> None:
+        if HAVE_SKLEARN:
+            _sk_check_is_fitted(self, "module_")
+        elif not hasattr(self, "module_"):
+            raise NotFittedError(f"This {type(self).__name__} instance is not fitted yet. Call 'fit' with "
+                                 f"appropriate arguments before using this estimator.")
+
+    def _checked_params(self, d: int) -> dict:
+        def pos_int(name):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+                raise TypeError(f"{name} must be an int, but got {type(v).__name__}")
+            if v < 1:
+                raise ValueError(f"{name} must be >= 1, but got {v}")
+            return int(v)
+
+        def pos_float(name, allow_zero=False, upper=None):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Real):
+                raise TypeError(f"{name} must be a number, but got {type(v).__name__}")
+            v = float(v)
+            ok = math.isfinite(v) and (v >= 0 if allow_zero else v > 0) and (upper is None or v <= upper)
+            if not ok:
+                rng = f"{'[0' if allow_zero else '(0'}, {upper if upper is not None else 'inf'}{']' if upper else ')'}"
+                raise ValueError(f"{name} must be in {rng}, but got {v}")
+            return v
+
+        p = {
+            "n_bumps": pos_int("n_bumps"),
+            "steps": pos_int("steps"),
+            "relocate_every": pos_int("relocate_every"),
+            "lr_position": pos_float("lr_position", allow_zero=True),
+            "lr_magnitude": pos_float("lr_magnitude", allow_zero=True),
+            "lr_final": pos_float("lr_final", allow_zero=True, upper=1.0),
+            "width": pos_float("width"),
+            "c_grad_std": pos_float("c_grad_std", allow_zero=True),
+            "w_grad_std": pos_float("w_grad_std", allow_zero=True),
+            "m_grad_gain": pos_float("m_grad_gain", allow_zero=True),
+            "relocate_until": pos_float("relocate_until", allow_zero=True, upper=1.0),
+            "relocate_min_rel_m": pos_float("relocate_min_rel_m", allow_zero=True, upper=1.0),
+            "relocate_max_fraction": pos_float("relocate_max_fraction", allow_zero=True, upper=1.0),
+            "ridge": "auto" if isinstance(self.ridge, str) and self.ridge == "auto"
+            else pos_float("ridge", allow_zero=True),
+            "support_p": pos_float("support_p", upper=1.0),
+        }
+        if p["support_p"] >= 1.0:
+            raise ValueError(f"support_p must be in (0, 1), but got {p['support_p']}")
+        if self.init not in ("variation", "kmeans"):
+            raise ValueError(f"init must be 'variation' or 'kmeans', but got {self.init!r}")
+        for name in ("relocate", "polish", "progress"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise TypeError(f"{name} must be a bool, but got {type(getattr(self, name)).__name__}")
+        if self.batch is None or (isinstance(self.batch, str) and self.batch == "auto"):
+            p["batch"] = None
+        elif isinstance(self.batch, numbers.Integral) and not isinstance(self.batch, bool) and self.batch >= 1:
+            p["batch"] = int(self.batch)
+        else:
+            raise ValueError(f"batch must be None, 'auto' or a positive int, but got {self.batch!r}")
+        if self.callback is not None and not callable(self.callback):
+            raise TypeError(f"callback must be callable or None, but got {type(self.callback).__name__}")
+        try:
+            p["device"] = torch.device(self.device)
+        except (RuntimeError, TypeError, ValueError):
+            raise ValueError(f"device must name a torch device, but got {self.device!r}") from None
+        if self.bounds is not None:
+            b = np.asarray(self.bounds, dtype=np.float64)
+            if b.shape != (d, 2) or not np.isfinite(b).all() or (b[:, 0] > b[:, 1]).any():
+                raise ValueError(f"bounds must be None or finite (d, 2) = ({d}, 2) with lower <= upper, "
+                                 f"but got {self.bounds!r}")
+            p["bounds"] = b
+        else:
+            p["bounds"] = None
+        return p
+
+    # ---------------------------------------------------------------- fit
+    def fit(self, X, y):
+        """Fits the bump sum to X (n, d) and y (n,) or (n, P). Returns self."""
+        X, y = self._validate(X, y, reset=True)
+        n, d = X.shape
+        p = self._checked_params(d)
+        t_start = time.perf_counter()
+        seed = _seed_from(self.random_state)
+        rng = np.random.default_rng(seed)
+        dev = p["device"]
+        dtype = torch.float32
+
+        y2 = y.reshape(n, -1)
+        P = y2.shape[1]
+        self._y_ndim = y.ndim
+        self.n_outputs_ = P
+        lo, hi = X.min(0), X.max(0)
+        scale = hi - lo
+        scale[scale == 0] = 1.0
+        self.x_lo_, self.x_scale_ = lo, scale
+        y_mean = y2.mean(0)
+        y_std = y2.std(0)
+        y_std[~(y_std > 0)] = 1.0
+        self.y_mean_, self.y_std_ = y_mean, y_std
+        xu = (X - lo) / scale
+        yu = (y2 - y_mean) / y_std
+        if P == 1:
+            yu = yu[:, 0]  # one output: the single-output module (m of shape (K,))
+
+        K = p["n_bumps"]
+        spacing = K ** (-1.0 / d)
+        w0 = p["width"] * spacing
+        if p["bounds"] is None:
+            c_bounds = np.tile([0.0, 1.0], (d, 1))
+        else:
+            c_bounds = (p["bounds"] - lo[:, None]) / scale[:, None]
+        w_bounds = np.tile([_WIDTH_LO * spacing, max(4.0 * spacing, 2.0 * w0)], (d, 1))
+
+        xt = torch.as_tensor(xu, dtype=dtype, device=dev)
+        yt = torch.as_tensor(yu, dtype=dtype, device=dev)
+        cent = self._init_centres(xu, yu, xt, yt, K, w0, p, rng)
+        cent = np.clip(cent, c_bounds[:, 0], c_bounds[:, 1])
+
+        with torch.random.fork_rng(devices=[]):  # the module's seed draw must not touch global state
+            bumps = SlowSumOfBumpFcns(
+                torch.as_tensor(cent.T, dtype=dtype), torch.full((d, K), w0, dtype=dtype),
+                torch.zeros((K,) if P == 1 else (K, P), dtype=dtype),
+                torch.as_tensor(c_bounds, dtype=dtype), torch.as_tensor(w_bounds, dtype=dtype),
+                p["c_grad_std"], p["w_grad_std"], p["m_grad_gain"], p["support_p"], device=dev,
+            )
+        bumps.noise_seed.fill_(_noise.mix_key(seed, 0, 99) >> 1)
+        val_mask = None
+        if p["ridge"] == "auto":
+            val_mask = torch.zeros(n, dtype=torch.bool, device=dev)
+            if n >= 50:
+                val_mask[torch.as_tensor(rng.permutation(n)[: n // 10], device=dev)] = True
+        self.ridge_ = []
+        m0, b0 = self._solve(xt, yt, bumps, p, val_mask)
+        with torch.no_grad():
+            bumps.m.copy_(m0.to(dtype))
+        model = _BumpModel(bumps, b0.to(dtype=dtype, device=dev).clone())
+
+        losses = self._train(model, xt, yt, p, spacing, w0, seed)
+
+        if self.polish:
+            m1, b1 = self._solve(xt, yt, bumps, p, val_mask)
+            with torch.no_grad():
+                bumps.m.copy_(m1.to(dtype))
+                model.offset.copy_(b1.to(dtype))
+        model.eval()
+        self.module_ = model
+        self.loss_curve_ = losses
+        self.fit_seconds_ = time.perf_counter() - t_start
+        return self
+
+    def _solve(self, xt, yt, bumps, p, val_mask):
+        if val_mask is None or not bool(val_mask.any()):
+            ridge = 1e-6 if p["ridge"] == "auto" else p["ridge"]
+            m, b = solve_magnitudes(xt, yt, bumps.c, bumps.w, p["support_p"], ridge)
+        else:
+            m, b, ridge = solve_magnitudes_cv(xt, yt, bumps.c, bumps.w, p["support_p"], val_mask)
+        self.ridge_.append(ridge)
+        return m, b
+
+    def _init_centres(self, xu, yu, xt, yt, K, w0, p, rng) -> np.ndarray:
+        n = len(xu)
+        sub = rng.choice(n, size=min(n, 20000), replace=False) if n > 20000 else np.arange(n)
+        xs = xu[sub]
+        cent = _weighted_kmeans(xs, K, np.ones(len(xs)), rng)
+        if self.init == "kmeans" or n < 2:
+            return cent
+        # variation: weight each point by its squared residual under a first least-squares fit
+        # on the k-means bumps, plus its share of the density, and place the bumps again.
+        c_t = torch.as_tensor(cent.T, dtype=xt.dtype, device=xt.device)
+        w_t = torch.full_like(c_t, w0)
+        xsub, ysub = xt[torch.as_tensor(sub, device=xt.device)], yt[torch.as_tensor(sub, device=xt.device)]
+        m, b = solve_magnitudes(xsub, ysub, c_t, w_t, p["support_p"], 1e-6)
+        from ._engine import bump_sum
+
+        with torch.no_grad():
+            pred = bump_sum(xsub, c_t, w_t, m.to(xt.dtype).to(xt.device), support_p=p["support_p"]) + b.to(xt.dtype)
+        r2 = ((ysub - pred) ** 2).reshape(len(xs), -1).sum(1).double().cpu().numpy()
+        wts = r2 / max(r2.mean(), 1e-300) + 1.0
+        return _weighted_kmeans(xs, K, wts, rng, iters=10)
+
+    def _train(self, model: _BumpModel, xt, yt, p, spacing, w0, seed) -> list[float]:
+        bumps = model.bumps
+        steps = p["steps"]
+        n = len(xt)
+        batch = p["batch"]
+        if batch is None:
+            batch = n if n <= (1 << 17) else (1 << 16)
+        batch = min(batch, n)
+        lr_pos = p["lr_position"] * spacing
+        groups = [
+            {"params": [bumps.c, bumps.w], "lr": lr_pos},
+            {"params": [bumps.m, model.offset], "lr": p["lr_magnitude"]},
+        ]
+        opt = torch.optim.Adam(groups)
+        base = [g["lr"] for g in opt.param_groups]
+        hooks = attach(opt, bumps)
+        reloc = None
+        if self.relocate and p["relocate_until"] > 0:
+            reloc = Relocation(
+                bumps, every=p["relocate_every"], stop=int(p["relocate_until"] * steps),
+                min_rel_m=p["relocate_min_rel_m"], max_fraction=p["relocate_max_fraction"], width=w0,
+                distributed=False,
+            )
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        bar = None
+        if self.progress:
+            try:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=steps, desc="BumpRegressor", unit="step")
+            except ImportError:
+                bar = None
+        losses: list[float] = []
+        self.relocated_ = 0
+        try:
+            for step in range(steps):
+                frac = step / max(1, steps)
+                factor = p["lr_final"] + (1 - p["lr_final"]) * 0.5 * (1 + math.cos(math.pi * frac))
+                for g, lr0 in zip(opt.param_groups, base):
+                    g["lr"] = lr0 * factor
+                if batch < n:
+                    idx = torch.randint(n, (batch,), generator=gen).to(xt.device)
+                    xb, yb = xt[idx], yt[idx]
+                else:
+                    xb, yb = xt, yt
+                opt.zero_grad(set_to_none=True)
+                pred = model(xb)
+                loss = torch.mean((pred - yb) ** 2)
+                loss.backward()
+                opt.step()
+                if reloc is not None:
+                    self.relocated_ += reloc.step_post(bumps, opt, xb, yb - pred.detach(), step)
+                lv = float(loss.detach())
+                losses.append(lv)
+                if bar is not None:
+                    bar.update(1)
+                if self.callback is not None and self.callback(step, lv, model):
+                    break
+        finally:
+            hooks.remove()
+            if bar is not None:
+                bar.close()
+        return losses
+
+    # ---------------------------------------------------------------- predict
+    def predict(self, X) -> np.ndarray:
+        """Predictions (n,) for a 1-D target, (n, P) for a 2-D one, in the target's units."""
+        self._check_fitted()
+        X = self._validate(X, reset=False)
+        model = self.module_
+        bumps = model.bumps
+        dev, dtype = bumps.c.device, bumps.c.dtype
+        # A fixed engine: the result for a point must not depend on which other points came along.
+        backend = "numba" if dev.type == "cpu" and ENGINES["numba"].available else "torch"
+        saved = bumps.backend
+        bumps.backend = backend
+        out = []
+        try:
+            with torch.no_grad():
+                for i in range(0, len(X), 65536):
+                    xu = torch.as_tensor((X[i : i + 65536] - self.x_lo_) / self.x_scale_, dtype=dtype, device=dev)
+                    out.append(model(xu).double().cpu().numpy().reshape(len(xu), -1))
+        finally:
+            bumps.backend = saved
+        yu = np.concatenate(out) if out else np.zeros((0, self.n_outputs_))
+        pred = yu * self.y_std_ + self.y_mean_
+        return pred[:, 0] if self._y_ndim == 1 else pred
+
+    @property
+    def n_params_(self) -> int:
+        """Trainable numbers of the fitted model: (2d + P) K + P."""
+        self._check_fitted()
+        return sum(int(t.numel()) for t in self.module_.parameters())

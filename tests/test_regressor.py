@@ -1,0 +1,224 @@
+"""BumpRegressor: scikit-learn's estimator checks, one and several outputs, determinism,
+errors, and the package working without scikit-learn."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from wandering import BumpRegressor
+from wandering.regressor import NotFittedError
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+FAST = dict(n_bumps=16, steps=60, random_state=0)
+
+
+def _data(n=800, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-2, 3, size=(n, 2))
+    y = np.sin(1.5 * x[:, 0]) * np.cos(x[:, 1]) + 0.5 * x[:, 1]
+    return x, y
+
+
+def test_check_estimator():
+    pytest.importorskip("sklearn")
+    from sklearn.utils.estimator_checks import check_estimator
+
+    results = check_estimator(BumpRegressor(n_bumps=8, steps=20, random_state=0), on_fail=None)
+    failed = [(r["check_name"], repr(r["exception"])) for r in results if r["status"] == "failed"]
+    assert not failed, failed
+    assert len(results) > 40
+
+
+def test_fit_predict_one_output():
+    x, y = _data()
+    est = BumpRegressor(**FAST).fit(x, y)
+    assert est.predict(x).shape == (len(x),)
+    assert est.score(x, y) > 0.98
+    assert est.n_features_in_ == 2 and est.n_outputs_ == 1
+    assert len(est.loss_curve_) == FAST["steps"]
+    assert est.n_params_ == 5 * 16 + 1
+    assert est.module_.bumps.m.shape == (16,)
+    assert len(est.ridge_) == 2  # picked on held-out points at the start and for the polish
+    fixed = BumpRegressor(**FAST, ridge=1e-6).fit(x, y)
+    assert fixed.ridge_ == [1e-6, 1e-6]
+
+
+def test_fit_predict_several_outputs_and_column_vector():
+    x, y = _data()
+    Y = np.stack([y, 3 * y + 1, x[:, 0] ** 2], axis=1)
+    est = BumpRegressor(**FAST).fit(x, Y)
+    assert est.predict(x).shape == (len(x), 3)
+    assert est.module_.bumps.m.shape == (16, 3)
+    assert est.score(x, Y) > 0.95
+    one = BumpRegressor(**FAST).fit(x, y).predict(x)
+    col = BumpRegressor(**FAST).fit(x, y[:, None]).predict(x)
+    assert col.shape == (len(x), 1)
+    np.testing.assert_array_equal(col[:, 0], one)  # (n, 1) is the single-output fit
+
+
+def test_deterministic_and_leaves_global_rng_alone():
+    x, y = _data()
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    a = BumpRegressor(**FAST).fit(x, y).predict(x)
+    assert torch.equal(torch.get_rng_state(), before)
+    b = BumpRegressor(**FAST).fit(x, y).predict(x)
+    np.testing.assert_array_equal(a, b)
+    c = BumpRegressor(**{**FAST, "random_state": 1}).fit(x, y).predict(x)
+    assert not np.array_equal(a, c)
+
+
+def test_minibatch_callback_noise_and_bounds():
+    x, y = _data()
+    seen = []
+
+    def cb(step, loss, model):
+        seen.append((step, loss))
+        return step == 9  # stop after 10 steps
+
+    est = BumpRegressor(n_bumps=16, steps=100, batch=128, c_grad_std=1e-3, bounds=[[-1, 2], [-2, 3]],
+                        random_state=0, callback=cb).fit(x, y)
+    assert [s for s, _ in seen] == list(range(10)) and len(est.loss_curve_) == 10
+    c = est.module_.bumps.c.detach().numpy() * est.x_scale_[:, None] + est.x_lo_[:, None]
+    assert (c[0] >= -1 - 1e-5).all() and (c[0] <= 2 + 1e-5).all()
+
+
+def test_relocation_moves_bumps():
+    x, y = _data()
+    # a start far from the data (centres bounded to a box the data only touch) leaves dead bumps
+    kw = dict(n_bumps=32, steps=200, relocate_every=20, relocate_max_fraction=0.5, relocate_min_rel_m=0.2,
+              random_state=0)
+    est = BumpRegressor(relocate=True, **kw).fit(x, y)
+    assert est.relocated_ > 0
+    off = BumpRegressor(**kw).fit(x, y)  # off by default
+    assert off.relocated_ == 0 and not BumpRegressor().relocate
+
+
+@pytest.mark.parametrize(
+    "X, y, exc, match",
+    [
+        (np.full((5, 2), np.nan), np.zeros(5), ValueError, "NaN"),
+        (np.array([[np.inf, 0.0]] * 5), np.zeros(5), ValueError, "inf"),
+        (np.zeros((5, 2)), np.array([0, 1, np.nan, 0, 0.0]), ValueError, "NaN"),
+        (np.zeros((5, 2)), np.zeros(4), ValueError, "inconsistent numbers of samples"),
+        (np.zeros(5), np.zeros(5), ValueError, "2D array"),
+        (np.zeros((0, 2)), np.zeros(0), ValueError, "0 sample"),
+        (np.zeros((5, 2)), np.zeros((5, 2, 1)), ValueError, None),
+    ],
+)
+def test_fit_input_errors(X, y, exc, match):
+    with pytest.raises(exc, match=match):
+        BumpRegressor(**FAST).fit(X, y)
+
+
+@pytest.mark.parametrize(
+    "params, exc, match",
+    [
+        (dict(n_bumps=0), ValueError, "n_bumps"),
+        (dict(n_bumps=2.5), TypeError, "n_bumps"),
+        (dict(steps=-1), ValueError, "steps"),
+        (dict(batch="big"), ValueError, "batch"),
+        (dict(init="grid"), ValueError, "init"),
+        (dict(support_p=1.5), ValueError, "support_p"),
+        (dict(lr_position=-1.0), ValueError, "lr_position"),
+        (dict(relocate="yes"), TypeError, "relocate"),
+        (dict(bounds=[[0, 1]]), ValueError, "bounds"),
+        (dict(callback=3), TypeError, "callback"),
+        (dict(random_state="x"), ValueError, "random_state"),
+        (dict(device="nonsense"), ValueError, "device"),
+        (dict(ridge="big"), TypeError, "ridge"),
+        (dict(ridge=-1.0), ValueError, "ridge"),
+    ],
+)
+def test_parameter_errors(params, exc, match):
+    x, y = _data(50)
+    with pytest.raises(exc, match=match):
+        BumpRegressor(**{**FAST, **params}).fit(x, y)
+
+
+def test_predict_errors():
+    x, y = _data()
+    with pytest.raises(NotFittedError):
+        BumpRegressor().predict(x)
+    est = BumpRegressor(**FAST).fit(x, y)
+    with pytest.raises(ValueError, match="features"):
+        est.predict(x[:, :1])
+    with pytest.raises(ValueError, match="NaN"):
+        est.predict(np.full((3, 2), np.nan))
+
+
+def test_params_protocol():
+    est = BumpRegressor(n_bumps=7, steps=3)
+    assert est.get_params()["n_bumps"] == 7 and est.get_params()["steps"] == 3
+    assert est.set_params(n_bumps=9) is est and est.n_bumps == 9
+    with pytest.raises(ValueError):
+        est.set_params(not_a_param=1)
+    assert "n_bumps=9" in repr(est)
+
+
+_NO_SKLEARN = r"""
+import sys
+sys.modules["sklearn"] = None  # import sklearn now raises ImportError, as if it were not installed
+import numpy as np
+import wandering
+from wandering import BumpRegressor
+from wandering.regressor import HAVE_SKLEARN, NotFittedError
+assert not HAVE_SKLEARN
+rng = np.random.default_rng(0)
+x = rng.uniform(size=(400, 2)); y = np.sin(4 * x[:, 0]) + x[:, 1]
+est = BumpRegressor(n_bumps=16, steps=40, random_state=0)
+assert est.get_params()["n_bumps"] == 16 and est.set_params(steps=30) is est
+try:
+    est.predict(x)
+except NotFittedError:
+    pass
+else:
+    raise AssertionError("no NotFittedError")
+est.fit(x, y)
+assert est.predict(x).shape == (400,) and est.score(x, y) > 0.95, est.score(x, y)
+for bad in (np.full((3, 2), np.nan), x[:, :1]):
+    try:
+        est.predict(bad)
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("no ValueError")
+print("ok", repr(est))
+"""
+
+
+def test_works_without_sklearn():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
+    r = subprocess.run([sys.executable, "-c", _NO_SKLEARN], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "ok BumpRegressor(n_bumps=16, random_state=0, steps=30)" in r.stdout
+
+
+@pytest.mark.parametrize("P", [None, 2])
+def test_least_squares_paths_agree_with_the_dense_design(monkeypatch, P):
+    from wandering import _lstsq
+    from wandering._geometry import support_halfwidths
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(700, 2, generator=gen)
+    c, w = torch.rand(2, 30, generator=gen), 0.1 + 0.1 * torch.rand(2, 30, generator=gen)
+    y = torch.randn(700, generator=gen) if P is None else torch.randn(700, P, generator=gen)
+    phi = _lstsq._design_chunk(x.double(), c.double(), w.double(), support_halfwidths(w.double(), 0.01))
+    phi = torch.cat([phi, torch.ones(700, 1, dtype=torch.float64)], 1)
+    y2 = y.double().reshape(700, -1)
+    for work in (1e18, 0.0):  # dense chunks, then the Numba kernel
+        monkeypatch.setattr(_lstsq, "_DENSE_WORK", work)
+        G, B = _lstsq.normal_equations(x, y, c, w, 0.01)
+        torch.testing.assert_close(G, phi.T @ phi, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(B, phi.T @ y2, rtol=1e-4, atol=1e-4)
+        m, b = _lstsq.solve_magnitudes(x, y, c, w, 0.01, ridge=0.0)
+        ref = torch.linalg.lstsq(phi, y2).solution
+        torch.testing.assert_close(torch.cat([m.reshape(30, -1), b.reshape(1, -1)]), ref, rtol=1e-3, atol=1e-3)
