@@ -27,13 +27,11 @@ compilation.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 # name: (n_smps, K, d, (w_lo, w_hi), support_p or None)
 CASES = {
@@ -57,20 +55,6 @@ def _inputs(case: str, P_max: int, seed: int = 0):
     else:
         half = math.sqrt(-math.log(support_p)) * w.abs()
     return x, c, w, m, gy, half, support_p is not None
-
-
-def _load_baseline(path: str):
-    """The older engine module, imported as a throwaway package from ``path``."""
-    pkg = "_wandering_bench_baseline"
-    # An empty package over the directory, so the engine's ``from . import _kernels`` works.
-    init = importlib.util.module_from_spec(importlib.util.spec_from_loader(pkg, loader=None, is_package=True))
-    init.__path__ = [path]
-    sys.modules[pkg] = init
-    spec = importlib.util.spec_from_file_location(f"{pkg}._numba_engine", Path(path) / "_numba_engine.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _new_step(eng, x, c, w, m, gy, half, cull):
@@ -230,6 +214,8 @@ def main(argv=None) -> None:
         args.rss_only = True
     if not args.rss_only:
         from wandering._engine import _numba_engine as eng
+
+        from bench_engine import _load_baseline  # the one loader of an older engine (same folder)
 
         old = _load_baseline(args.baseline_dir) if args.baseline_dir else None
         if 1 not in args.Ps:

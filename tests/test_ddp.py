@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import datetime
 import os
-import socket
 import sys
-import time
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 sys.path.insert(0, os.path.dirname(__file__))
 import _training_problem as tp  # noqa: E402
+from _spawn import free_port, spawn  # noqa: E402
 
 from wandering.training import attach  # noqa: E402
 
@@ -32,12 +30,6 @@ pytestmark = [
     pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo"),
     pytest.mark.usefixtures("engine", "outputs"),  # every engine, one and several outputs
 ]
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _build(rank: int):
@@ -87,16 +79,7 @@ def _worker(rank: int, port: int, outdir: str) -> None:
 
 
 def _spawn(outdir: str) -> None:
-    ctx = mp.start_processes(_worker, args=(_free_port(), outdir), nprocs=WORLD, join=False, start_method="spawn")
-    deadline = time.monotonic() + TIMEOUT_S
-    try:
-        while not ctx.join(timeout=1):
-            if time.monotonic() > deadline:
-                pytest.fail(f"DDP workers did not finish within {TIMEOUT_S} s")
-    finally:
-        for proc in ctx.processes:
-            if proc.is_alive():
-                proc.terminate()
+    spawn(_worker, (free_port(), outdir), WORLD, TIMEOUT_S)
 
 
 def test_ddp_ranks_stay_bitwise_identical_and_match_one_process(tmp_path):

@@ -3,10 +3,11 @@ paste them (with fewer steps, to stay fast), and the first ones learn what they 
 
 import pathlib
 import re
-import socket
 
 import pytest
 import torch
+
+from _spawn import free_port
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
@@ -18,12 +19,6 @@ def python_blocks():
     return re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_readme_has_the_blocks_this_test_expects():
     blocks = python_blocks()
     assert len(blocks) >= 9
@@ -32,7 +27,7 @@ def test_readme_has_the_blocks_this_test_expects():
 
 def test_every_readme_block_runs_in_order(capsys, monkeypatch, tmp_path):
     # The DDP block is a torchrun script: give it a one-process world on this machine.
-    for key, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port())).items():
+    for key, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port())).items():
         monkeypatch.setenv(key, value)
     monkeypatch.chdir(tmp_path)
     namespace = {"__name__": "__readme__"}

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import datetime
 import os
-import socket
-import time
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from _spawn import free_port, spawn
 from wandering import SlowSumOfBumpFcns
 from wandering.training import Relocation, attach
 
@@ -172,12 +170,6 @@ WORLD = 2
 TIMEOUT_S = 120
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank: int, port: int, outdir: str) -> None:
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
@@ -209,17 +201,7 @@ def _ddp_worker(rank: int, port: int, outdir: str) -> None:
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
 def test_ddp_ranks_relocate_identically(tmp_path):
-    ctx = mp.start_processes(_ddp_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=False,
-                             start_method="spawn")
-    deadline = time.monotonic() + TIMEOUT_S
-    try:
-        while not ctx.join(timeout=1):
-            if time.monotonic() > deadline:
-                pytest.fail(f"DDP workers did not finish within {TIMEOUT_S} s")
-    finally:
-        for proc in ctx.processes:
-            if proc.is_alive():
-                proc.terminate()
+    spawn(_ddp_worker, (free_port(), str(tmp_path)), WORLD, TIMEOUT_S)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD))
     assert r0["seed"] != r1["seed"]  # the ranks built different modules; DDP's broadcast made them one
     assert r0["moved"] == r1["moved"] and r0["moved"] > 0
