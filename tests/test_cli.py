@@ -343,7 +343,7 @@ def test_python_dash_m_runs_tiny_demo(tmp_path):
         capture_output=True, text=True, timeout=300,
     )
     assert r.returncode == 0, r.stderr
-    assert "R^2" in r.stdout and "fitting" in r.stderr  # tqdm bar goes to stderr
+    assert "R^2" in r.stdout and "BumpRegressor" in r.stderr  # tqdm bar goes to stderr
     assert png_size(out / "demo.png")[0] > 0
 
 
@@ -479,31 +479,37 @@ def test_multi_output_npz_names_and_picture_cap(tmp_path, capsys):
 
 
 def test_one_value_column_is_the_single_output_fit(tmp_path, capsys):
-    """--y-cols with one name, --y-col, and .npz y of shape (n, 1) all give today's single-output fit."""
+    """--y-cols with one name, --y-col, and .npz y of shape (n, 1) all give the same single-output fit,
+    saved in the version-1 layout (the keys, order and types of a file written before BumpRegressor)."""
     data = os.path.join(DATA, "single_output_v1_train.csv")
     argv = ["--steps", "30", "--bumps", "6", "--quiet", "--no-plot"]
+    old = torch.load(os.path.join(DATA, "single_output_v1_model.pt"), weights_only=True)
+    fits = []
     for opt in (["--y-col", "val"], ["--y-cols", "val"]):
         out = tmp_path / opt[0]
         assert main(["fit", data, "--out", str(out), *opt, *argv]) == 0
         m = json.loads((out / "metrics.json").read_text())
         assert "outputs" not in m and "n_outputs" not in m
         new = torch.load(out / "model.pt", weights_only=True)
-        old = torch.load(os.path.join(DATA, "single_output_v1_model.pt"), weights_only=True)
         assert list(new) == list(old) and new["version"] == 1 and new["y_name"] == "val"
+        assert list(new["state_dict"]) == list(old["state_dict"])
         for key, v in old.items():
             if key == "state_dict":
-                assert list(new[key]) == list(v)
                 for k, t in v.items():
-                    torch.testing.assert_close(new[key][k], t, rtol=1e-5, atol=1e-6)
+                    assert new[key][k].shape == t.shape and new[key][k].dtype == t.dtype, k
             elif torch.is_tensor(v):
-                torch.testing.assert_close(new[key], v)
+                assert new[key].shape == v.shape and new[key].dtype == v.dtype, key
             else:
-                assert new[key] == pytest.approx(v) and type(new[key]) is type(v), key
+                assert type(new[key]) is type(v), key
+        fits.append(new)
     _, arr = read_out(data)
     np.savez(tmp_path / "d.npz", x=arr[:, :2], y=arr[:, 2:])  # y of shape (n, 1)
     assert main(["fit", str(tmp_path / "d.npz"), "--out", str(tmp_path / "npz"), *argv]) == 0
     ckpt = torch.load(tmp_path / "npz" / "model.pt", weights_only=True)
     assert ckpt["version"] == 1 and ckpt["y_name"] == "y" and ckpt["state_dict"]["bumps.m"].dim() == 1
+    for other in (fits[1], ckpt):
+        for k, t in fits[0]["state_dict"].items():
+            torch.testing.assert_close(other["state_dict"][k], t, rtol=0, atol=0)
 
 
 def test_old_single_output_checkpoint_still_predicts(tmp_path, capsys):
@@ -748,3 +754,75 @@ def test_predict_in_large_chunks_equals_small_chunks(fitted):
     net, ckpt = load_checkpoint(model)
     x = np.random.default_rng(5).uniform(-1, 2, size=(5000, 2))
     np.testing.assert_allclose(predict_arrays(net, ckpt, x, chunk=777), predict_arrays(net, ckpt, x), rtol=1e-6)
+
+
+# ---------------------------------------------------------------- fit is a shell over BumpRegressor
+def test_fit_settings_defaults_are_bump_regressors():
+    import dataclasses
+    import inspect
+
+    from wandering import BumpRegressor
+    from wandering._fit_settings import FitSettings
+
+    reg = inspect.signature(BumpRegressor).parameters
+    s = FitSettings()
+    same = {"bumps": "n_bumps", "steps": "steps", "lr_position": "lr_position", "lr_magnitude": "lr_magnitude",
+            "c_grad_std": "c_grad_std", "w_grad_std": "w_grad_std", "m_grad_gain": "m_grad_gain",
+            "support_p": "support_p", "relocate": "relocate"}
+    for ours, theirs in same.items():
+        assert getattr(s, ours) == reg[theirs].default, ours
+    assert s.batch is None and reg["batch"].default == "auto"
+    assert {f.name for f in dataclasses.fields(FitSettings)} >= set(same)
+
+
+def test_fit_command_is_the_regressor_on_the_training_rows(tmp_path, capsys):
+    """`wandering fit` = BumpRegressor(same options).fit on the rows it did not hold out, bit for bit."""
+    from wandering import BumpRegressor
+    from wandering.checkpoint import load, to_regressor
+
+    data, x, y = data_csv(tmp_path / "d.csv", n=200, d=2)
+    out = tmp_path / "fit"
+    argv = ["--steps", "25", "--bumps", "7", "--quiet", "--no-plot", "--seed", "3", "--batch", "64",
+            "--lr-position", "0.2", "--c-grad-std", "0.01", "--relocate"]
+    assert main(["fit", data, "--out", str(out), *argv]) == 0
+    cli_reg = to_regressor(load(str(out / "model.pt")))
+    hold = np.sort(np.random.default_rng(3).permutation(len(x))[: round(0.1 * len(x))])
+    train = np.setdiff1d(np.arange(len(x)), hold)
+    ref = BumpRegressor(7, steps=25, batch=64, lr_position=0.2, c_grad_std=0.01, relocate=True, random_state=3)
+    ref.fit(x[train], y[train])
+    q = np.random.default_rng(1).uniform(-0.5, 1.5, size=(300, 2))
+    np.testing.assert_array_equal(cli_reg.predict(q), ref.predict(q))
+    for name, t in ref.module_.state_dict().items():
+        torch.testing.assert_close(cli_reg.module_.state_dict()[name], t, rtol=0, atol=0)
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["r2"] == pytest.approx(ref.score(x[hold], y[hold]), rel=1e-6)
+
+
+def test_old_lr_option_sets_both_rates():
+    from wandering._fit_recipe import regressor_for
+    from wandering._fit_settings import FitSettings
+
+    reg = regressor_for(FitSettings(bumps=64, lr=0.02), d=2)
+    assert reg.lr_magnitude == 0.02 and reg.lr_position == pytest.approx(0.02 * 64 ** 0.5)  # 0.02 of the box
+    reg = regressor_for(FitSettings(bumps=64), d=2)
+    assert (reg.lr_position, reg.lr_magnitude) == (0.1, 0.01)
+
+
+@pytest.mark.parametrize("bad", ["0", "-3", "many", "1.5"])
+def test_bad_batch_is_one_line(tmp_path, capsys, fitted, bad):
+    _, good, _ = fitted
+    msg = run_err(capsys, ["fit", good, "--out", str(tmp_path / "o"), "--batch", bad, "--quiet"])
+    assert "--batch must be 'auto' or a positive integer" in msg and bad.lstrip("-") in msg
+
+
+def test_old_checkpoint_loads_as_a_fitted_regressor():
+    from wandering import BumpRegressor
+    from wandering.checkpoint import load, to_regressor
+
+    reg = to_regressor(load(os.path.join(DATA, "single_output_v1_model.pt")))
+    assert isinstance(reg, BumpRegressor) and reg.n_features_in_ == 2 and reg.n_outputs_ == 1
+    _, q = read_out(os.path.join(DATA, "single_output_v1_query.csv"))
+    _, ref = read_out(os.path.join(DATA, "single_output_v1_pred.csv"))
+    pred = reg.predict(q[:, :2])
+    assert pred.shape == (len(q),)
+    np.testing.assert_allclose(pred, ref[:, 2], rtol=1e-6)

@@ -91,7 +91,7 @@ def _r2_text(r2) -> str:
     return "n/a" if r2 is None else f"{r2:.3f}"
 
 
-def plot_fit(path, table, res, predict_arrays, n_grid: int = 120, max_outputs: int = 4) -> None:
+def plot_fit(path, table, res, n_grid: int = 120, max_outputs: int = 4) -> None:
     """fit.png: 1-D curve and points; 2-D target, fit, residual; 3-D slices.
 
     With several outputs, each of the first ``max_outputs`` gets its own row (1-D: its
@@ -104,7 +104,7 @@ def plot_fit(path, table, res, predict_arrays, n_grid: int = 120, max_outputs: i
     ys = table.y.reshape(len(x), -1)  # (n, P)
     y_names = list(table.y_names)
     rows = min(len(y_names), max_outputs) if multi else 1
-    pred_fn = lambda p: predict_arrays(res.model, res.ckpt, p).reshape(len(p), -1)  # noqa: E731  (m, P)
+    pred_fn = lambda p: res.predict(p).reshape(len(p), -1)  # noqa: E731  (m, P)
     bumps = res.metrics["bumps"]
     if multi:
         r2s = [res.metrics["outputs"][name]["r2"] for name in y_names[:rows]]

@@ -1,4 +1,8 @@
-"""The fitting recipe's settings: a plain dataclass, importable without torch (the parser's defaults)."""
+"""The command's fit settings: a plain dataclass, importable without torch (the parser's defaults).
+
+The recipe's defaults are BumpRegressor's (a test keeps them equal); ``lr`` is the
+command's older single learning rate, None unless given.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +11,17 @@ from dataclasses import dataclass
 
 @dataclass
 class FitSettings:
-    bumps: int = 64
+    bumps: int = 256
     steps: int = 2000
-    lr: float = 0.02
-    batch: int = 4096
-    c_grad_std: float = 0.001
+    lr_position: float = 0.1
+    lr_magnitude: float = 0.01
+    lr: "float | None" = None  # one rate for every parameter (unit box, standardised target)
+    batch: "int | None" = None  # None: BumpRegressor's "auto" (full batch up to 2**17 points)
+    c_grad_std: float = 0.0
     w_grad_std: float = 0.0
     m_grad_gain: float = 0.0
     support_p: float = 0.01
+    relocate: bool = False
     holdout: float = 0.1
     seed: int = 0
     bounds: "np.ndarray | None" = None  # noqa: F821 - (d, 2) centre bounds in data units

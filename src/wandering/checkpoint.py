@@ -10,14 +10,20 @@ and the offset of shape (P,), ``m`` of shape (K, P)). Both share ``d``, ``n_bump
 (``bumps.c``, ``bumps.w``, ``bumps.m``, bounds, ``offset``), ``x_lo``/``x_scale`` and
 ``x_names``.
 
-torch is imported only when a checkpoint is saved or loaded.
+:func:`from_regressor` writes a fitted :class:`wandering.BumpRegressor` in this format and
+:func:`to_regressor` turns a checkpoint (also one written before the command used
+BumpRegressor) back into a fitted regressor. torch is imported only when a checkpoint is
+saved, loaded or converted.
 """
 
 from __future__ import annotations
 
 import os
 
-__all__ = ["FORMAT_TAG", "FORMAT_VERSION", "FORMAT_VERSION_MULTI", "CheckpointError", "save", "load", "output_names"]
+__all__ = [
+    "FORMAT_TAG", "FORMAT_VERSION", "FORMAT_VERSION_MULTI", "CheckpointError", "save", "load", "output_names",
+    "from_regressor", "to_regressor",
+]
 
 FORMAT_TAG = "wandering-cli-model"
 FORMAT_VERSION = 1  # one output: m (K,), scalar offset and y_mean/y_std, "y_name"
@@ -31,6 +37,69 @@ class CheckpointError(ValueError):
 def output_names(ckpt: dict) -> list[str]:
     """The value columns a checkpoint was fitted on: one name (version 1) or P (version 2)."""
     return list(ckpt["y_names"]) if "y_names" in ckpt else [str(ckpt["y_name"])]
+
+
+def from_regressor(reg, x_names: list[str], y_name: str | list[str]) -> dict:
+    """The checkpoint dict of a fitted BumpRegressor: version 1 for a 1-D target and one name,
+    version 2 for a 2-D target with P names."""
+    import torch
+
+    multi = not isinstance(y_name, str)
+    model, bumps = reg.module_, reg.module_.bumps
+    if multi != (reg._y_ndim == 2) or (multi and len(y_name) != reg.n_outputs_):
+        raise ValueError(f"y_name must be one name for a 1-D target or {reg.n_outputs_} names for a 2-D one, "
+                         f"but got {y_name!r}")
+    ckpt = {
+        "format": FORMAT_TAG,
+        "version": FORMAT_VERSION_MULTI if multi else FORMAT_VERSION,
+        "d": int(bumps.c.shape[0]),
+        "n_bumps": int(bumps.c.shape[1]),
+        "c_bounds": bumps.c_bounds.detach().cpu(),
+        "w_bounds": bumps.w_bounds.detach().cpu(),
+        "c_grad_std": float(bumps.c_grad_std),
+        "w_grad_std": float(bumps.w_grad_std),
+        "m_grad_gain": float(bumps.m_grad_gain),
+        "support_p": float(bumps.support_p),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "x_lo": torch.as_tensor(reg.x_lo_, dtype=torch.float64),
+        "x_scale": torch.as_tensor(reg.x_scale_, dtype=torch.float64),
+        "y_mean": float(reg.y_mean_[0]),
+        "y_std": float(reg.y_std_[0]),
+        "x_names": list(x_names),
+        "y_name": y_name,
+    }
+    if multi:  # version 1 readers refuse it by version rather than failing on shapes
+        del ckpt["y_name"]
+        ckpt["y_mean"] = torch.as_tensor(reg.y_mean_, dtype=torch.float64)
+        ckpt["y_std"] = torch.as_tensor(reg.y_std_, dtype=torch.float64)
+        ckpt["y_names"] = list(y_name)
+        ckpt["n_outputs"] = len(y_name)
+    return ckpt
+
+
+def to_regressor(ckpt: dict, device: str = "cpu"):
+    """The fitted BumpRegressor a checkpoint accepted by :func:`load` describes, on ``device``."""
+    import numpy as np
+    import torch
+
+    from .modules import SlowSumOfBumpFcns
+    from .regressor import _BumpModel, _restored
+
+    try:
+        sd = ckpt["state_dict"]
+        multi = ckpt["version"] == FORMAT_VERSION_MULTI
+        bumps = SlowSumOfBumpFcns(
+            sd["bumps.c"], sd["bumps.w"], sd["bumps.m"], ckpt["c_bounds"], ckpt["w_bounds"], ckpt["c_grad_std"],
+            ckpt["w_grad_std"], ckpt["m_grad_gain"], ckpt["support_p"], device=device,
+        )
+        model = _BumpModel(bumps, torch.zeros(sd["offset"].shape, dtype=bumps.c.dtype, device=device))
+        model.load_state_dict(sd)
+        params = {"n_bumps": int(ckpt["n_bumps"]), "support_p": float(ckpt["support_p"]), "device": device}
+        reg = _restored(model, ckpt["x_lo"].numpy(), ckpt["x_scale"].numpy(), np.asarray(ckpt["y_mean"]),
+                        np.asarray(ckpt["y_std"]), 2 if multi else 1, **params)
+    except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"damaged wandering checkpoint ({type(e).__name__}: {e})") from None
+    return reg
 
 
 def save(ckpt: dict, path: str) -> None:

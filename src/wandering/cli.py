@@ -106,15 +106,10 @@ def _write_json(obj: dict, path: str) -> None:
 
 
 def load_checkpoint(path: str, device: str = "cpu"):
-    """A checked checkpoint and the model it describes; problems become one-line errors."""
-    from . import checkpoint
-    from ._fit_recipe import model_from_checkpoint
+    """The fitted BumpRegressor a model.pt holds, and its checked checkpoint dict; problems are one line."""
+    from ._fit_recipe import load_regressor
 
-    try:
-        ckpt = checkpoint.load(path)
-    except checkpoint.CheckpointError as e:
-        raise CliError(str(e)) from None
-    return model_from_checkpoint(ckpt, device, path)
+    return load_regressor(path, device)
 
 
 def _fmt(v) -> str:
@@ -145,13 +140,26 @@ def _parse_bounds(text: str | None, d: int) -> np.ndarray | None:  # noqa: F821
 
 
 # ---------------------------------------------------------------- commands
+def _batch(text: str) -> int | None:
+    """--batch: 'auto' (None) or a positive integer."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise CliError(f"--batch must be 'auto' or a positive integer, but got {text!r}") from None
+    if value <= 0:
+        raise CliError(f"--batch must be 'auto' or a positive integer, but got {value}")
+    return value
+
+
 def _settings(a: argparse.Namespace, d: int) -> FitSettings:
-    for name in ("bumps", "steps", "batch"):
+    for name in ("bumps", "steps"):
         if getattr(a, name) <= 0:
             raise CliError(f"--{name} must be a positive integer, but got {getattr(a, name)}")
-    if not (a.lr > 0 and math.isfinite(a.lr)):
+    if a.lr is not None and not (a.lr > 0 and math.isfinite(a.lr)):
         raise CliError(f"--lr must be > 0, but got {a.lr}")
-    for name in ("c_grad_std", "w_grad_std", "m_grad_gain"):
+    for name in ("lr_position", "lr_magnitude", "c_grad_std", "w_grad_std", "m_grad_gain"):
         v = getattr(a, name)
         if not (v >= 0 and math.isfinite(v)):
             raise CliError(f"--{name.replace('_', '-')} must be >= 0, but got {v}")
@@ -160,10 +168,10 @@ def _settings(a: argparse.Namespace, d: int) -> FitSettings:
     if not (0 <= a.holdout < 1):
         raise CliError(f"--holdout must be in [0, 1), but got {a.holdout}")
     return FitSettings(
-        bumps=a.bumps, steps=a.steps, lr=a.lr, batch=a.batch, c_grad_std=a.c_grad_std,
-        w_grad_std=a.w_grad_std, m_grad_gain=a.m_grad_gain, support_p=a.support_p,
-        holdout=a.holdout, seed=a.seed, bounds=_parse_bounds(a.bounds, d), device=a.device,
-        progress=not a.quiet,
+        bumps=a.bumps, steps=a.steps, lr_position=a.lr_position, lr_magnitude=a.lr_magnitude, lr=a.lr,
+        batch=_batch(a.batch), c_grad_std=a.c_grad_std, w_grad_std=a.w_grad_std, m_grad_gain=a.m_grad_gain,
+        support_p=a.support_p, relocate=a.relocate, holdout=a.holdout, seed=a.seed,
+        bounds=_parse_bounds(a.bounds, d), device=a.device, progress=not a.quiet,
     )
 
 
@@ -197,7 +205,7 @@ def _check_query(x, ckpt: dict, names: list[str], path: str) -> None:
 
 def _cmd_fit(a: argparse.Namespace) -> int:
     from ._cli_data import read_table
-    from ._fit_recipe import MIN_ROWS, fit_arrays, pick_device, predict_arrays
+    from ._fit_recipe import MIN_ROWS, fit_arrays, pick_device
 
     pick_device(a.device)  # fail before reading a large file
     table = read_table(a.data, a.x_cols, a.y_col, need_y=True, y_cols=a.y_cols)
@@ -220,7 +228,7 @@ def _cmd_fit(a: argparse.Namespace) -> int:
     if plot:
         from ._cli_plots import plot_fit
 
-        plot_fit(os.path.join(a.out, "fit.png"), table, res, predict_arrays, max_outputs=PLOT_OUTPUTS)
+        plot_fit(os.path.join(a.out, "fit.png"), table, res, max_outputs=PLOT_OUTPUTS)
     m = res.metrics
     if multi:
         width = max(len(name) for name in table.y_names)
@@ -256,7 +264,7 @@ def _cmd_predict(a: argparse.Namespace) -> int:
     from ._fit_recipe import predict_arrays
     from .checkpoint import output_names
 
-    model, ckpt = load_checkpoint(a.model, a.device)
+    reg, ckpt = load_checkpoint(a.model, a.device)
     table = read_table(a.data, a.x_cols, a.y_col, need_y=False, default_x=ckpt["x_names"], n_dims=ckpt["d"])
     if table.x.shape[1] != ckpt["d"]:
         raise CliError(f"{a.data}: the model needs {ckpt['d']} coordinate columns, but got {table.x.shape[1]}")
@@ -271,7 +279,7 @@ def _cmd_predict(a: argparse.Namespace) -> int:
         if len(pred_names) != len(names) or not all(pred_names) or len(set(pred_names)) != len(pred_names):
             raise CliError(f"--name: the model has {len(names)} outputs, so give {len(names)} different, "
                            f"comma-separated names, but got {a.name!r}")
-    pred = predict_arrays(model, ckpt, table.x)
+    pred = predict_arrays(reg, ckpt, table.x)
     write_predictions(a.output, table, pred, pred_names if len(names) > 1 else pred_names[0])
     outs = "" if len(names) == 1 else f" of {len(names)} outputs"
     print(f"wrote {len(pred)} predictions{outs} to {a.output}")
@@ -292,7 +300,7 @@ def _warm_up(x, y, s: FitSettings) -> float:
 
 
 def _cmd_demo(a: argparse.Namespace) -> int:
-    from ._fit_recipe import MIN_ROWS, fit_arrays, predict_arrays
+    from ._fit_recipe import MIN_ROWS, fit_arrays
     from .demo import demo_target
 
     if a.points < MIN_ROWS:
@@ -311,7 +319,7 @@ def _cmd_demo(a: argparse.Namespace) -> int:
     res = fit_arrays(x, y, s, ["x0", "x1"], "y")
     from ._cli_plots import plot_demo
 
-    plot_demo(os.path.join(a.out, "demo.png"), f, x, y, res, lambda p: predict_arrays(res.model, res.ckpt, p))
+    plot_demo(os.path.join(a.out, "demo.png"), f, x, y, res, res.predict)
     res.metrics["seconds_warmup"] = warm
     res.metrics["seconds_total"] = time.perf_counter() - t0
     res.metrics["target"] = f"seeded synthetic 2-D bumps, seed {a.seed}, {a.points} points"
@@ -336,8 +344,17 @@ def _add_fit_options(p: argparse.ArgumentParser, defaults: FitSettings, hidden: 
     h = (lambda text: argparse.SUPPRESS) if hidden else (lambda text: text + " (default: %(default)s)")  # noqa: E731
     p.add_argument("--bumps", type=int, default=defaults.bumps, metavar="K", help=h("number of bumps"))
     p.add_argument("--steps", type=int, default=defaults.steps, metavar="S", help=h("optimizer steps"))
-    p.add_argument("--lr", type=float, default=defaults.lr, help=h("Adam learning rate (unit-box coordinates)"))
-    p.add_argument("--batch", type=int, default=defaults.batch, help=h("minibatch size (all points if fewer)"))
+    p.add_argument("--lr-position", type=float, default=defaults.lr_position,
+                   help=h("Adam learning rate of centres and widths, in bump spacings"))
+    p.add_argument("--lr-magnitude", type=float, default=defaults.lr_magnitude,
+                   help=h("Adam learning rate of magnitudes and offset (standardised target)"))
+    p.add_argument("--lr", type=float, default=None,
+                   help=argparse.SUPPRESS if hidden else "one Adam learning rate for every parameter (unit box and "
+                   "standardised target; replaces --lr-position and --lr-magnitude)")
+    p.add_argument("--batch", default="auto",
+                   help=h("points per step: auto (all up to 131072, else 65536) or an integer"))
+    p.add_argument("--relocate", action="store_true",
+                   help=argparse.SUPPRESS if hidden else "move dead bumps to where the residual is large")
     p.add_argument("--c-grad-std", type=float, default=defaults.c_grad_std, help=h("noise std on centre gradients"))
     p.add_argument("--w-grad-std", type=float, default=defaults.w_grad_std, help=h("noise std on width gradients"))
     p.add_argument("--m-grad-gain", type=float, default=defaults.m_grad_gain, help=h("decay gain on magnitudes"))

@@ -14,7 +14,7 @@ from ._fit_settings import FitSettings
 __all__ = ["demo_target", "DEMO_SETTINGS", "DEMO_POINTS"]
 
 # Small gradient noise: idle bumps visibly wander, working ones hold still (see demo.png).
-DEMO_SETTINGS = FitSettings(bumps=48, steps=800, lr=0.01, c_grad_std=0.001, record_every=10)
+DEMO_SETTINGS = FitSettings(bumps=48, steps=800, c_grad_std=0.001, record_every=10)
 DEMO_POINTS = 4000
 
 

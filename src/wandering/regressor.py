@@ -604,3 +604,19 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
         """Trainable numbers of the fitted model: (2d + P) K + P."""
         self._check_fitted()
         return sum(int(t.numel()) for t in self.module_.parameters())
+
+
+def _restored(module: _BumpModel, x_lo, x_scale, y_mean, y_std, y_ndim: int, **params: Any) -> BumpRegressor:
+    """A fitted BumpRegressor around a saved model (a checkpoint's), without fitting."""
+    reg = BumpRegressor(**params)
+    d = int(module.bumps.c.shape[0])
+    reg.module_ = module.eval()
+    reg.n_features_in_ = d
+    reg.n_outputs_ = 1 if module.bumps.m.dim() == 1 else int(module.bumps.m.shape[1])
+    reg._y_ndim = int(y_ndim)
+    reg.x_lo_ = np.asarray(x_lo, dtype=np.float64).reshape(d)
+    reg.x_scale_ = np.asarray(x_scale, dtype=np.float64).reshape(d)
+    reg.y_mean_ = np.asarray(y_mean, dtype=np.float64).reshape(reg.n_outputs_)
+    reg.y_std_ = np.asarray(y_std, dtype=np.float64).reshape(reg.n_outputs_)
+    reg.loss_curve_, reg.relocated_, reg.fit_seconds_ = [], 0, 0.0
+    return reg
