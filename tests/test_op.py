@@ -8,7 +8,7 @@ import torch
 
 from problems import random_problem
 from wandering import BumpFcn, SlowSumOfBumpFcns, SumOfBumpFcns, bump_sum, bump_sum_reference
-from wandering._engine import _op
+from wandering._engine import _op, resolve_backend
 from wandering._geometry import support_halfwidths
 
 
@@ -102,8 +102,8 @@ def test_gradgradcheck_float64(engine, support_p, P):
 
 def test_first_order_runs_the_engine_kernel_and_create_graph_the_pair_formula(monkeypatch):
     calls = []
-    orig_bwd, orig_pairs = _op.bump_sum_backward_op, _op.pair_formula_grads
-    monkeypatch.setattr(_op, "bump_sum_backward_op", lambda *a: (calls.append("kernel"), orig_bwd(*a))[1])
+    orig_bwd, orig_pairs = _op._backward_impl, _op.pair_formula_grads
+    monkeypatch.setattr(_op, "_backward_impl", lambda *a: (calls.append("kernel"), orig_bwd(*a))[1])
     monkeypatch.setattr(_op, "pair_formula_grads", lambda *a: (calls.append("pairs"), orig_pairs(*a))[1])
     x, c, w, m = _params(2000, 3, 32, None, seed=8)
     y = bump_sum(x, c, w, m, support_p=0.05, backend="numba")
@@ -113,6 +113,43 @@ def test_first_order_runs_the_engine_kernel_and_create_graph_the_pair_formula(mo
     assert calls == ["kernel", "pairs"]
     for a, b in zip(g1, g2):
         torch.testing.assert_close(a, b.detach(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("support_p", [None, 0.05])
+@pytest.mark.parametrize("P", [None, 3])
+def test_eager_twin_is_the_registered_op(engine, support_p, P):
+    """Plain eager calls take the autograd.Function twin; it gives the op's values, gradients
+    and second derivatives bit for bit."""
+    from wandering._geometry import support_halfwidths
+
+    x, c, w, m = _params(700, 2, 9, P, seed=12)
+    m2 = m[:, None] if m.dim() == 1 else m
+    half = support_halfwidths(w, support_p).detach()
+    eng = resolve_backend(engine, x, c.shape[1])
+    assert _op._plain_eager(x, c, w, m2, half)
+    outs = []
+    for f in (_op.bump_sum, _op.bump_sum_op):
+        y = f(x, c, w, m2, half, eng, support_p is not None)
+        g = torch.autograd.grad(y.pow(2).sum(), (x, c, w, m), create_graph=True)
+        gg = torch.autograd.grad(sum(t.pow(2).sum() for t in g), (x, c, w, m))
+        g1 = torch.autograd.grad(f(x, c, w, m2, half, eng, support_p is not None).pow(2).sum(), (x, c, w, m))
+        outs.append((y, *g, *gg, *g1))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_eager_twin_steps_aside_for_modes_and_fake_tensors():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.overrides import TorchFunctionMode
+
+    x = torch.rand(5, 2)
+    assert _op._plain_eager(x, torch.nn.Parameter(torch.rand(2, 3)))
+    with TorchFunctionMode():
+        assert not _op._plain_eager(x)
+    with FakeTensorMode() as mode:
+        fake = mode.from_tensor(x)
+        assert not _op._plain_eager(fake)
+    assert not _op._plain_eager(torch.empty(5, 2, device="meta"))
 
 
 # ----------------------------------------------------------------------------- widths at and across 0

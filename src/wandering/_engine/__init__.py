@@ -135,5 +135,5 @@ def evaluate_checked(x, c, w, m, support_p, backend: str) -> torch.Tensor:
     engine = resolve_backend(backend, x, c.shape[1])
     half = support_halfwidths(w, support_p)
     m2 = m[:, None] if m.dim() == 1 else m
-    y = _op.bump_sum_op(x, c, w, m2, half, engine, support_p is not None)
+    y = _op.bump_sum(x, c, w, m2, half, engine, support_p is not None)
     return y[:, 0] if m.dim() == 1 else y

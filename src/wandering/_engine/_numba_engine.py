@@ -80,15 +80,6 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy()
 
 
-def _inv_widths(w: torch.Tensor) -> np.ndarray:
-    # 1/w clamped to the largest finite float: a zero width gives a huge z, never inf*0.
-    big = torch.finfo(w.dtype).max
-    return _np((1.0 / w).clamp(-big, big))
-
-
-def _zero_width_half(half: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    # A zero width counts nowhere, whatever half says (1/0 is clamped, so 0 * big would count).
-    return torch.where(w == 0, torch.zeros_like(half), half)
 
 
 @dataclass
@@ -211,12 +202,12 @@ def _box_fraction(x: torch.Tensor, c: torch.Tensor, half: torch.Tensor) -> float
 
 
 def make_plan(
-    x: torch.Tensor, c: torch.Tensor, half: torch.Tensor, trust_forward: bool = False
+    x: torch.Tensor, c: torch.Tensor, half: torch.Tensor, trust_forward: bool = False, half_finite: bool | None = None
 ) -> tuple[_Binning, _Plan] | None:
     """Binning and grid plan for the culled sum, or None where culling does not pay (dense)."""
     n = x.shape[0]
     K = c.shape[1]
-    if n == 0 or K == 0 or not bool(torch.isfinite(half).all()):
+    if n == 0 or K == 0 or not (half_finite if half_finite is not None else bool(torch.isfinite(half).all())):
         return None
     if n * K < _SMALL_GRID and _box_fraction(x, c, half) > _CULL_FRACTION:
         return None
@@ -249,11 +240,14 @@ def _bounds(plan: _Plan, d: int, K: int, P: int) -> np.ndarray:
 
 
 def _prepare(x, c, w, m, half, cull, trust_forward=False):
-    """Kernel arrays, and the binning and plan when the culled path runs (else None, None)."""
-    hz = _zero_width_half(half, w)
-    bp = make_plan(x, c, hz, trust_forward) if cull else None
+    """Kernel arrays, and the binning and plan when the culled path runs (else None, None).
+
+    1/w is clamped to the largest finite float (a zero width gives a huge z, never inf*0),
+    and a zero width's half-width is 0 (it counts nowhere, whatever half says)."""
+    iw, hz, half_finite = _kernels.widths_prep(_np(w), _np(half))
+    bp = make_plan(x, c, torch.from_numpy(hz), trust_forward, half_finite) if cull else None
     b, plan = (None, None) if bp is None else bp
-    return b, plan, _np(c), _inv_widths(w), _np(hz), _np(m)
+    return b, plan, _np(c), iw, hz, _np(m)
 
 
 def _work(n: int, K: int, P: int, plan: _Plan | None) -> float:
