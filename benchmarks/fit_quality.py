@@ -8,7 +8,7 @@ wall time (fit + predict). Datasets ship inside matplotlib (nothing is downloade
 - topography: ``topobathy.npz`` (91 x 120 topography/bathymetry; all 10,920 cells)
 - mri:        ``s1045.ima.gz`` (256 x 256 uint16 big-endian MRI slice)
 - photo:      ``grace_hopper.jpg`` (600 x 512, converted to grayscale)
-- demo:       the README demo's synthetic target (``wandering.cli.demo_target``)
+- demo:       the README demo's synthetic target (``wandering.demo.demo_target``)
 
 Methods, at a budget of K bumps:
 
@@ -62,7 +62,7 @@ def load(name: str, n_points: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     from matplotlib import cbook
 
     if name == "demo":
-        from wandering.cli import demo_target
+        from wandering.demo import demo_target
 
         _, x, y = demo_target(seed, n_points)
         return x, y
