@@ -274,3 +274,29 @@ def test_least_squares_paths_agree_with_the_dense_design(monkeypatch, P):
         m, b = _lstsq.solve_magnitudes(x, y, c, w, 0.01, ridge=0.0)
         ref = torch.linalg.lstsq(phi, y2).solution
         torch.testing.assert_close(torch.cat([m.reshape(30, -1), b.reshape(1, -1)]), ref, rtol=1e-3, atol=1e-3)
+
+
+def test_ridge_cv_refit_on_the_fit_part_only():
+    from wandering import _lstsq
+
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(600, 2, generator=gen)
+    c, w = torch.rand(2, 40, generator=gen), torch.full((2, 40), 0.08)
+    y = torch.sin(6 * x[:, 0]) + 0.3 * torch.randn(600, generator=gen)
+    val = torch.zeros(600, dtype=torch.bool)
+    val[::10] = True
+    m_all, b_all, r_all = _lstsq.solve_magnitudes_cv(x, y, c, w, 0.01, val)
+    m_fit, b_fit, r_fit = _lstsq.solve_magnitudes_cv(x, y, c, w, 0.01, val, refit_all=False)
+    assert r_all == r_fit
+    m, b = _lstsq.solve_magnitudes(x[~val], y[~val], c, w, 0.01, ridge=r_fit)
+    torch.testing.assert_close(m_fit, m)
+    torch.testing.assert_close(b_fit, b)
+    m, b = _lstsq.solve_magnitudes(x, y, c, w, 0.01, ridge=r_all)
+    torch.testing.assert_close(m_all, m)
+    torch.testing.assert_close(b_all, b)
+
+
+def test_the_polish_ridge_is_no_smaller_than_the_start():
+    x, y = _noisy(400)
+    est = BumpRegressor(n_bumps=64, steps=100, lr_position=0.5, random_state=0).fit(x, y)
+    assert est.ridge_[1] >= est.ridge_[0]
