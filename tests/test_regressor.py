@@ -135,12 +135,64 @@ def test_fit_input_errors(X, y, exc, match):
         (dict(device="nonsense"), ValueError, "device"),
         (dict(ridge="big"), TypeError, "ridge"),
         (dict(ridge=-1.0), ValueError, "ridge"),
+        (dict(early_stopping="yes"), TypeError, "early_stopping must be a bool, but got str"),
+        (dict(validation_every=0), ValueError, "validation_every must be >= 1, but got 0"),
+        (dict(validation_every=2.5), TypeError, "validation_every must be an int, but got float"),
     ],
 )
 def test_parameter_errors(params, exc, match):
     x, y = _data(50)
     with pytest.raises(exc, match=match):
         BumpRegressor(**{**FAST, **params}).fit(x, y)
+
+
+def _noisy(n=300, seed=0, noise=0.3):
+    x, y = _data(n, seed)
+    return x, y + np.random.default_rng(seed + 7).normal(scale=noise, size=n)
+
+
+def test_early_stopping_restores_the_best_parameters():
+    x, y = _noisy()
+    snaps = {}
+
+    def cb(step, loss, model):  # the parameters after step + 1 steps
+        snaps[step + 1] = [t.detach().clone() for t in model.parameters()]
+
+    kw = dict(n_bumps=64, steps=120, lr_position=0.5, lr_magnitude=0.05, init="kmeans", polish=False,
+              random_state=0)
+    est = BumpRegressor(**kw, early_stopping=True, validation_every=10, callback=cb).fit(x, y)
+    steps = [s for s, _ in est.validation_loss_]
+    assert steps == list(range(0, 121, 10))  # before the first step, every 10 steps, after the last
+    losses = dict(est.validation_loss_)
+    assert est.best_step_ == min(losses, key=losses.get)
+    assert 0 < est.best_step_ < 120  # this noisy fit overfits: an earlier state is kept
+    for got, want in zip(est.module_.parameters(), snaps[est.best_step_]):
+        assert torch.equal(got.detach(), want)
+    assert not torch.equal(snaps[120][0], snaps[est.best_step_][0])
+    off = BumpRegressor(**kw).fit(x, y)
+    assert off.best_step_ is None and off.validation_loss_ == []
+
+
+def test_early_stopping_validation_split_is_reproducible():
+    x, y = _noisy()
+    kw = dict(n_bumps=32, steps=60, early_stopping=True, validation_every=5)
+    a = BumpRegressor(**kw, random_state=3).fit(x, y)
+    b = BumpRegressor(**kw, random_state=3).fit(x, y)
+    assert a.validation_loss_ == b.validation_loss_ and a.best_step_ == b.best_step_
+    np.testing.assert_array_equal(a.predict(x), b.predict(x))
+    c = BumpRegressor(**kw, random_state=4).fit(x, y)
+    assert c.validation_loss_[0] != a.validation_loss_[0]  # another seed, another split and start
+    # a stop by the callback still validates there and keeps the best state
+    d = BumpRegressor(**kw, random_state=3, callback=lambda s, loss, m: s == 11).fit(x, y)
+    assert [s for s, _ in d.validation_loss_] == [0, 5, 10, 12]
+
+
+def test_widths_stay_above_the_point_spacing():
+    x, y = _noisy(400)
+    est = BumpRegressor(n_bumps=64, steps=150, lr_position=0.5, random_state=0).fit(x, y)
+    w = est.module_.bumps.w.detach().numpy()
+    # unit-box widths: at least min(the initial width, one point spacing n**(-1/d))
+    assert w.min() >= min(0.7 * 64 ** -0.5, 400 ** -0.5) * (1 - 1e-5)
 
 
 def test_predict_errors():
@@ -222,3 +274,29 @@ def test_least_squares_paths_agree_with_the_dense_design(monkeypatch, P):
         m, b = _lstsq.solve_magnitudes(x, y, c, w, 0.01, ridge=0.0)
         ref = torch.linalg.lstsq(phi, y2).solution
         torch.testing.assert_close(torch.cat([m.reshape(30, -1), b.reshape(1, -1)]), ref, rtol=1e-3, atol=1e-3)
+
+
+def test_ridge_cv_refit_on_the_fit_part_only():
+    from wandering import _lstsq
+
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(600, 2, generator=gen)
+    c, w = torch.rand(2, 40, generator=gen), torch.full((2, 40), 0.08)
+    y = torch.sin(6 * x[:, 0]) + 0.3 * torch.randn(600, generator=gen)
+    val = torch.zeros(600, dtype=torch.bool)
+    val[::10] = True
+    m_all, b_all, r_all = _lstsq.solve_magnitudes_cv(x, y, c, w, 0.01, val)
+    m_fit, b_fit, r_fit = _lstsq.solve_magnitudes_cv(x, y, c, w, 0.01, val, refit_all=False)
+    assert r_all == r_fit
+    m, b = _lstsq.solve_magnitudes(x[~val], y[~val], c, w, 0.01, ridge=r_fit)
+    torch.testing.assert_close(m_fit, m)
+    torch.testing.assert_close(b_fit, b)
+    m, b = _lstsq.solve_magnitudes(x, y, c, w, 0.01, ridge=r_all)
+    torch.testing.assert_close(m_all, m)
+    torch.testing.assert_close(b_all, b)
+
+
+def test_the_polish_ridge_is_no_smaller_than_the_start():
+    x, y = _noisy(400)
+    est = BumpRegressor(n_bumps=64, steps=100, lr_position=0.5, random_state=0).fit(x, y)
+    assert est.ridge_[1] >= est.ridge_[0]

@@ -202,6 +202,7 @@ def solve_magnitudes_cv(
     support_p: float | None,
     val_mask: torch.Tensor,
     ridges=RIDGE_GRID,
+    refit_all: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Like :func:`solve_magnitudes`, with the ridge picked on held-out points.
 
@@ -209,7 +210,8 @@ def solve_magnitudes_cv(
     is False (fit) and True (validation); each ridge is solved on the fit part and
     scored by its squared error on the validation part (a quadratic form in the
     solution, so no second pass over the points); the chosen ridge is then solved on
-    all points.
+    all points (``refit_all=False``: on the fit part only, keeping the validation points
+    unseen).
 
     Returns:
         m, offset (as :func:`solve_magnitudes`) and the chosen relative ridge.
@@ -226,5 +228,8 @@ def solve_magnitudes_cv(
         sse = float((yy - 2 * (sol * B2).sum(0) + (sol * (G2 @ sol)).sum(0)).sum())
         if best is None or sse < best[0]:
             best = (sse, r)
-    m, b = _solve(G1 + G2, B1 + B2, best[1], y.dim() == 1)
+    if refit_all:
+        m, b = _solve(G1 + G2, B1 + B2, best[1], y.dim() == 1)
+    else:
+        m, b = _solve(G1, B1, best[1], y.dim() == 1)
     return m, b, best[1]
