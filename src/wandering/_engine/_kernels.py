@@ -178,13 +178,13 @@ def _grad_block(xb, gb, c, iw, half, m, k, nb, s, gate, e, ibuf, tm, gxb, pcw, p
     for i in range(nb):
         el = e[i]
         tm[i] = two * el * tm[i] if el > zero else zero
-    _grad_tail(xb, 0, c, iw, k, nb, tm, gxb, 0, pcw)
+    _grad_tail(xb, 0, c, iw, k, nb, tm, gxb, 0, pcw, True)
 
 
 @njit(fastmath=FM, cache=True)
-def _grad_tail(xs, p0, c, iw, k, nb, tm, gxb, g0, pcw):
+def _grad_tail(xs, p0, c, iw, k, nb, tm, gxb, g0, pcw, need_x):
     """From t_i = 2 e_i sum_p g[i, p] m[k, p] (0 for dead pairs) for points p0:p0+nb of xs:
-    grad x into gxb[:, g0:g0+nb], grad c, w into pcw."""
+    grad x into gxb[:, g0:g0+nb] (when need_x), grad c, w into pcw."""
     d = xs.shape[0]
     zero = tm.dtype.type(0.0)
     for j in range(d):
@@ -200,7 +200,8 @@ def _grad_tail(xs, p0, c, iw, k, nb, tm, gxb, g0, pcw):
             a = a if tm[i] != zero else zero  # dead pairs: z may be inf
             sc += a
             sw += a * z
-            gxj[i] -= a
+            if need_x:
+                gxj[i] -= a
         pcw[j, k] += sc
         pcw[d + j, k] += sw
 
@@ -634,10 +635,11 @@ def culled_backward(
             for p in range(P):
                 for i in range(nr, nr + _VPAD):
                     grow[p, i] = 0
-            for j in range(d):
-                gj = gxr[j]
-                for i in range(nr + _VPAD):
-                    gj[i] = 0
+            if need_x:
+                for j in range(d):
+                    gj = gxr[j]
+                    for i in range(nr + _VPAD):
+                        gj[i] = 0
             for t in range(row_start[r], row_start[r + 1]):
                 p0 = reg_p0[t]
                 L0 = reg_p1[t] - p0
@@ -672,7 +674,7 @@ def culled_backward(
                     for i in range(L):
                         el = e[i]
                         tm[i] = two * el * tm[i] if el > zero else zero
-                _grad_tail(xs, p0, c, iw, k, L, tm, gxr, off, pcq)
+                _grad_tail(xs, p0, c, iw, k, L, tm, gxr, off, pcq, need_x)
             if need_x:
                 for i in range(nr):
                     pi = perm[a + i]
