@@ -31,11 +31,10 @@ from numba.extending import overload
 FM = {"nsz", "arcp", "contract", "afn", "reassoc"}
 FM_EXP = {"nsz", "contract"}  # no reassoc: it would undo the Cody-Waite split
 _B = 256  # points per block: buffers stay in L1
-# Culled runs are evaluated in whole multiples of _VPAD points, the tail gated off: LLVM's
-# vector loops do 8 float32 lanes (AVX2) x 4 interleaved, and its scalar remainder loops
-# cost more than the extra lanes (at runs of ~110 points, padding to 32 measured ~30% less
-# time in the backward than padding to 8, and about the same in the forward).
-_VPAD = 32
+# Culled runs are evaluated in whole multiples of _VPAD points (the AVX2 float32 width),
+# the tail gated off: LLVM's scalar remainder loops cost more than the extra lanes (at runs
+# of ~110 points: ~10% off the backward; the forward within noise; padding to 32 no better).
+_VPAD = 8
 _BUCKETS = 256  # first-pass buckets of the binning sort (write streams that stay cached)
 
 # exp(-s) in float32: 2**n * p(r), r = -s - n*ln2, |r| <= ln2/2 (Cephes-style minimax).

@@ -25,7 +25,6 @@ from . import _kernels
 
 # Target points per grid cell; a bump then visits ~(box/h + 1)**3 cells.
 _POINTS_PER_CELL = 16
-_ROW_REFINE = 4  # cells along the rows per grid cell
 # Cull only when the candidate pairs are well below the dense n*K (tests raise it to force the grid).
 _CULL_FRACTION = 0.5
 # Small problems (n * K below _SMALL_GRID) skip the grid without binning when, for uniform
@@ -156,11 +155,6 @@ def _make_binning(x: torch.Tensor) -> _Binning:
     # Rows run along the grid dim with the most cells (stable order: ties keep data order).
     gdim = np.argsort(ncell, kind="stable").astype(np.int64)
     lo, inv_h, ncell = lo[gdim].copy(), inv_h[gdim].copy(), ncell[gdim].copy()
-    # Finer cells along the rows (within the cell budget) trim the runs' ends at no cost in runs.
-    refine = min(_ROW_REFINE, int((4 * total + 64) // np.prod(ncell)))
-    if ncell[gd - 1] > 1 and refine > 1:
-        inv_h[gd - 1] *= refine
-        ncell[gd - 1] *= refine
     idx = np.int32 if n + _kernels._VPAD < 2**31 else np.int64
     perm, rank = np.empty(n, idx), np.empty(n, idx)
     with _threads_capped(n * d):
