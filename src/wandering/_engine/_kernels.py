@@ -31,9 +31,9 @@ from numba.extending import overload
 FM = {"nsz", "arcp", "contract", "afn", "reassoc"}
 FM_EXP = {"nsz", "contract"}  # no reassoc: it would undo the Cody-Waite split
 _B = 256  # points per block: buffers stay in L1
-# Culled runs are evaluated in whole multiples of _VPAD points (the AVX2 float32 width),
-# the tail gated off: LLVM's scalar remainder loops cost more than the extra lanes (at runs
-# of ~110 points: ~10% off the backward; the forward within noise; padding to 32 no better).
+# The culled backward evaluates runs in whole multiples of _VPAD points (the AVX2 float32
+# width), the tail gated off: LLVM's scalar remainder loops cost more than the extra lanes
+# (at runs of ~110 points: ~10% off the backward; the forward measured no gain, so it does not pad).
 _VPAD = 8
 _BUCKETS = 256  # first-pass buckets of the binning sort (write streams that stay cached)
 
@@ -552,11 +552,11 @@ def culled_forward(xs, perm, c, iw, half, m, row_pts, row_start, reg_k, reg_p0, 
     dt = xs.dtype
     npart = bounds.shape[0] - 1
     for q in prange(npart):
-        s = np.empty(maxseg + _VPAD, dt)
-        gate = np.empty(maxseg + _VPAD, dt)
-        e = np.empty(maxseg + _VPAD, dt)
-        ibuf = np.empty(maxseg + _VPAD, np.int32)
-        acc = np.empty((P, maxrow + _VPAD), dt)
+        s = np.empty(maxseg, dt)
+        gate = np.empty(maxseg, dt)
+        e = np.empty(maxseg, dt)
+        ibuf = np.empty(maxseg, np.int32)
+        acc = np.empty((P, maxrow), dt)
         for r in range(bounds[q], bounds[q + 1]):
             a = row_pts[r]
             nr = row_pts[r + 1] - a
@@ -564,16 +564,17 @@ def culled_forward(xs, perm, c, iw, half, m, row_pts, row_start, reg_k, reg_p0, 
                 continue
             for p in range(P):
                 ap = acc[p]
-                for i in range(nr + _VPAD):
+                for i in range(nr):
                     ap[i] = 0
             for t in range(row_start[r], row_start[r + 1]):
                 p0 = reg_p0[t]
-                L0 = reg_p1[t] - p0
-                if L0 == 0:
+                L = reg_p1[t] - p0
+                if L == 0:
                     continue
                 k = reg_k[t]
                 off = p0 - a
-                L = _padded_run(xs, p0, c, iw, half, k, L0, s, gate, e, ibuf)
+                _pair_block(xs, p0, c, iw, half, k, L, s, gate)
+                neg_exp_block(s, e, L, ibuf)
                 if P == 1:
                     ap = acc[0][off : off + L]
                     mk = m[k, 0]
