@@ -31,10 +31,6 @@ from numba.extending import overload
 FM = {"nsz", "arcp", "contract", "afn", "reassoc"}
 FM_EXP = {"nsz", "contract"}  # no reassoc: it would undo the Cody-Waite split
 _B = 256  # points per block: buffers stay in L1
-# The culled backward evaluates runs in whole multiples of _VPAD points (the AVX2 float32
-# width), the tail gated off: LLVM's scalar remainder loops cost more than the extra lanes
-# (at runs of ~110 points: ~10% off the backward; the forward measured no gain, so it does not pad).
-_VPAD = 8
 _BUCKETS = 256  # first-pass buckets of the binning sort (write streams that stay cached)
 
 # exp(-s) in float32: 2**n * p(r), r = -s - n*ln2, |r| <= ln2/2 (Cephes-style minimax).
@@ -334,9 +330,8 @@ def bin_points(x, gdim, lo, inv_h, ncell, nchunk, perm, rank):
     counting sort by cell.
 
     Fills perm (sorted position -> original index) and rank (its inverse); returns the first
-    sorted position of every cell (n_cells + 1,) and the points sorted, (d, n + _VPAD), the
-    pad zero (runs read up to _VPAD - 1 points past their end). Grid dim j is data dim
-    gdim[j]; the last grid dim (along which rows run) is the one with the most cells, so
+    sorted position of every cell (n_cells + 1,) and the points sorted, (d, n). Grid dim j
+    is data dim gdim[j]; the last grid dim (along which rows run) is the one with the most cells, so
     thin data (a slab) still gives long runs.
 
     Two scatters, each cache-friendly (one straight scatter into the sorted arrays was
@@ -389,7 +384,7 @@ def bin_points(x, gdim, lo, inv_h, ncell, nchunk, perm, rank):
             tidx[p] = i
             for j in range(d):
                 tx[p, j] = x[i, j]
-    xs = np.zeros((d, n + _VPAD), x.dtype)
+    xs = np.empty((d, n), x.dtype)
     for b in prange(nbk):
         t0 = b * cb
         t1 = min(total, t0 + cb)
@@ -530,18 +525,6 @@ def partition_bounds(cost, npart):
     return bounds
 
 
-@njit(fastmath=FM, cache=True)
-def _padded_run(xs, p0, c, iw, half, k, L0, s, gate, e, ibuf):
-    """s, gate and e = exp(-s) for bump k on the run of L0 points from p0, rounded up to a
-    multiple of _VPAD with the extra points gated off; returns the rounded length."""
-    L = (L0 + _VPAD - 1) // _VPAD * _VPAD
-    _pair_block(xs, p0, c, iw, half, k, L, s, gate)
-    for i in range(L0, L):
-        gate[i] = 0
-    neg_exp_block(s, e, L, ibuf)
-    return L
-
-
 @njit(parallel=True, fastmath=FM, cache=True)
 def culled_forward(xs, perm, c, iw, half, m, row_pts, row_start, reg_k, reg_p0, reg_p1, bounds, maxrow, maxseg, y):
     """y (n, P), original order. Partition q owns rows bounds[q]:bounds[q+1]; per row a
@@ -609,13 +592,13 @@ def culled_backward(
     two = dt.type(2.0)
     npart = bounds.shape[0] - 1
     for q in prange(npart):
-        s = np.empty(maxseg + _VPAD, dt)
-        gate = np.empty(maxseg + _VPAD, dt)
-        e = np.empty(maxseg + _VPAD, dt)
-        tm = np.empty(maxseg + _VPAD, dt)
-        ibuf = np.empty(maxseg + _VPAD, np.int32)
-        grow = np.empty((P, maxrow + _VPAD), dt)
-        gxr = np.empty((d, maxrow + _VPAD), dt)
+        s = np.empty(maxseg, dt)
+        gate = np.empty(maxseg, dt)
+        e = np.empty(maxseg, dt)
+        tm = np.empty(maxseg, dt)
+        ibuf = np.empty(maxseg, np.int32)
+        grow = np.empty((P, maxrow), dt)
+        gxr = np.empty((d, maxrow), dt)
         pcq = pcw[q]
         pmq = pm[q]
         for r in range(bounds[q], bounds[q + 1]):
@@ -633,22 +616,20 @@ def culled_backward(
             for i in range(nr):
                 for p in range(P):
                     grow[p, i] = gs[a + i, p]
-            for p in range(P):
-                for i in range(nr, nr + _VPAD):
-                    grow[p, i] = 0
             if need_x:
                 for j in range(d):
                     gj = gxr[j]
-                    for i in range(nr + _VPAD):
+                    for i in range(nr):
                         gj[i] = 0
             for t in range(row_start[r], row_start[r + 1]):
                 p0 = reg_p0[t]
-                L0 = reg_p1[t] - p0
-                if L0 == 0:
+                L = reg_p1[t] - p0
+                if L == 0:
                     continue
                 k = reg_k[t]
                 off = p0 - a
-                L = _padded_run(xs, p0, c, iw, half, k, L0, s, gate, e, ibuf)
+                _pair_block(xs, p0, c, iw, half, k, L, s, gate)
+                neg_exp_block(s, e, L, ibuf)
                 if P == 1:
                     g1 = grow[0][off : off + L]
                     mk2 = two * m[k, 0]

@@ -109,7 +109,7 @@ class _Binning:
     rank: np.ndarray  # (n,) the same dtype: original index -> sorted position
     start: np.ndarray  # (n_cells + 1,) first sorted position of each cell
     row_pts: np.ndarray  # (nrows + 1,) first sorted position of each row
-    xs: np.ndarray  # (d, n + _kernels._VPAD) points in sorted order, zero-padded
+    xs: np.ndarray  # (d, n) points in sorted order
     gdim: np.ndarray  # (gd,) data dim of each grid dim
     lo: np.ndarray
     inv_h: np.ndarray
@@ -155,7 +155,7 @@ def _make_binning(x: torch.Tensor) -> _Binning:
     # Rows run along the grid dim with the most cells (stable order: ties keep data order).
     gdim = np.argsort(ncell, kind="stable").astype(np.int64)
     lo, inv_h, ncell = lo[gdim].copy(), inv_h[gdim].copy(), ncell[gdim].copy()
-    idx = np.int32 if n + _kernels._VPAD < 2**31 else np.int64
+    idx = np.int32 if n < 2**31 else np.int64
     perm, rank = np.empty(n, idx), np.empty(n, idx)
     with _threads_capped(n * d):
         # Any chunk count gives the same (stable) order: use one per thread.
