@@ -25,8 +25,8 @@ Cases (x, c uniform in the unit cube unless said otherwise):
     PYTHONPATH=src python benchmarks/bench_engine.py --cases culled dense --quick
 
 ``--baseline-dir`` holds an older ``_kernels.py`` and ``_numba_engine.py`` (from
-``git show <rev>:src/wandering/_engine/<file>``); it runs behind that version's
-finite check, so its op-level costs are counted too.
+``git show <rev>:src/wandering/_engine/<file>``); it runs behind the current op layer,
+so only the engine differs. ``--no-per-bump`` skips the slow per-bump loop.
 """
 
 from __future__ import annotations
@@ -131,13 +131,32 @@ def _load_baseline(path: str):
     return mod
 
 
-def _old_finite_check(**tensors):
-    """The pre-change op's finite check: a full isfinite mask per tensor."""
+def _baseline_step(old, xs_new, x, c, w, m, gy, sp):
+    """A step of the older engine through the current op layer (checks, autograd, the
+    backward op), registered for the step as engine "baseline": only the engine differs
+    from the new step, so identical code measures ~1.0x."""
     import torch
 
-    for t in tensors.values():
-        if not bool(torch.isfinite(t).all()):
-            raise ValueError("non-finite")
+    from wandering._engine import _op, _registry
+    from wandering._geometry import support_halfwidths
+
+    new = _registry.ENGINES["numba"]
+    _registry.ENGINES["baseline"] = _registry.Engine(
+        "baseline", new.devices, new.dtypes, new.culls, new.priority, old.forward, old.backward
+    )
+    m2 = m if m.dim() == 2 else m[:, None]
+    g2 = gy if gy.dim() == 2 else gy[:, None]
+
+    def old_step(r):
+        xr = x if xs_new is None else xs_new[r]
+        for t in (c, w, m):
+            t.grad = None
+        t0 = time.perf_counter()
+        y = _op.bump_sum_op(xr, c, w, m2, support_halfwidths(w, sp), "baseline", sp is not None)
+        y.backward(g2)
+        return time.perf_counter() - t0
+
+    return old_step
 
 
 def _stats(ts):
@@ -173,7 +192,7 @@ def _matched_uniform_scale(case, target_pairs):
     return scale
 
 
-def _worker(case, threads, repeats, quick, baseline_dir):
+def _worker(case, threads, repeats, quick, baseline_dir, per_bump=True):
     import numba
     import torch
 
@@ -203,22 +222,7 @@ def _worker(case, threads, repeats, quick, baseline_dir):
 
     fns = {"new": new_step}
     if baseline_dir:
-        old = _load_baseline(baseline_dir)
-        from wandering._geometry import support_halfwidths
-
-        def old_step(r):
-            xr = xs_new[r] if newx else x
-            cd, wd = c.detach(), w.detach()
-            md = m.detach() if P > 1 else m.detach()[:, None]
-            g2 = gy if P > 1 else gy[:, None]
-            t0 = time.perf_counter()
-            _old_finite_check(x=xr, c=cd, w=wd, m=md)
-            half = support_halfwidths(wd, sp)
-            old.forward(xr, cd, wd, md, half, sp is not None)
-            old.backward(g2, xr, cd, wd, md, half, sp is not None, False)
-            return time.perf_counter() - t0
-
-        fns["old"] = old_step
+        fns["old"] = _baseline_step(_load_baseline(baseline_dir), xs_new if newx else None, x, c, w, m, gy, sp)
     if sp is None:
         try:
             import pykeops  # noqa: F401
@@ -239,18 +243,19 @@ def _worker(case, threads, repeats, quick, baseline_dir):
     for r in range(repeats):
         for k, f in fns.items():
             times[k].append(f(r))
-    # The per-bump loop: slow; a subset of bumps, scaled to K, once (or twice).
-    sub = range(min(K, PER_BUMP_SUBSET if sp is not None else 16))
-    pb = []
-    for _ in range(1 if quick else 2):
-        t0 = time.perf_counter()
-        per_bump_loop(x, c, w, m, sp, sub).backward(gy)
-        pb.append((time.perf_counter() - t0) * K / len(sub))
-    for t in (c, w, m):
-        t.grad = None
     out = {k: _stats(v) for k, v in times.items()}
-    out["per-bump"] = _stats(pb)
-    out["per-bump"]["note"] = f"{len(sub)} of {K} bumps, scaled"
+    if per_bump:
+        # The per-bump loop: slow; a subset of bumps, scaled to K, once (or twice).
+        sub = range(min(K, PER_BUMP_SUBSET if sp is not None else 16))
+        pb = []
+        for _ in range(1 if quick else 2):
+            t0 = time.perf_counter()
+            per_bump_loop(x, c, w, m, sp, sub).backward(gy)
+            pb.append((time.perf_counter() - t0) * K / len(sub))
+        for t in (c, w, m):
+            t.grad = None
+        out["per-bump"] = _stats(pb)
+        out["per-bump"]["note"] = f"{len(sub)} of {K} bumps, scaled"
     out["_pairs"] = pairs
     out["_P"] = P
     if "keops" not in fns and sp is None:
@@ -382,6 +387,7 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="fewer repeats")
     p.add_argument("--baseline-dir", default=None, help="older engine to compare with in the same run")
     p.add_argument("--no-rss", action="store_true")
+    p.add_argument("--no-per-bump", action="store_true", help="skip the slow per-bump loop")
     p.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     repeats = args.repeats or (3 if args.quick else 7)
@@ -390,7 +396,7 @@ def main(argv=None) -> int:
         if kind == "rss":
             res = _rss_worker(case, int(threads))
         else:
-            res = _worker(case, int(threads), repeats, args.quick, args.baseline_dir)
+            res = _worker(case, int(threads), repeats, args.quick, args.baseline_dir, not args.no_per_bump)
         print(json.dumps(res))
         return 0
     for case in args.cases:
@@ -400,6 +406,8 @@ def main(argv=None) -> int:
                 wargs.append("--quick")
             if args.baseline_dir:
                 wargs += ["--baseline-dir", args.baseline_dir]
+            if args.no_per_bump:
+                wargs.append("--no-per-bump")
             res = _run(wargs)
             head = f"{case:12s} threads={nt}"
             if "failed" in res:

@@ -96,8 +96,8 @@ class _Plan:
 
 @dataclass
 class _Binning:
-    perm: np.ndarray  # (n,) int64: sorted position -> original index
-    rank: np.ndarray  # (n,) int64: original index -> sorted position
+    perm: np.ndarray  # (n,) int32 (int64 from 2**31 points): sorted position -> original index
+    rank: np.ndarray  # (n,) the same dtype: original index -> sorted position
     start: np.ndarray  # (n_cells + 1,) first sorted position of each cell
     row_pts: np.ndarray  # (nrows + 1,) first sorted position of each row
     xs: np.ndarray  # (d, n) points in sorted order
@@ -124,9 +124,9 @@ def _make_binning(x: torch.Tensor) -> _Binning:
     bin_calls += 1
     n, d = x.shape
     gd = min(d, 3)
-    xg = x[:, :gd].double()
-    lo = xg.min(dim=0).values.numpy().copy()
-    hi = xg.max(dim=0).values.numpy().copy()
+    xn = _np(x)
+    with _threads_capped(n * d):
+        lo, hi = _kernels.extent(xn, gd)
     ext = hi - lo
     pos = ext > 0
     total = max(1.0, n / _POINTS_PER_CELL)
@@ -146,7 +146,11 @@ def _make_binning(x: torch.Tensor) -> _Binning:
     # Rows run along the grid dim with the most cells (stable order: ties keep data order).
     gdim = np.argsort(ncell, kind="stable").astype(np.int64)
     lo, inv_h, ncell = lo[gdim].copy(), inv_h[gdim].copy(), ncell[gdim].copy()
-    perm, rank, start, xs = _kernels.bin_points(_np(x.T), gdim, lo, inv_h, ncell)
+    idx = np.int32 if n < 2**31 else np.int64
+    perm, rank = np.empty(n, idx), np.empty(n, idx)
+    with _threads_capped(n * d):
+        # Any chunk count gives the same (stable) order: use one per thread.
+        start, xs = _kernels.bin_points(xn, gdim, lo, inv_h, ncell, numba.get_num_threads(), perm, rank)
     row_pts = np.ascontiguousarray(start[:: int(ncell[gd - 1])])
     return _Binning(perm, rank, start, row_pts, xs, gdim, lo, inv_h, ncell, x.clone())
 
