@@ -26,7 +26,8 @@ Cases (x, c uniform in the unit cube unless said otherwise):
 
 ``--baseline-dir`` holds an older ``_kernels.py`` and ``_numba_engine.py`` (from
 ``git show <rev>:src/wandering/_engine/<file>``); it runs behind the current op layer,
-so only the engine differs. ``--no-per-bump`` skips the slow per-bump loop.
+so only the engine differs (wandering 0.1.0's engine, from before the engine contract,
+runs through its own entry point, P = 1 only). ``--no-per-bump`` skips the slow per-bump loop.
 """
 
 from __future__ import annotations
@@ -134,26 +135,42 @@ def _load_baseline(path: str):
 def _baseline_step(old, xs_new, x, c, w, m, gy, sp):
     """A step of the older engine through the current op layer (checks, autograd, the
     backward op), registered for the step as engine "baseline": only the engine differs
-    from the new step, so identical code measures ~1.0x."""
+    from the new step, so identical code measures ~1.0x.
+
+    An engine from before the engine contract (wandering 0.1.0: ``bump_sum_numba``, its own
+    autograd.Function, one output) runs whole through its own entry point instead; that
+    is then its whole path, checks and autograd included. Returns None where it cannot run
+    the case (P > 1)."""
     import torch
 
     from wandering._engine import _op, _registry
     from wandering._geometry import support_halfwidths
 
-    new = _registry.ENGINES["numba"]
-    _registry.ENGINES["baseline"] = _registry.Engine(
-        "baseline", new.devices, new.dtypes, new.culls, new.priority, old.forward, old.backward
-    )
     m2 = m if m.dim() == 2 else m[:, None]
     g2 = gy if gy.dim() == 2 else gy[:, None]
+    if not hasattr(old, "forward") and hasattr(old, "bump_sum_numba"):
+        if m.dim() == 2:
+            return None
+
+        def run(xr):
+            half = None if sp is None else support_halfwidths(w, sp).detach()
+            old.bump_sum_numba(xr, c, w, m, half, sp is not None).backward(gy)
+
+    else:
+        new = _registry.ENGINES["numba"]
+        _registry.ENGINES["baseline"] = _registry.Engine(
+            "baseline", new.devices, new.dtypes, new.culls, new.priority, old.forward, old.backward
+        )
+
+        def run(xr):
+            _op.bump_sum(xr, c, w, m2, support_halfwidths(w, sp), "baseline", sp is not None).backward(g2)
 
     def old_step(r):
         xr = x if xs_new is None else xs_new[r]
         for t in (c, w, m):
             t.grad = None
         t0 = time.perf_counter()
-        y = _op.bump_sum_op(xr, c, w, m2, support_halfwidths(w, sp), "baseline", sp is not None)
-        y.backward(g2)
+        run(xr)
         return time.perf_counter() - t0
 
     return old_step
@@ -222,7 +239,9 @@ def _worker(case, threads, repeats, quick, baseline_dir, per_bump=True):
 
     fns = {"new": new_step}
     if baseline_dir:
-        fns["old"] = _baseline_step(_load_baseline(baseline_dir), xs_new if newx else None, x, c, w, m, gy, sp)
+        old_step = _baseline_step(_load_baseline(baseline_dir), xs_new if newx else None, x, c, w, m, gy, sp)
+        if old_step is not None:
+            fns["old"] = old_step
     if sp is None:
         try:
             import pykeops  # noqa: F401
