@@ -19,7 +19,8 @@ Cases (x, c uniform in the unit cube unless said otherwise):
     slab           1e6 points on a slab 0.002 thick; the same mixed bumps
                    (both compared with uniform data whose widths are scaled to give the
                    same number of in-support pairs: cost per pair, clustered / uniform)
-    train          the seed author's development problem: a whole training step
+    train          the seed author's development problem: a whole training step, with torch.optim.Adam
+                   as it comes and with Adam(fused=True)
 
     PYTHONPATH=src python benchmarks/bench_engine.py --baseline-dir /tmp/old --threads 1 2
     PYTHONPATH=src python benchmarks/bench_engine.py --cases culled dense --quick
@@ -216,7 +217,7 @@ def _worker(case, threads, repeats, quick, baseline_dir, per_bump=True):
     numba.set_num_threads(threads)
     torch.set_num_threads(threads)
     if case == "train":
-        return _train_worker(repeats)
+        return {"torch.optim.Adam": _train_worker(repeats), "Adam(fused=True)": _train_worker(repeats, fused=True)}
     from wandering._engine import _numba_engine, bump_sum
 
     x, c, w, m, gy, sp = _inputs(case)
@@ -306,9 +307,9 @@ def _worker(case, threads, repeats, quick, baseline_dir, per_bump=True):
     return out
 
 
-def _train_worker(repeats):
+def _train_worker(repeats, fused=False):
     """A whole training step of the seed author's development problem, split into the engine's
-    forward+backward and the rest."""
+    forward+backward and the rest (``fused``: Adam's one-kernel step instead of its default)."""
     import torch
 
     import wandering
@@ -323,7 +324,7 @@ def _train_worker(repeats):
         torch.rand(d, K), 0.1 + 0.2 * torch.rand(d, K), 0.1 * torch.randn(K),
         torch.tensor([[0.0, 1.0]] * d), torch.tensor([[0.05, 0.5]] * d), 0.01, 0.01, 0.001, 0.01,
     )  # fmt: skip
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2, **({"fused": True} if fused else {}))
     eng = ENGINES["numba"]
     spent = [0.0]
 
@@ -433,11 +434,12 @@ def main(argv=None) -> int:
                 print(f"{head} FAILED: {res['failed']}", flush=True)
                 continue
             if case == "train":
-                print(
-                    f"{head} step {_ms(res['step'])}  engine fwd+bwd {_ms(res['engine'])}  rest {_ms(res['rest'])}  "
-                    f"rest/step (median of per-step ratios) {res['rest_fraction']:.0%}",
-                    flush=True,
-                )
+                for opt_name, r in res.items():
+                    print(
+                        f"{head} {opt_name:<17} step {_ms(r['step'])}  engine fwd+bwd {_ms(r['engine'])}  "
+                        f"rest {_ms(r['rest'])}  rest/step (median of per-step ratios) {r['rest_fraction']:.0%}",
+                        flush=True,
+                    )
                 continue
             pairs, P = res.pop("_pairs"), res.pop("_P")
             ratio = res.pop("_cost_ratio", None)
