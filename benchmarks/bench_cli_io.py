@@ -56,25 +56,21 @@ def main() -> None:
     from wandering._cli_data import read_table
     from wandering.cli import main as cli
 
+    from wandering._fit_recipe import predict_arrays
     from wandering.cli import load_checkpoint as load_model
-
-    try:  # the fitting recipe's module since the CLI was split
-        from wandering._fit_recipe import predict_arrays
-    except ImportError:
-        from wandering.cli import predict_arrays
 
     csv_path, npz_path, small = make_data(a.dir, a.rows)
     fit_dir = os.path.join(a.dir, "fit")
     assert cli(["fit", small, "--out", fit_dir, "--steps", "50", "--bumps", "16", "--quiet", "--no-plot",
                 "--force"]) == 0
-    model, ckpt = load_model(os.path.join(fit_dir, "model.pt"))
+    model, _ = load_model(os.path.join(fit_dir, "model.pt"))
     x = np.load(npz_path)["x"]
-    predict_arrays(model, ckpt, x[:20000])  # warm-up: Numba's one-off compilation is not timed
+    predict_arrays(model, x[:20000])  # warm-up: Numba's one-off compilation is not timed
 
     rows = [
         ("read CSV (fit)", lambda: read_table(csv_path)),
         ("read npz (fit)", lambda: read_table(npz_path)),
-        ("predict_arrays alone", lambda: predict_arrays(model, ckpt, x)),
+        ("predict_arrays alone", lambda: predict_arrays(model, x)),
         ("predict command, CSV -> CSV", lambda: cli(["predict", os.path.join(fit_dir, "model.pt"), csv_path,
                                                      "-o", os.path.join(a.dir, "pred.csv"), "--force"])),
         ("predict command, npz -> npz", lambda: cli(["predict", os.path.join(fit_dir, "model.pt"), npz_path,

@@ -753,7 +753,7 @@ def test_predict_in_large_chunks_equals_small_chunks(fitted):
     _, _, model = fitted
     net, ckpt = load_checkpoint(model)
     x = np.random.default_rng(5).uniform(-1, 2, size=(5000, 2))
-    np.testing.assert_allclose(predict_arrays(net, ckpt, x, chunk=777), predict_arrays(net, ckpt, x), rtol=1e-6)
+    np.testing.assert_allclose(predict_arrays(net, x, chunk=777), predict_arrays(net, x), rtol=1e-6)
 
 
 # ---------------------------------------------------------------- fit is a shell over BumpRegressor

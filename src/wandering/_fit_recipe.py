@@ -54,7 +54,7 @@ class FitResult:
         return self.regressor.module_
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        return predict_arrays(self.regressor, self.ckpt, x)
+        return predict_arrays(self.regressor, x)
 
 
 def regressor_for(s: FitSettings, d: int, callback=None) -> BumpRegressor:
@@ -128,7 +128,7 @@ def fit_arrays(
         paths.append(reg.module_.bumps.c.detach().cpu().numpy().copy())
 
     ckpt = checkpoint.from_regressor(reg, x_names, y_names if multi else y_names[0])
-    pred = predict_arrays(reg, ckpt, x)
+    pred = predict_arrays(reg, x)
     if multi:
         per = {}
         for j, name in enumerate(y_names):
@@ -162,13 +162,11 @@ def fit_arrays(
     return FitResult(reg, ckpt, metrics, train_idx, hold_idx, paths, losses)
 
 
-def predict_arrays(reg: BumpRegressor, ckpt: dict, x: np.ndarray, chunk: int = 1_000_000) -> np.ndarray:
+def predict_arrays(reg: BumpRegressor, x: np.ndarray, chunk: int = 1_000_000) -> np.ndarray:
     """Predictions in the data's units for points x (n, d), ``chunk`` rows at a time (bounded memory).
 
-    Shape (n,) for a single-output model, (n, P) for P outputs. ``ckpt`` is the
-    checkpoint the regressor was saved as or loaded from (kept for the call's shape).
+    Shape (n,) for a single-output model, (n, P) for P outputs.
     """
-    del ckpt  # the regressor holds the same maps
     out = [reg.predict(x[i : i + chunk]) for i in range(0, len(x), chunk)]
     if not out:
         return np.zeros((0,) if reg.n_outputs_ == 1 and reg._y_ndim == 1 else (0, reg.n_outputs_))

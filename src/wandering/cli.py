@@ -279,7 +279,7 @@ def _cmd_predict(a: argparse.Namespace) -> int:
         if len(pred_names) != len(names) or not all(pred_names) or len(set(pred_names)) != len(pred_names):
             raise CliError(f"--name: the model has {len(names)} outputs, so give {len(names)} different, "
                            f"comma-separated names, but got {a.name!r}")
-    pred = predict_arrays(reg, ckpt, table.x)
+    pred = predict_arrays(reg, table.x)
     write_predictions(a.output, table, pred, pred_names if len(names) > 1 else pred_names[0])
     outs = "" if len(names) == 1 else f" of {len(names)} outputs"
     print(f"wrote {len(pred)} predictions{outs} to {a.output}")

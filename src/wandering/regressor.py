@@ -82,7 +82,6 @@ __all__ = ["BumpRegressor", "NotFittedError", "HAVE_SKLEARN"]
 _WIDTH_LO = 0.1  # widths bounded to [0.1, 4] times the bump spacing,
 _WIDTH_LO_POINTS = 1.0  # and below by this many point spacings n**(-1/d): a narrower bump fits single points
 _TRAIN_RIDGE = 1.0  # Adam minimises the MSE plus this times the start's ridge penalty on the magnitudes
-_POLISH_FLOOR = True  # the polish picks a ridge no smaller than the start's (unless early stopping)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -497,7 +496,7 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
         losses = self._train(model, xt, yt, p, spacing, w0, seed, es_mask)
 
         if self.polish:
-            floor = self.ridge_[0] if _POLISH_FLOOR and es_mask is None and self.ridge_ else None
+            floor = self.ridge_[0] if es_mask is None and self.ridge_ else None  # see the ridge argument
             m1, b1 = self._solve(xt, yt, bumps, p, val_mask, floor=floor)
             with torch.no_grad():
                 bumps.m.copy_(m1.to(dtype))
@@ -513,9 +512,10 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
             ridge = 1e-6 if p["ridge"] == "auto" else p["ridge"]
             m, b = solve_magnitudes(xt, yt, bumps.c, bumps.w, p["support_p"], ridge)
         elif p["ridge"] != "auto":  # a fixed ridge; early stopping: solved on the fit part only
-            keep = torch.ones_like(val_mask) if refit_all else ~val_mask
             ridge = p["ridge"]
-            m, b = solve_magnitudes(xt[keep], yt[keep], bumps.c, bumps.w, p["support_p"], ridge)
+            if not refit_all:
+                xt, yt = xt[~val_mask], yt[~val_mask]
+            m, b = solve_magnitudes(xt, yt, bumps.c, bumps.w, p["support_p"], ridge)
         else:
             grid = RIDGE_GRID if floor is None else [r for r in RIDGE_GRID if r >= floor] or [floor]
             m, b, ridge = solve_magnitudes_cv(xt, yt, bumps.c, bumps.w, p["support_p"], val_mask,
@@ -595,7 +595,7 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
                     best = (v, step, [t.detach().clone() for t in model.parameters()])
 
         lam = 0.0
-        if _TRAIN_RIDGE > 0 and self.ridge_:
+        if self.ridge_:
             from ._engine import bump_sum
 
             with torch.no_grad():

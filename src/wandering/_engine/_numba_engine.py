@@ -80,8 +80,6 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy()
 
 
-
-
 @dataclass
 class _Plan:
     row_start: np.ndarray  # (nrows + 1,) registrations of each row
@@ -211,7 +209,9 @@ def make_plan(
     """Binning and grid plan for the culled sum, or None where culling does not pay (dense)."""
     n = x.shape[0]
     K = c.shape[1]
-    if n == 0 or K == 0 or not (half_finite if half_finite is not None else bool(torch.isfinite(half).all())):
+    if half_finite is None:
+        half_finite = bool(torch.isfinite(half).all())
+    if n == 0 or K == 0 or not half_finite:
         return None
     if n * K < _SMALL_GRID and _box_fraction(x, c, half) > _CULL_FRACTION:
         return None
