@@ -1,11 +1,13 @@
 """Numba CPU kernels for bump sums with P outputs (forward and recomputing backward).
 
 Layout: a block of points is copied to (d, nb) and parameters are (d, K), so every
-inner loop runs over a contiguous 1-D buffer starting at index 0 (LLVM only
+inner loop runs over contiguous 1-D buffers starting at index 0 (LLVM only
 vectorised those here). Each (point, bump) exp and support test is computed once
-per block and then serves all P outputs. P == 1 has its own fused loops (as fast
-as the single-output kernels were); dense P > 1 uses (P, nb) accumulators, culled
-P > 1 compacts each segment's live pairs and runs loops contiguous in P.
+per block and then serves all P outputs. The exp is a branch-free scalar
+polynomial (float32 and float64) that LLVM inlines and vectorises; fusing the
+whole pair (distance, test, exp, sums) into one loop per bump was measured no
+faster than these L1-resident passes. P == 1 has its own fused loops; P > 1 shares
+the exp across (P, nb) accumulators.
 
 Determinism: work is cut into a fixed number of partitions that depends only on
 the problem (never on the thread count); each partition accumulates its parameter
@@ -24,8 +26,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from llvmlite import ir
 from numba import njit, prange, types
-from numba.extending import overload
+from numba.extending import intrinsic, overload
 
 # Everything but nnan/ninf: the kernels rely on inf/NaN comparing as IEEE says.
 FM = {"nsz", "arcp", "contract", "afn", "reassoc"}
@@ -46,41 +49,116 @@ _P5 = np.float32(5.0000001201e-1)
 _ONE32 = np.float32(1.0)
 _HALF32 = np.float32(0.5)
 _LIM32 = np.float32(87.0)  # below exp(-87) we return 0 (no denormals)
+# exp(-s) in float64: the same scheme with fdlibm's split of ln2 and Taylor terms to r**13
+# (|r| <= 0.347: truncation below 1e-17); n comes from the 1.5 * 2**52 rounding trick.
 _LIM64 = 708.0
+_LOG2E64 = 1.4426950408889634
+_LN2_HI64 = 6.93147180369123816490e-01
+_LN2_LO64 = 1.90821492927058770002e-10
+_ROUND64 = 6755399441055744.0  # 1.5 * 2**52: x + it rounds x to an integer in the low bits
+_ROUND64_BITS = 0x4338000000000000
+_INV_FACT = tuple(1.0 / math.factorial(i) for i in range(14))
 
 
-def neg_exp_block(s, e, nb, ibuf):
-    """e[:nb] = exp(-s[:nb]), 0 where s >= limit or s is NaN; ibuf is int32 scratch."""
+@intrinsic
+def _f32_from_bits(typingctx, bits):
+    """The low 32 bits of an integer read as a float32 (LLVM bitcast: stays in vector registers)."""
+    if not isinstance(bits, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        v = args[0]
+        if bits.bitwidth > 32:
+            v = builder.trunc(v, ir.IntType(32))
+        elif bits.bitwidth < 32:
+            v = builder.sext(v, ir.IntType(32))
+        return builder.bitcast(v, ir.FloatType())
+
+    return types.float32(bits), codegen
 
 
-@overload(neg_exp_block, jit_options={"fastmath": FM_EXP})
-def _neg_exp_block_impl(s, e, nb, ibuf):
-    if s.dtype == types.float32:
+@intrinsic
+def _f64_from_bits(typingctx, bits):
+    """A 64-bit integer read as a float64."""
+    if not (isinstance(bits, types.Integer) and bits.bitwidth == 64):
+        return None
 
-        def impl32(s, e, nb, ibuf):
-            fb = ibuf.view(np.float32)
-            for i in range(nb):
-                si = s[i]
-                ok = si < _LIM32
-                t = -(si if ok else _LIM32)
-                ni = np.int32(np.floor(t * _LOG2E + _HALF32))
-                n = np.float32(ni)
-                r = t - n * _LN2_HI - n * _LN2_LO
-                p = ((((_P0 * r + _P1) * r + _P2) * r + _P3) * r + _P4) * r + _P5
-                p = p * r * r + r + _ONE32
-                ibuf[i] = (ni + np.int32(127)) << np.int32(23)
-                e[i] = p if ok else np.float32(0.0)
-            for i in range(nb):
-                e[i] = e[i] * fb[i]
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+
+    return types.float64(bits), codegen
+
+
+@intrinsic
+def _bits_of_f64(typingctx, v):
+    """A float64's bits as an int64."""
+    if v != types.float64:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.IntType(64))
+
+    return types.int64(v), codegen
+
+
+def neg_exp(s):
+    """exp(-s) for s >= 0; 0 where s >= the limit (no denormals) or s is NaN (+inf gives 0).
+
+    Scalar and branch-free, so LLVM inlines it into the callers' loops and vectorises them."""
+
+
+@overload(neg_exp, jit_options={"fastmath": FM_EXP})
+def _neg_exp_impl(s):
+    if s == types.float32:
+
+        def impl32(s):
+            ok = s < _LIM32
+            t = -(s if ok else _LIM32)
+            ni = np.int32(np.floor(t * _LOG2E + _HALF32))
+            n = np.float32(ni)
+            r = t - n * _LN2_HI - n * _LN2_LO
+            p = ((((_P0 * r + _P1) * r + _P2) * r + _P3) * r + _P4) * r + _P5
+            p = p * r * r + r + _ONE32
+            e = p * _f32_from_bits((ni + np.int32(127)) << np.int32(23))
+            return e if ok else np.float32(0.0)
 
         return impl32
 
-    def impl64(s, e, nb, ibuf):
-        for i in range(nb):
-            si = s[i]
-            e[i] = math.exp(-si) if si < _LIM64 else 0.0
+    if s == types.float64:
+        f = _INV_FACT
 
-    return impl64
+        def impl64(s):
+            ok = s < _LIM64
+            t = -(s if ok else _LIM64)
+            kf = t * _LOG2E64 + _ROUND64
+            n = kf - _ROUND64
+            ni = _bits_of_f64(kf) - _ROUND64_BITS
+            r = t - n * _LN2_HI64 - n * _LN2_LO64
+            p = f[13] * r + f[12]
+            p = p * r + f[11]
+            p = p * r + f[10]
+            p = p * r + f[9]
+            p = p * r + f[8]
+            p = p * r + f[7]
+            p = p * r + f[6]
+            p = p * r + f[5]
+            p = p * r + f[4]
+            p = p * r + f[3]
+            p = p * r + f[2]
+            p = p * r * r + r + 1.0
+            e = p * _f64_from_bits((ni + 1023) << 52)
+            return e if ok else 0.0
+
+        return impl64
+
+    return None
+
+
+@njit(fastmath=FM, cache=True)
+def neg_exp_block(s, e, nb):
+    """e[:nb] = neg_exp(s[:nb])."""
+    for i in range(nb):
+        e[i] = neg_exp(s[i])
 
 
 @njit(fastmath=FM, cache=True)
@@ -109,7 +187,7 @@ def _pair_block(xs, p0, c, iw, half, k, nb, s, gate):
 
 
 @njit(fastmath=FM, cache=True)
-def _grad_block1(xb, g1, c, iw, half, m, k, nb, s, gate, e, ibuf, tm, gxb, pcw, pm):
+def _grad_block1(xb, g1, c, iw, half, m, k, nb, s, gate, e, tm, gxb, pcw, pm):
     """P == 1: recompute bump k on a block and add its gradient contributions.
 
     g1 (nb,) is the upstream gradient. Block sums are in the inputs' dtype and go
@@ -120,7 +198,7 @@ def _grad_block1(xb, g1, c, iw, half, m, k, nb, s, gate, e, ibuf, tm, gxb, pcw, 
     zero = s.dtype.type(0.0)
     two = s.dtype.type(2.0)
     _pair_block(xb, 0, c, iw, half, k, nb, s, gate)
-    neg_exp_block(s, e, nb, ibuf)
+    neg_exp_block(s, e, nb)
     mk2 = two * m[k, 0]
     sm = zero
     for i in range(nb):
@@ -148,32 +226,17 @@ def _grad_block1(xb, g1, c, iw, half, m, k, nb, s, gate, e, ibuf, tm, gxb, pcw, 
 
 
 @njit(fastmath=FM, cache=True)
-def _grad_block(xb, gb, c, iw, half, m, k, nb, s, gate, e, ibuf, tm, gxb, pcw, pm):
+def _grad_block(xb, gb, c, iw, half, m, k, nb, s, gate, e, tm, gxb, pcw, pm):
     """P > 1: recompute bump k on a block and add its gradient contributions.
 
     gb (P, nb) holds the upstream gradient; the exp and support test are done once
     and serve all P outputs. Partials as in :func:`_grad_block1`, pm (K, P).
     """
-    P = gb.shape[0]
-    zero = s.dtype.type(0.0)
-    two = s.dtype.type(2.0)
     _pair_block(xb, 0, c, iw, half, k, nb, s, gate)
-    neg_exp_block(s, e, nb, ibuf)
+    neg_exp_block(s, e, nb)
     for i in range(nb):
         e[i] = e[i] * gate[i]
-        tm[i] = zero
-    for p in range(P):
-        mkp = m[k, p]
-        gp = gb[p]
-        sm = zero
-        for i in range(nb):
-            gi = gp[i]
-            sm += gi * e[i]
-            tm[i] += gi * mkp
-        pm[k, p] += sm
-    for i in range(nb):
-        el = e[i]
-        tm[i] = two * el * tm[i] if el > zero else zero
+    _multi_tm(gb, 0, m, k, nb, e, tm, pm)
     _grad_tail(xb, 0, c, iw, k, nb, tm, gxb, 0, pcw, True)
 
 
@@ -215,7 +278,6 @@ def dense_forward(x, c, iw, half, m, y, npart):
         gate = np.empty(_B, dt)
         e = np.empty(_B, dt)
         acc = np.empty((P, _B), dt)
-        ibuf = np.empty(_B, np.int32)
         for blk in range(q * nblk // npart, (q + 1) * nblk // npart):
             i0 = blk * _B
             nb = min(_B, n - i0)
@@ -225,25 +287,22 @@ def dense_forward(x, c, iw, half, m, y, npart):
             for p in range(P):
                 for i in range(nb):
                     acc[p, i] = 0
-            if P == 1:
-                acc1 = acc[0]
-                for k in range(K):
-                    _pair_block(xb, 0, c, iw, half, k, nb, s, gate)
-                    neg_exp_block(s, e, nb, ibuf)
+            for k in range(K):
+                _pair_block(xb, 0, c, iw, half, k, nb, s, gate)
+                neg_exp_block(s, e, nb)
+                if P == 1:
+                    acc1 = acc[0]
                     mk = m[k, 0]
                     for i in range(nb):
                         acc1[i] += mk * (e[i] * gate[i])
-            else:
-                for k in range(K):
-                    _pair_block(xb, 0, c, iw, half, k, nb, s, gate)
-                    neg_exp_block(s, e, nb, ibuf)
+                    continue
+                for i in range(nb):
+                    e[i] = e[i] * gate[i]
+                for p in range(P):
+                    mkp = m[k, p]
+                    ap = acc[p]
                     for i in range(nb):
-                        e[i] = e[i] * gate[i]
-                    for p in range(P):
-                        mkp = m[k, p]
-                        ap = acc[p]
-                        for i in range(nb):
-                            ap[i] += mkp * e[i]
+                        ap[i] += mkp * e[i]
             for i in range(nb):
                 for p in range(P):
                     y[i0 + i, p] = acc[p, i]
@@ -264,7 +323,6 @@ def dense_backward(x, c, iw, half, m, g, gx, pcw, pm, npart):
         gate = np.empty(_B, dt)
         e = np.empty(_B, dt)
         tm = np.empty(_B, dt)
-        ibuf = np.empty(_B, np.int32)
         pcq = pcw[q]
         pmq = pm[q]
         for blk in range(q * nblk // npart, (q + 1) * nblk // npart):
@@ -277,15 +335,38 @@ def dense_backward(x, c, iw, half, m, g, gx, pcw, pm, npart):
                 for p in range(P):
                     gb[p, i] = g[i0 + i, p]
             if P == 1:
-                gb1 = gb[0]
                 for k in range(m.shape[0]):
-                    _grad_block1(xb, gb1, c, iw, half, m, k, nb, s, gate, e, ibuf, tm, gxb, pcq, pmq)
+                    _grad_block1(xb, gb[0], c, iw, half, m, k, nb, s, gate, e, tm, gxb, pcq, pmq)
             else:
                 for k in range(m.shape[0]):
-                    _grad_block(xb, gb, c, iw, half, m, k, nb, s, gate, e, ibuf, tm, gxb, pcq, pmq)
+                    _grad_block(xb, gb, c, iw, half, m, k, nb, s, gate, e, tm, gxb, pcq, pmq)
             for i in range(nb):
                 for j in range(d):
                     gx[i0 + i, j] = gxb[j, i]
+
+
+@njit(fastmath=FM, cache=True)
+def _multi_tm(gb, g0, m, k, nb, e, tm, pm):
+    """P > 1, bump k on nb points whose upstream gradient is gb[:, g0:g0+nb] and values e:
+    adds sum_i g[p, i] e_i into pm[k, p] and sets tm_i = 2 e_i sum_p g[p, i] m[k, p] (0 for
+    dead pairs)."""
+    P = gb.shape[0]
+    zero = tm.dtype.type(0.0)
+    two = tm.dtype.type(2.0)
+    for i in range(nb):
+        tm[i] = zero
+    for p in range(P):
+        mkp = m[k, p]
+        gp = gb[p][g0 : g0 + nb]
+        sm = zero
+        for i in range(nb):
+            gi = gp[i]
+            sm += gi * e[i]
+            tm[i] += gi * mkp
+        pm[k, p] += sm
+    for i in range(nb):
+        el = e[i]
+        tm[i] = two * el * tm[i] if el > zero else zero
 
 
 # ---------------------------------------------------------------- culled (grid) path
@@ -538,7 +619,6 @@ def culled_forward(xs, perm, c, iw, half, m, row_pts, row_start, reg_k, reg_p0, 
         s = np.empty(maxseg, dt)
         gate = np.empty(maxseg, dt)
         e = np.empty(maxseg, dt)
-        ibuf = np.empty(maxseg, np.int32)
         acc = np.empty((P, maxrow), dt)
         for r in range(bounds[q], bounds[q + 1]):
             a = row_pts[r]
@@ -557,20 +637,20 @@ def culled_forward(xs, perm, c, iw, half, m, row_pts, row_start, reg_k, reg_p0, 
                 k = reg_k[t]
                 off = p0 - a
                 _pair_block(xs, p0, c, iw, half, k, L, s, gate)
-                neg_exp_block(s, e, L, ibuf)
+                neg_exp_block(s, e, L)
                 if P == 1:
                     ap = acc[0][off : off + L]
                     mk = m[k, 0]
                     for i in range(L):
                         ap[i] += mk * (e[i] * gate[i])
-                else:
+                    continue
+                for i in range(L):
+                    e[i] = e[i] * gate[i]
+                for p in range(P):
+                    ap = acc[p][off : off + L]
+                    mkp = m[k, p]
                     for i in range(L):
-                        e[i] = e[i] * gate[i]
-                    for p in range(P):
-                        ap = acc[p][off : off + L]
-                        mkp = m[k, p]
-                        for i in range(L):
-                            ap[i] += mkp * e[i]
+                        ap[i] += mkp * e[i]
             for i in range(nr):
                 pi = perm[a + i]
                 for p in range(P):
@@ -596,7 +676,6 @@ def culled_backward(
         gate = np.empty(maxseg, dt)
         e = np.empty(maxseg, dt)
         tm = np.empty(maxseg, dt)
-        ibuf = np.empty(maxseg, np.int32)
         grow = np.empty((P, maxrow), dt)
         gxr = np.empty((d, maxrow), dt)
         pcq = pcw[q]
@@ -629,7 +708,7 @@ def culled_backward(
                 k = reg_k[t]
                 off = p0 - a
                 _pair_block(xs, p0, c, iw, half, k, L, s, gate)
-                neg_exp_block(s, e, L, ibuf)
+                neg_exp_block(s, e, L)
                 if P == 1:
                     g1 = grow[0][off : off + L]
                     mk2 = two * m[k, 0]
@@ -643,19 +722,7 @@ def culled_backward(
                 else:
                     for i in range(L):
                         e[i] = e[i] * gate[i]
-                        tm[i] = zero
-                    for p in range(P):
-                        gp = grow[p][off : off + L]
-                        mkp = m[k, p]
-                        sm = zero
-                        for i in range(L):
-                            gi = gp[i]
-                            sm += gi * e[i]
-                            tm[i] += gi * mkp
-                        pmq[k, p] += sm
-                    for i in range(L):
-                        el = e[i]
-                        tm[i] = two * el * tm[i] if el > zero else zero
+                    _multi_tm(grow, off, m, k, L, e, tm, pmq)
                 _grad_tail(xs, p0, c, iw, k, L, tm, gxr, off, pcq, need_x)
             if need_x:
                 for i in range(nr):
