@@ -25,6 +25,11 @@ from . import _kernels
 
 # Target points per grid cell; a bump then visits ~(box/h + 1)**3 cells.
 _POINTS_PER_CELL = 16
+# Cells are this much wider across rows and finer along them (same cell count): each bump
+# then meets fewer, longer rows for a few more candidates. Measured at 1 thread against
+# cubic cells: 1.17x on the uniform culled case (d = 3), 1.08x at d = 2, 1.07x on clustered
+# data, 0.98x on a thin slab.
+_ROW_CELL_SCALE = 2.0
 # Cull only when the candidate pairs are well below the dense n*K (tests raise it to force the grid).
 _CULL_FRACTION = 0.5
 # Small problems (n * K below _SMALL_GRID) skip the grid without binning when, for uniform
@@ -144,6 +149,16 @@ def _make_binning(x: torch.Tensor) -> _Binning:
     # Rows run along the grid dim with the most cells (stable order: ties keep data order).
     gdim = np.argsort(ncell, kind="stable").astype(np.int64)
     lo, inv_h, ncell = lo[gdim].copy(), inv_h[gdim].copy(), ncell[gdim].copy()
+    f = _ROW_CELL_SCALE
+    if gd > 1 and ncell[gd - 1] > 1:
+        total_cells = int(np.prod(ncell))
+        for j in range(gd - 1):
+            if ncell[j] > 1:
+                ncell[j] = max(1, int(round(ncell[j] / f)))
+                inv_h[j] = ncell[j] / ext[gdim[j]]
+        j = gd - 1
+        ncell[j] = int(min(max(1, total_cells // int(np.prod(ncell[:j]))), 4096))
+        inv_h[j] = ncell[j] / ext[gdim[j]]
     idx = np.int32 if n < 2**31 else np.int64
     perm, rank = np.empty(n, idx), np.empty(n, idx)
     with _threads_capped(n * d):
