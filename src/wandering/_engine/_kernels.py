@@ -405,6 +405,26 @@ def extent(x, gd):
     return lo, hi
 
 
+@njit(cache=True)
+def _cells_of(x, gdim, lo, inv_h, ncell, i0, i1, cell):
+    """cell[i] for points i0:i1 of x: the row-major index of its grid cell (float64 arithmetic,
+    monotone in x; clipped into the grid)."""
+    gd = gdim.shape[0]
+    c = cell[i0:i1]
+    for i in range(i1 - i0):
+        c[i] = 0
+    # Dim by dim: each loop is branch-free over the points (vectorised).
+    for j in range(gd):
+        xj = x[i0:i1, gdim[j]]
+        lj = lo[j]
+        hj = inv_h[j]
+        nj = ncell[j]
+        top = nj - 1
+        for i in range(i1 - i0):
+            t = np.int64(np.floor((np.float64(xj[i]) - lj) * hj))
+            c[i] = c[i] * nj + min(max(t, 0), top)
+
+
 @njit(parallel=True, cache=True)
 def bin_points(x, gdim, lo, inv_h, ncell, nchunk, perm, rank):
     """Cell of every point of x (n, d) (float64 arithmetic, monotone in x) and a stable
@@ -428,14 +448,12 @@ def bin_points(x, gdim, lo, inv_h, ncell, nchunk, perm, rank):
     cell = np.empty(n, perm.dtype)
     counts = np.zeros((total, nchunk), np.int64)
     for q in prange(nchunk):
-        for i in range(q * n // nchunk, (q + 1) * n // nchunk):
-            idx = 0
-            for j in range(gd):
-                t = math.floor((np.float64(x[i, gdim[j]]) - lo[j]) * inv_h[j])
-                t = min(max(t, 0), ncell[j] - 1)
-                idx = idx * ncell[j] + np.int64(t)
-            cell[i] = idx
-            counts[idx, q] += 1
+        i0 = q * n // nchunk
+        i1 = (q + 1) * n // nchunk
+        _cells_of(x, gdim, lo, inv_h, ncell, i0, i1, cell)
+        # Counted in a loop of its own: fused with the cell loop it ran 2x slower.
+        for i in range(i0, i1):
+            counts[cell[i], q] += 1
     cb = max(1, -(-total // _BUCKETS))  # cells per bucket
     nbk = -(-total // cb)
     start = np.empty(total + 1, np.int64)
