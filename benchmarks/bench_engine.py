@@ -217,7 +217,11 @@ def _worker(case, threads, repeats, quick, baseline_dir, per_bump=True):
     numba.set_num_threads(threads)
     torch.set_num_threads(threads)
     if case == "train":
-        return {"torch.optim.Adam": _train_worker(repeats), "Adam(fused=True)": _train_worker(repeats, fused=True)}
+        return {
+            "torch.optim.Adam": _train_worker(repeats),
+            "Adam(fused=True)": _train_worker(repeats, fused=True),
+            "zero-cost engine": _train_worker(repeats, zero_engine=True),
+        }
     from wandering._engine import _numba_engine, bump_sum
 
     x, c, w, m, gy, sp = _inputs(case)
@@ -307,9 +311,12 @@ def _worker(case, threads, repeats, quick, baseline_dir, per_bump=True):
     return out
 
 
-def _train_worker(repeats, fused=False):
+def _train_worker(repeats, fused=False, zero_engine=False):
     """A whole training step of the seed author's development problem, split into the engine's
-    forward+backward and the rest (``fused``: Adam's one-kernel step instead of its default)."""
+    forward+backward and the rest (``fused``: Adam's one-kernel step instead of its default).
+
+    ``zero_engine``: the same step with an engine that returns zeros at once, so the step is
+    only the rest (PyTorch, autograd, Adam and the module's Python): the floor under it."""
     import torch
 
     import wandering
@@ -340,9 +347,17 @@ def _train_worker(repeats, fused=False):
     import wandering._engine._registry as reg
 
     ENG = dict(reg.ENGINES)
-    reg.ENGINES["numba"] = reg.Engine(
-        eng.name, eng.devices, eng.dtypes, eng.culls, eng.priority, timed(eng.forward), timed(eng.backward)
-    )
+    fwd, bwd = eng.forward, eng.backward
+    if zero_engine:
+
+        def fwd(x, c, w, m, half, cull):
+            return torch.zeros((x.shape[0], m.shape[1]), dtype=x.dtype)
+
+        def bwd(gy, x, c, w, m, half, cull, need_x):
+            gx = torch.zeros_like(x) if need_x else None
+            return gx, torch.zeros_like(c), torch.zeros_like(w), torch.zeros_like(m)
+
+    reg.ENGINES["numba"] = reg.Engine(eng.name, eng.devices, eng.dtypes, eng.culls, eng.priority, timed(fwd), timed(bwd))
     try:
         steps, engine = [], []
         for i in range(repeats * 20 + 20):
