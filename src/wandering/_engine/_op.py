@@ -117,13 +117,14 @@ class _EagerBumpSum(torch.autograd.Function):
     without the custom-op dispatcher's Python cost (measured ~0.18 ms a forward+backward
     on a loaded machine) and its first-call import of torch._dynamo (~125 MB)."""
 
+    # forward(ctx, ...) rather than a setup_context: with one, every apply binds the
+    # arguments through inspect.signature (~60 us). Only functorch transforms need
+    # setup_context, and they take the registered op (see _plain_eager).
     @staticmethod
-    def forward(x, c, w, m, half, engine, cull):
-        return _forward_impl(x, c, w, m, half, engine, cull)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        _setup_context(ctx, inputs, output)
+    def forward(ctx, x, c, w, m, half, engine, cull):
+        y = _forward_impl(x, c, w, m, half, engine, cull)
+        _setup_context(ctx, (x, c, w, m, half, engine, cull), y)
+        return y
 
     @staticmethod
     def backward(ctx, gy):
