@@ -28,15 +28,16 @@ from ._torch_engine import chunk_rows
 
 
 _CPU_FLOATS = (torch.float32, torch.float64)
+_FINITE_NAMES = ("x", "c", "w", "m")
 
 
-def _check_finite(**tensors: Tensor) -> None:
-    ts = list(tensors.values())
-    if all(t.device.type == "cpu" and t.dtype in _CPU_FLOATS for t in ts):
+def _check_finite(x: Tensor, c: Tensor, w: Tensor, m: Tensor) -> None:
+    ts = (x, c, w, m)
+    if all(t.is_cpu and t.dtype in _CPU_FLOATS for t in ts):
         # One compiled pass over all four (small torch ops cost ~10 us each here).
-        if _kernels.all_finite(*(t.detach().numpy() for t in ts)):
+        if _kernels.all_finite(x.detach().numpy(), c.detach().numpy(), w.detach().numpy(), m.detach().numpy()):
             return
-    for name, t in tensors.items():
+    for name, t in zip(_FINITE_NAMES, ts):
         # One reduction, no (n, d) mask: any NaN or inf makes the sum NaN or inf. Only a
         # non-finite sum (possibly an overflow of finite values) pays for the exact test.
         if t.numel() == 0 or bool(torch.isfinite(t.sum())):
@@ -51,7 +52,7 @@ def _check_finite(**tensors: Tensor) -> None:
 
 
 def _forward_impl(x: Tensor, c: Tensor, w: Tensor, m: Tensor, half: Tensor, engine: str, cull: bool) -> Tensor:
-    _check_finite(x=x, c=c, w=w, m=m)
+    _check_finite(x, c, w, m)
     return ENGINES[engine].forward(x.detach(), c.detach(), w.detach(), m.detach(), half.detach(), cull)
 
 
@@ -131,6 +132,9 @@ class _EagerBumpSum(torch.autograd.Function):
         return _backward(ctx, gy, first_order=_backward_impl)
 
 
+_PLAIN_TYPES = (Tensor, torch.nn.Parameter)
+
+
 def _plain_eager(*tensors: Tensor) -> bool:
     """Plain tensors in plain eager mode: no compiler, export, functorch transform, tensor
     subclass (fake, meta) or Python mode, which all need to see the registered op."""
@@ -138,7 +142,10 @@ def _plain_eager(*tensors: Tensor) -> bool:
         return False
     if torch._C._is_torch_function_mode_enabled() or _python_dispatch._get_current_dispatch_mode() is not None:
         return False
-    return all(type(t) in (Tensor, torch.nn.Parameter) and t.device.type != "meta" for t in tensors)
+    for t in tensors:
+        if type(t) not in _PLAIN_TYPES or t.is_meta:
+            return False
+    return True
 
 
 def bump_sum(x: Tensor, c: Tensor, w: Tensor, m: Tensor, half: Tensor, engine: str, cull: bool) -> Tensor:
