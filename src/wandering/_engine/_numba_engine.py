@@ -254,11 +254,20 @@ def _bounds(plan: _Plan, d: int, K: int, P: int) -> np.ndarray:
     return _kernels.partition_bounds(plan.cost, _n_parts(nrows, d, K, P))
 
 
-# Inputs (_x_key of x, c, w, half) of the last forward that the small-problem test
-# (_box_fraction) sent dense, until a backward uses it: a backward on the same tensors,
-# unchanged (same storage, same version), reaches the same decision, so it skips the test.
+# Key (_dense_test_key) of the last forward that the small-problem test (_box_fraction) sent
+# dense, until a backward uses it: a backward on the same tensors, unchanged (same storage,
+# same version), reaches the same decision, so it skips the test.
 # (Either path is exact; the decision only picks which one runs.)
 _dense_key: tuple | None = None
+
+
+def _dense_test_key(x, c, w, half) -> tuple:
+    # _x_key of each, lighter (one dtype for all, per the contract): this runs twice a step.
+    # hz is a function of w and half, so the four pin the test's inputs.
+    return (
+        x.dtype, x.data_ptr(), x._version, x.shape, x.stride(), c.data_ptr(), c._version, c.shape, c.stride(),
+        w.data_ptr(), w._version, w.shape, w.stride(), half.data_ptr(), half._version, half.shape, half.stride(),
+    )  # fmt: skip
 
 
 def _prepare(x, c, w, m, half, cull, trust_forward=False):
@@ -275,8 +284,7 @@ def _prepare(x, c, w, m, half, cull, trust_forward=False):
     n, K = x.shape[0], c.shape[1]
     if cull and half_finite and n > 0 and K > 0:  # make_plan, sharing the small-problem test below
         if n * K < _SMALL_GRID:
-            # hz is a function of w and half, so these four keys pin the test's inputs.
-            key = (_x_key(x), _x_key(c), _x_key(w), _x_key(half))
+            key = _dense_test_key(x, c, w, half)
             dense = (trust_forward and _dense_key == key) or _box_fraction(xn, cn, hz) > _CULL_FRACTION
             _dense_key = key if dense and not trust_forward else None
         else:
