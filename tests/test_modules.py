@@ -171,6 +171,21 @@ def test_bound_follows_every_change_to_the_bounds_buffers():
     assert centre_bound_after_bound(module) == [4.0]
 
 
+def test_forward_under_inference_mode_and_no_grad():
+    """Inference tensors (no version counter) pass through every cache keyed on versions."""
+    torch.manual_seed(3)
+    d, K = 3, 100
+    module = SlowSumOfBumpFcns(torch.rand(d, K), 0.1 + 0.2 * torch.rand(d, K), 0.1 * torch.randn(K),
+                               torch.tensor([[0.0, 1.0]] * d), torch.tensor([[0.05, 0.5]] * d))
+    x = torch.rand(1000, d)
+    y = module(x)
+    with torch.no_grad():
+        assert torch.equal(module(x), y)
+    with torch.inference_mode():
+        assert torch.equal(module(x), y)
+        assert torch.equal(module(x.clone()), y)  # an inference tensor as input
+
+
 def test_none_bounds_leave_parameters_alone():
     c, w = torch.randn(2, 3) * 10, torch.rand(2, 3) * 10 + 0.1
     for module in (

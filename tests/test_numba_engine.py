@@ -392,3 +392,10 @@ def test_backward_reuses_the_forward_dense_decision_only_when_valid(monkeypatch)
     w.data[:, :5] *= 2.0
     assert_grads(ne.backward(gy, x, c, w, m, half, True, True), x, c, w, m, half)
     assert len(calls) == 7
+
+    # Inference tensors have no version counter: no key, the test runs, the result is the same.
+    y = ne.forward(x, c, w, m, half, True)
+    with torch.inference_mode():
+        assert torch.equal(ne.forward(x, c, w, m, half.clone(), True), y)
+    assert ne._dense_key is None and len(calls) == 9
+

@@ -261,13 +261,16 @@ def _bounds(plan: _Plan, d: int, K: int, P: int) -> np.ndarray:
 _dense_key: tuple | None = None
 
 
-def _dense_test_key(x, c, w, half) -> tuple:
+def _dense_test_key(x, c, w, half) -> tuple | None:
     # _x_key of each, lighter (one dtype for all, per the contract): this runs twice a step.
     # hz is a function of w and half, so the four pin the test's inputs.
-    return (
-        x.dtype, x.data_ptr(), x._version, x.shape, x.stride(), c.data_ptr(), c._version, c.shape, c.stride(),
-        w.data_ptr(), w._version, w.shape, w.stride(), half.data_ptr(), half._version, half.shape, half.stride(),
-    )  # fmt: skip
+    try:
+        return (
+            x.dtype, x.data_ptr(), x._version, x.shape, x.stride(), c.data_ptr(), c._version, c.shape, c.stride(),
+            w.data_ptr(), w._version, w.shape, w.stride(), half.data_ptr(), half._version, half.shape, half.stride(),
+        )  # fmt: skip
+    except RuntimeError:  # an inference tensor has no version counter (and no backward): no key
+        return None
 
 
 def _prepare(x, c, w, m, half, cull, trust_forward=False):
@@ -285,7 +288,7 @@ def _prepare(x, c, w, m, half, cull, trust_forward=False):
     if cull and half_finite and n > 0 and K > 0:  # make_plan, sharing the small-problem test below
         if n * K < _SMALL_GRID:
             key = _dense_test_key(x, c, w, half)
-            dense = (trust_forward and _dense_key == key) or _box_fraction(xn, cn, hz) > _CULL_FRACTION
+            dense = (trust_forward and key is not None and _dense_key == key) or _box_fraction(xn, cn, hz) > _CULL_FRACTION
             _dense_key = key if dense and not trust_forward else None
         else:
             dense = False
