@@ -135,6 +135,57 @@ def test_bound_bump_layout_2_by_d():
     assert f.c.tolist() == [-1.0, 1.0] and f.w.tolist() == [2.0, 0.5]
 
 
+def test_bound_follows_every_change_to_the_bounds_buffers():
+    """bound() keeps views of the bounds between calls: they must follow in-place writes,
+    load_state_dict, a replaced buffer, a swapped storage and dtype conversion, and neither
+    pickles nor deep-copies travel with them."""
+    import copy
+    import pickle
+
+    def wide():
+        return make_sum(SlowSumOfBumpFcns, torch.full((2, 3), 5.0), torch.full((2, 3), 0.5), torch.ones(3),
+                        torch.tensor([[-10.0, 10.0]] * 2), torch.tensor([[0.1, 1.0]] * 2))
+
+    def centre_bound_after_bound(module):
+        module.c.data.fill_(5.0)
+        module.bound()
+        return module.c.detach().unique().tolist()
+
+    module = wide()
+    assert centre_bound_after_bound(module) == [5.0]
+    module.c_bounds.copy_(torch.tensor([[0.0, 1.0]] * 2))  # in place
+    assert centre_bound_after_bound(module) == [1.0]
+    state = module.state_dict()
+    state["c_bounds"] = torch.tensor([[0.0, 2.0]] * 2)
+    module.load_state_dict(state)
+    assert centre_bound_after_bound(module) == [2.0]
+    module.c_bounds = torch.tensor([[0.0, 3.0]] * 2)  # a new buffer
+    assert centre_bound_after_bound(module) == [3.0]
+    module.c_bounds.data = torch.tensor([[0.0, 4.0]] * 2)  # a new storage under the same tensor
+    assert centre_bound_after_bound(module) == [4.0]
+    module.double()
+    assert module.c_bounds.dtype == torch.float64 and centre_bound_after_bound(module) == [4.0]
+    for clone in (copy.deepcopy(module), pickle.loads(pickle.dumps(module))):
+        clone.c_bounds.copy_(torch.tensor([[0.0, 0.5]] * 2))
+        assert centre_bound_after_bound(clone) == [0.5]
+    assert centre_bound_after_bound(module) == [4.0]
+
+
+def test_forward_under_inference_mode_and_no_grad():
+    """Inference tensors (no version counter) pass through every cache keyed on versions."""
+    torch.manual_seed(3)
+    d, K = 3, 100
+    module = SlowSumOfBumpFcns(torch.rand(d, K), 0.1 + 0.2 * torch.rand(d, K), 0.1 * torch.randn(K),
+                               torch.tensor([[0.0, 1.0]] * d), torch.tensor([[0.05, 0.5]] * d))
+    x = torch.rand(1000, d)
+    y = module(x)
+    with torch.no_grad():
+        assert torch.equal(module(x), y)
+    with torch.inference_mode():
+        assert torch.equal(module(x), y)
+        assert torch.equal(module(x.clone()), y)  # an inference tensor as input
+
+
 def test_none_bounds_leave_parameters_alone():
     c, w = torch.randn(2, 3) * 10, torch.rand(2, 3) * 10 + 0.1
     for module in (

@@ -130,3 +130,20 @@ def test_cuda_draws_equal_cpu_draws_bitwise():
         cpu = _noise.keyed_normal((33, 5), 11, 2, 0, dtype, torch.device("cpu"))
         gpu = _noise.keyed_normal((33, 5), 11, 2, 0, dtype, torch.device("cuda"))
         assert torch.equal(gpu.cpu(), cpu)
+
+
+def test_keys_and_draws_are_pinned():
+    """The keyed noise is part of every saved run's future: these numbers must never change
+    (values from the implementation that first shipped them)."""
+    assert _noise.mix_key(3, 4, 1) == 7794642072196500690
+    assert _noise.mix_key(-5, 2**40, 6) == 8048982139467767444
+    assert _noise.mix_key(2**62 - 1, 0, 0) == 6915274289089138740
+    for seed, step, stream in ((3, 4, 1), (-5, 2**40, 6), (2**62 - 1, 0, 0)):
+        assert _noise.stream_key(_noise.step_key(seed, step), stream) == _noise.mix_key(seed, step, stream)
+    z = _noise.keyed_normal((5,), 1, 2, 0, torch.float64, torch.device("cpu"))
+    assert z.tolist() == [
+        -0.06440932815871465, -0.37312849839810575, -2.4547717212279725, -0.4641569355275084, 1.4082864778329593
+    ]
+    z32 = _noise.keyed_normal((3, 100), 123456789, 17, 1, torch.float32, "cpu")
+    assert z32.dtype == torch.float32
+    assert z32[0, :3].tolist() == [1.2397502660751343, -1.9402061700820923, -0.5633957982063293]

@@ -349,3 +349,53 @@ def test_small_problem_skips_the_grid_without_binning():
     assert ne.make_plan(x, c, half) is None
     assert ne.bin_calls == before
     assert_matches_oracle(x, c, w, m, half, gy, cull=True)
+
+
+def test_backward_reuses_the_forward_dense_decision_only_when_valid(monkeypatch):
+    """A small problem's backward skips the box-fraction test when it follows the forward
+    that made it on the same unchanged tensors; any other backward decides afresh, and every
+    backward gives the gradients at the values it is given."""
+    calls = []
+    real = ne._box_fraction
+    monkeypatch.setattr(ne, "_box_fraction", lambda *a: calls.append(1) or real(*a))
+    x, c, w, m, half, gy = problem(1000, 3, 100, 2, torch.float64, seed=37, w_lo=0.1, w_hi=0.3, odd_widths=False)
+
+    def assert_grads(grads, x, c, w, m, half):
+        for a, b in zip(grads, oracle(x, c, w, m, half, gy)[1]):
+            torch.testing.assert_close(a.double(), b, rtol=1e-9, atol=1e-10)
+
+    ne.forward(x, c, w, m, half, True)
+    assert len(calls) == 1 and ne._dense_key is not None
+    assert_grads(ne.backward(gy, x, c, w, m, half, True, True), x, c, w, m, half)
+    assert len(calls) == 1  # reused: same tensors, same versions
+    ne.backward(gy, x, c, w, m, half, True, True)
+    assert len(calls) == 2  # used once only
+
+    # Centres changed in place between forward and backward (the version moves): decided afresh.
+    ne.forward(x, c, w, m, half, True)
+    c.add_(0.01)
+    assert_grads(ne.backward(gy, x, c, w, m, half, True, True), x, c, w, m, half)
+    assert len(calls) == 4
+
+    # Another x, and narrow boxes that make the grid pay, in the backward: it takes the grid.
+    ne.forward(x, c, w, m, half, True)
+    x2 = torch.rand(1000, 3, generator=torch.Generator().manual_seed(38), dtype=torch.float64)
+    w2, half2 = w * 0.05, half * 0.05
+    before = ne.bin_calls
+    assert_grads(ne.backward(gy, x2, c, w2, m, half2, True, True), x2, c, w2, m, half2)
+    assert len(calls) == 6 and ne.bin_calls == before + 1
+
+    # Values written through .data (no version change) after the forward: the decision is kept
+    # (either path is exact) and the gradients are those at the new values.
+    ne.forward(x, c, w, m, half, True)
+    x.data[:10] = 0.5
+    w.data[:, :5] *= 2.0
+    assert_grads(ne.backward(gy, x, c, w, m, half, True, True), x, c, w, m, half)
+    assert len(calls) == 7
+
+    # Inference tensors have no version counter: no key, the test runs, the result is the same.
+    y = ne.forward(x, c, w, m, half, True)
+    with torch.inference_mode():
+        assert torch.equal(ne.forward(x, c, w, m, half.clone(), True), y)
+    assert ne._dense_key is None and len(calls) == 9
+

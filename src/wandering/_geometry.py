@@ -32,7 +32,7 @@ def support_halfwidths(w: torch.Tensor, support_p: float | None) -> torch.Tensor
     """
     wd = w.detach()
     if support_p is not None:
-        return support_scale(support_p) * wd.abs()
+        return wd.abs().mul_(support_scale(support_p))  # = scale * |w|, one allocation
     return torch.where(wd == 0, torch.zeros_like(wd), torch.full_like(wd, math.inf))
 
 

@@ -35,6 +35,7 @@ counters identically), so the mirror stays right. Write a key buffer through
 
 from __future__ import annotations
 
+import functools
 import threading
 
 import torch
@@ -60,10 +61,22 @@ def _splitmix64(z: int) -> int:
 
 def mix_key(seed: int, step: int, stream: int) -> int:
     """A 63-bit generator seed from (seed, step, stream); distinct inputs give unrelated keys."""
-    key = _splitmix64(seed & _MASK64)
-    key = _splitmix64(key ^ (step & _MASK64))
-    key = _splitmix64(key ^ (stream & _MASK64))
-    return key & ((1 << 63) - 1)
+    return stream_key(step_key(seed, step), stream)
+
+
+@functools.lru_cache(maxsize=64)
+def _seed_key(seed: int) -> int:
+    return _splitmix64(seed & _MASK64)  # a module's seed is fixed: mixed once, not per draw
+
+
+def step_key(seed: int, step: int) -> int:
+    """The part of :func:`mix_key` shared by every stream of one step."""
+    return _splitmix64(_seed_key(seed) ^ (step & _MASK64))
+
+
+def stream_key(key: int, stream: int) -> int:
+    """``mix_key(seed, step, stream)`` from ``key = step_key(seed, step)``."""
+    return _splitmix64(key ^ (stream & _MASK64)) & ((1 << 63) - 1)
 
 
 def draw_seed() -> int:
@@ -103,10 +116,20 @@ def keyed_normal(
     every device and both float dtypes see the same underlying draw. To a CUDA
     device the cast draw goes from pinned memory without blocking the host.
     """
+    return normal_from_key(shape, mix_key(seed, step, stream), dtype, device)
+
+
+def normal_from_key(
+    shape: torch.Size | tuple[int, ...], key: int, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """:func:`keyed_normal` from ``key = mix_key(seed, step, stream)``."""
     gen = _generator()
-    gen.manual_seed(mix_key(seed, step, stream))
+    gen.manual_seed(key)
     z = torch.randn(tuple(shape), generator=gen, dtype=torch.float64).to(dtype)
-    device = torch.device(device)
+    if not isinstance(device, torch.device):
+        device = torch.device(device)
+    if device.type == "cpu":
+        return z
     if device.type == "cuda":
         # The caching host allocator keeps the pinned block alive until the copy is done.
         return z.pin_memory().to(device, non_blocking=True)

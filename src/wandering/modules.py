@@ -40,6 +40,23 @@ class WanderingModule(abc.ABC, torch.nn.Module):
         """Perturbs (or adjusts) gradients of the module's parameters, in place."""
 
 
+class _no_grad:
+    """``torch.no_grad()`` for the per-step methods, without its decorator machinery (~5 us)."""
+
+    __slots__ = ("prev",)
+
+    def __enter__(self) -> None:
+        self.prev = torch.is_grad_enabled()
+        torch._C._set_grad_enabled(False)
+
+    def __exit__(self, *exc) -> None:
+        torch._C._set_grad_enabled(self.prev)
+
+
+# Module __dict__ entry: views (lower, upper) of a bounds buffer, with what they were cut from.
+_BOUND_VIEWS = "_bound_views"
+
+
 class _BumpModule(WanderingModule):
     """Shared machinery: parameters, bounds, keyed gradient noise, repr.
 
@@ -143,14 +160,26 @@ class _BumpModule(WanderingModule):
         return self._n_outputs
 
     def _bound_pair(self, bounds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # Views, so they follow in-place writes (load_state_dict, copy_); cut again only when
+        # the buffer is another tensor or its storage or layout changed (.data =, .to()).
+        stamp = (bounds.data_ptr(), bounds.shape, bounds.stride())
+        views = self.__dict__.setdefault(_BOUND_VIEWS, {})
+        hit = views.get(id(bounds))
+        if hit is not None and hit[0] is bounds and hit[1] == stamp:
+            return hit[2]
         if self._bounds_dim == 0:  # (2, d): rows are lower, upper; params are (d,)
-            return bounds[0], bounds[1]
-        return bounds[:, 0:1], bounds[:, 1:2]  # (d, 2) -> (d, 1), broadcast over bumps
+            pair = bounds[0], bounds[1]
+        else:
+            pair = bounds[:, 0:1], bounds[:, 1:2]  # (d, 2) -> (d, 1), broadcast over bumps
+        if len(views) > 4:  # entries of replaced buffers
+            views.clear()
+        views[id(bounds)] = (bounds, stamp, pair)
+        return pair
 
     # -- seed API ------------------------------------------------------------
     def bound(self) -> None:
         """Clamps ``c`` and ``w`` into their bounds in place; a None bound leaves that parameter alone."""
-        with torch.no_grad():
+        with _no_grad():
             for param, bounds in ((self.c, self.c_bounds), (self.w, self.w_bounds)):
                 if bounds is not None:
                     lower, upper = self._bound_pair(bounds)
@@ -173,14 +202,15 @@ class _BumpModule(WanderingModule):
         c_std, w_std, m_gain = self.c_grad_std, self.w_grad_std, self.m_grad_gain
         # Host mirrors of the key buffers: no GPU sync per step (see _noise).
         seed, step = _noise.host_value(self, "noise_seed"), _noise.host_value(self, "noise_step")
-        with torch.no_grad():
+        key = _noise.step_key(seed, step)  # shared by both streams: keyed_normal's draws, mixed once
+        with _no_grad():
             for param, std, stream in (
                 (self.c, c_std, _noise.STREAM_C_GRAD),
                 (self.w, w_std, _noise.STREAM_W_GRAD),
             ):
                 # A frozen parameter (requires_grad False) gets no noise: freezing must hold.
                 if std > 0 and param.requires_grad:
-                    noise = _noise.keyed_normal(param.shape, seed, step, stream, param.dtype, param.device)
+                    noise = _noise.normal_from_key(param.shape, _noise.stream_key(key, stream), param.dtype, param.device)
                     _add_to_grad(param, noise.mul_(std))
             if m_gain > 0 and self.m.requires_grad:
                 _add_to_grad(self.m, self.m.detach() * (-m_gain))
@@ -210,8 +240,12 @@ class _BumpModule(WanderingModule):
             _noise.advance(self, "param_noise_step", step)
 
     def __getstate__(self) -> dict:
-        # The noise key's host mirror is a cache: not pickled, not deep-copied (rebuilt on use).
-        return _noise.drop_mirror(super().__getstate__())
+        # The noise key's host mirror and the bound views are caches: not pickled, not
+        # deep-copied (rebuilt on use).
+        state = _noise.drop_mirror(super().__getstate__())
+        if _BOUND_VIEWS in state:
+            state = {k: v for k, v in state.items() if k != _BOUND_VIEWS}
+        return state
 
     def extra_repr(self) -> str:
         def fmt_bounds(b: torch.Tensor | None) -> str:

@@ -29,6 +29,9 @@ __all__ = ["bump_sum", "resolve_backend", "check_backend", "BACKENDS", "ENGINES"
 
 
 _BY_PRIORITY = sorted(ENGINES.values(), key=lambda e: -e.priority)
+# "auto"'s pick per (device type, dtype) above SMALL_WORK: a function of those alone, as the
+# engines' availability and devices are fixed at import.
+_AUTO_PICKS: dict[tuple, str] = {}
 
 
 def check_backend(backend: object, name: str = "backend") -> str:
@@ -87,8 +90,13 @@ def resolve_backend(backend: str, x: torch.Tensor, K: int) -> str:
         return backend
     if x.shape[0] * x.shape[1] * K <= SMALL_WORK:
         return "reference"
+    key = (x.device.type, x.dtype)
+    pick = _AUTO_PICKS.get(key)
+    if pick is not None:
+        return pick
     for engine in _BY_PRIORITY:
         if engine.auto_supports(x.device, x.dtype):
+            _AUTO_PICKS[key] = engine.name
             return engine.name
     raise ValueError(f"no engine runs {x.dtype} tensors on {x.device}")
 
@@ -134,6 +142,8 @@ def evaluate_checked(x, c, w, m, support_p, backend: str) -> torch.Tensor:
     """:func:`bump_sum` without the argument checks, for callers that validated already (the modules)."""
     engine = resolve_backend(backend, x, c.shape[1])
     half = support_halfwidths(w, support_p)
-    m2 = m[:, None] if m.dim() == 1 else m
-    y = _op.bump_sum(x, c, w, m2, half, engine, support_p is not None)
-    return y[:, 0] if m.dim() == 1 else y
+    single = m.dim() == 1
+    # unsqueeze/squeeze rather than m[:, None]/y[:, 0]: the same views, and their backwards
+    # are views too (a select's backward fills and copies a fresh (n, 1) tensor).
+    y = _op.bump_sum(x, c, w, m.unsqueeze(1) if single else m, half, engine, support_p is not None)
+    return y.squeeze(1) if single else y

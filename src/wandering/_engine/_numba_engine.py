@@ -73,11 +73,13 @@ class _threads_capped:
     def __enter__(self):
         self.old = numba.get_num_threads()
         nt = _threads(self.work)
-        if nt != self.old:
+        # Numba's thread count is per thread: only this block can have changed it.
+        self.changed = nt != self.old
+        if self.changed:
             numba.set_num_threads(nt)
 
     def __exit__(self, *exc):
-        if numba.get_num_threads() != self.old:
+        if self.changed:
             numba.set_num_threads(self.old)
 
 
@@ -208,28 +210,37 @@ def _register(b: _Binning, c: torch.Tensor, half: torch.Tensor, n: int, K: int) 
     return _Plan(row_start, reg_k, reg_p0, reg_p1, cost, int(maxrow), int(maxseg), int(ncand))
 
 
-def _box_fraction(x: torch.Tensor, c: torch.Tensor, half: torch.Tensor) -> float:
+def _box_fraction(xn: np.ndarray, cn: np.ndarray, hn: np.ndarray) -> float:
     """Estimated candidate fraction of the grid path for uniform data over x's bounding box:
     per bump, the box widened by a cell and clipped to the bounding box, in the first
     min(d, 3) dims (cells of ~_POINTS_PER_CELL points). One compiled call: on a loaded
     machine a tiny torch op with 2 intra-op threads was measured at ~8 ms."""
-    n, d = x.shape
+    n, d = xn.shape
     gd = min(d, 3)
-    return float(_kernels.box_fraction(_np(x), _np(c), _np(half), gd, (_POINTS_PER_CELL / max(n, 1)) ** (1.0 / gd)))
+    return float(_kernels.box_fraction(xn, cn, hn, gd, (_POINTS_PER_CELL / max(n, 1)) ** (1.0 / gd)))
 
 
 def make_plan(
     x: torch.Tensor, c: torch.Tensor, half: torch.Tensor, trust_forward: bool = False, half_finite: bool | None = None
 ) -> tuple[_Binning, _Plan] | None:
-    """Binning and grid plan for the culled sum, or None where culling does not pay (dense)."""
+    """Binning and grid plan for the culled sum, or None where culling does not pay (dense).
+    (``_prepare`` inlines the tests before ``_grid_plan``, to share numpy arrays and decisions.)"""
     n = x.shape[0]
     K = c.shape[1]
     if half_finite is None:
         half_finite = bool(torch.isfinite(half).all())
     if n == 0 or K == 0 or not half_finite:
         return None
-    if n * K < _SMALL_GRID and _box_fraction(x, c, half) > _CULL_FRACTION:
+    if n * K < _SMALL_GRID and _box_fraction(_np(x), _np(c), _np(half)) > _CULL_FRACTION:
         return None
+    return _grid_plan(x, c, half, trust_forward)
+
+
+def _grid_plan(x: torch.Tensor, c: torch.Tensor, half: torch.Tensor, trust_forward: bool) -> tuple[_Binning, _Plan] | None:
+    """make_plan past its dense tests: the binning and the plan (None: registration found
+    that culling does not pay)."""
+    n = x.shape[0]
+    K = c.shape[1]
     b = get_binning(x, trust_forward)
     frac = _CULL_FRACTION
     for cc, hc, fc, plan in b.plans:
@@ -258,15 +269,48 @@ def _bounds(plan: _Plan, d: int, K: int, P: int) -> np.ndarray:
     return _kernels.partition_bounds(plan.cost, _n_parts(nrows, d, K, P))
 
 
+# Key (_dense_test_key) of the last forward that the small-problem test (_box_fraction) sent
+# dense, until a backward uses it: a backward on the same tensors, unchanged (same storage,
+# same version), reaches the same decision, so it skips the test.
+# (Either path is exact; the decision only picks which one runs.)
+_dense_key: tuple | None = None
+
+
+def _dense_test_key(x, c, w, half) -> tuple | None:
+    # _x_key of each, lighter (one dtype for all, per the contract): this runs twice a step.
+    # hz is a function of w and half, so the four pin the test's inputs.
+    try:
+        return (
+            x.dtype, x.data_ptr(), x._version, x.shape, x.stride(), c.data_ptr(), c._version, c.shape, c.stride(),
+            w.data_ptr(), w._version, w.shape, w.stride(), half.data_ptr(), half._version, half.shape, half.stride(),
+        )  # fmt: skip
+    except RuntimeError:  # an inference tensor has no version counter (and no backward): no key
+        return None
+
+
 def _prepare(x, c, w, m, half, cull, trust_forward=False):
-    """Kernel arrays, and the binning and plan when the culled path runs (else None, None).
+    """Kernel arrays (x, c, 1/w, half, m), and the binning and plan when the culled path runs
+    (else None, None). Each tensor goes to numpy once: every conversion and compiled call
+    costs microseconds, which count at small n.
 
     1/w is clamped to the largest finite float (a zero width gives a huge z, never inf*0),
     and a zero width's half-width is 0 (it counts nowhere, whatever half says)."""
+    global _dense_key
+    xn, cn = _np(x), _np(c)
     iw, hz, half_finite = _kernels.widths_prep(_np(w), _np(half))
-    bp = make_plan(x, c, torch.from_numpy(hz), trust_forward, half_finite) if cull else None
+    bp = None
+    n, K = x.shape[0], c.shape[1]
+    if cull and half_finite and n > 0 and K > 0:  # make_plan, sharing the small-problem test below
+        if n * K < _SMALL_GRID:
+            key = _dense_test_key(x, c, w, half)
+            dense = (trust_forward and key is not None and _dense_key == key) or _box_fraction(xn, cn, hz) > _CULL_FRACTION
+            _dense_key = key if dense and not trust_forward else None
+        else:
+            dense = False
+        if not dense:
+            bp = _grid_plan(x, c, torch.from_numpy(hz), trust_forward)
     b, plan = (None, None) if bp is None else bp
-    return b, plan, _np(c), iw, hz, _np(m)
+    return b, plan, xn, cn, iw, hz, _np(m)
 
 
 def _work(n: int, K: int, P: int, plan: _Plan | None) -> float:
@@ -281,11 +325,11 @@ def forward(x, c, w, m, half, cull):
     K, P = m.shape
     if n == 0 or K == 0 or P == 0:
         return torch.zeros((n, P), dtype=x.dtype)
-    b, plan, cn, iw, hn, mn = _prepare(x, c, w, m, half, cull)
+    b, plan, xn, cn, iw, hn, mn = _prepare(x, c, w, m, half, cull)
     y = torch.empty((n, P), dtype=x.dtype)
     with _threads_capped(_work(n, K, P, plan)):
         if plan is None:
-            _kernels.dense_forward(_np(x), cn, iw, hn, mn, y.numpy(), _dense_parts(n, d, K, P))
+            _kernels.dense_forward(xn, cn, iw, hn, mn, y.numpy(), _dense_parts(n, d, K, P))
             return y
         bounds = _bounds(plan, d, K, P)
         args = (b.row_pts, plan.row_start, plan.reg_k, plan.reg_p0, plan.reg_p1, bounds, plan.maxrow, plan.maxseg)
@@ -300,14 +344,14 @@ def backward(gy, x, c, w, m, half, cull, need_x):
     if n == 0 or K == 0 or P == 0:
         gx = torch.zeros((n, d), dtype=x.dtype) if need_x else None
         return gx, torch.zeros((d, K), dtype=c.dtype), torch.zeros((d, K), dtype=w.dtype), torch.zeros((K, P), dtype=m.dtype)
-    b, plan, cn, iw, hn, mn = _prepare(x, c, w, m, half, cull, trust_forward=True)
+    b, plan, xn, cn, iw, hn, mn = _prepare(x, c, w, m, half, cull, trust_forward=True)
     g = _np(gy.to(x.dtype))
     gx = torch.empty((n, d) if (need_x or plan is None) else (0, d), dtype=x.dtype)
     with _threads_capped(2 * _work(n, K, P, plan)):
         if plan is None:
             npart = _dense_parts(n, d, K, P)
             pcw, pm = np.zeros((npart, 2 * d, K)), np.zeros((npart, K, P))
-            _kernels.dense_backward(_np(x), cn, iw, hn, mn, g, gx.numpy(), pcw, pm, npart)
+            _kernels.dense_backward(xn, cn, iw, hn, mn, g, gx.numpy(), pcw, pm, npart)
         else:
             bounds = _bounds(plan, d, K, P)
             npart = bounds.shape[0] - 1
@@ -316,10 +360,13 @@ def backward(gy, x, c, w, m, half, cull, need_x):
             gs = np.empty_like(g)
             _kernels.to_sorted(g, b.rank, gs, npart)
             _kernels.culled_backward(b.xs, b.perm, cn, iw, hn, mn, gs, *args, gx.numpy(), need_x, pcw, pm)
-    # Fixed-order reduction: partials added in partition order.
-    tcw = torch.from_numpy(_kernels.sum_parts(pcw))
-    gm = torch.from_numpy(_kernels.sum_parts(pm)).to(m.dtype)
-    return (gx if need_x else None), tcw[:d].to(c.dtype), tcw[d:].to(w.dtype), gm
+    # Fixed-order reduction: partials added in partition order. The casts to the inputs'
+    # dtypes run in numpy (the same IEEE rounding as torch's, for less call overhead) and
+    # copy, so no result is a view of another.
+    scw = _kernels.sum_parts(pcw)
+    gc, gw = scw[:d].astype(cn.dtype), scw[d:].astype(iw.dtype)
+    gm = _kernels.sum_parts(pm).astype(mn.dtype)
+    return (gx if need_x else None), torch.from_numpy(gc), torch.from_numpy(gw), torch.from_numpy(gm)
 
 
 def pair_count(x, c, half) -> int | None:

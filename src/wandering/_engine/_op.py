@@ -28,15 +28,16 @@ from ._torch_engine import chunk_rows
 
 
 _CPU_FLOATS = (torch.float32, torch.float64)
+_FINITE_NAMES = ("x", "c", "w", "m")
 
 
-def _check_finite(**tensors: Tensor) -> None:
-    ts = list(tensors.values())
-    if all(t.device.type == "cpu" and t.dtype in _CPU_FLOATS for t in ts):
+def _check_finite(x: Tensor, c: Tensor, w: Tensor, m: Tensor) -> None:
+    ts = (x, c, w, m)
+    if all(t.is_cpu and t.dtype in _CPU_FLOATS for t in ts):
         # One compiled pass over all four (small torch ops cost ~10 us each here).
-        if _kernels.all_finite(*(t.detach().numpy() for t in ts)):
+        if _kernels.all_finite(x.detach().numpy(), c.detach().numpy(), w.detach().numpy(), m.detach().numpy()):
             return
-    for name, t in tensors.items():
+    for name, t in zip(_FINITE_NAMES, ts):
         # One reduction, no (n, d) mask: any NaN or inf makes the sum NaN or inf. Only a
         # non-finite sum (possibly an overflow of finite values) pays for the exact test.
         if t.numel() == 0 or bool(torch.isfinite(t.sum())):
@@ -51,7 +52,7 @@ def _check_finite(**tensors: Tensor) -> None:
 
 
 def _forward_impl(x: Tensor, c: Tensor, w: Tensor, m: Tensor, half: Tensor, engine: str, cull: bool) -> Tensor:
-    _check_finite(x=x, c=c, w=w, m=m)
+    _check_finite(x, c, w, m)
     return ENGINES[engine].forward(x.detach(), c.detach(), w.detach(), m.detach(), half.detach(), cull)
 
 
@@ -117,17 +118,21 @@ class _EagerBumpSum(torch.autograd.Function):
     without the custom-op dispatcher's Python cost (measured ~0.18 ms a forward+backward
     on a loaded machine) and its first-call import of torch._dynamo (~125 MB)."""
 
+    # forward(ctx, ...) rather than a setup_context: with one, every apply binds the
+    # arguments through inspect.signature (~60 us). Only functorch transforms need
+    # setup_context, and they take the registered op (see _plain_eager).
     @staticmethod
-    def forward(x, c, w, m, half, engine, cull):
-        return _forward_impl(x, c, w, m, half, engine, cull)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        _setup_context(ctx, inputs, output)
+    def forward(ctx, x, c, w, m, half, engine, cull):
+        y = _forward_impl(x, c, w, m, half, engine, cull)
+        _setup_context(ctx, (x, c, w, m, half, engine, cull), y)
+        return y
 
     @staticmethod
     def backward(ctx, gy):
         return _backward(ctx, gy, first_order=_backward_impl)
+
+
+_PLAIN_TYPES = (Tensor, torch.nn.Parameter)
 
 
 def _plain_eager(*tensors: Tensor) -> bool:
@@ -137,7 +142,10 @@ def _plain_eager(*tensors: Tensor) -> bool:
         return False
     if torch._C._is_torch_function_mode_enabled() or _python_dispatch._get_current_dispatch_mode() is not None:
         return False
-    return all(type(t) in (Tensor, torch.nn.Parameter) and t.device.type != "meta" for t in tensors)
+    for t in tensors:
+        if type(t) not in _PLAIN_TYPES or t.is_meta:
+            return False
+    return True
 
 
 def bump_sum(x: Tensor, c: Tensor, w: Tensor, m: Tensor, half: Tensor, engine: str, cull: bool) -> Tensor:
