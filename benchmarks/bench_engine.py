@@ -221,6 +221,7 @@ def _worker(case, threads, repeats, quick, baseline_dir, per_bump=True):
             "torch.optim.Adam": _train_worker(repeats),
             "Adam(fused=True)": _train_worker(repeats, fused=True),
             "zero-cost engine": _train_worker(repeats, zero_engine=True),
+            "torch-only model": _torch_only_worker(repeats),
         }
     from wandering._engine import _numba_engine, bump_sum
 
@@ -382,6 +383,34 @@ def _train_worker(repeats, fused=False, zero_engine=False):
         "step": _stats(steps), "engine": _stats(engine), "rest": _stats(rest),
         "rest_fraction": statistics.median([r / s for r, s in zip(rest, steps)]),
     }  # fmt: skip
+
+
+def _torch_only_worker(repeats):
+    """The floor under any module: the same data, minibatch, parameter shapes and Adam, with a
+    one-line torch forward ``(x @ c) @ m + sum(w)`` and no ``pert_grads`` or ``bound``."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    d, N, K, B = 3, 10_000, 100, 1000
+    X = torch.rand(N, d, generator=g)
+    Y = torch.sin(3 * X[:, 0]) * torch.cos(2 * X[:, 1]) + X[:, 2]
+    c = torch.nn.Parameter(torch.rand(d, K))
+    w = torch.nn.Parameter(0.1 + 0.2 * torch.rand(d, K))
+    m = torch.nn.Parameter(0.1 * torch.randn(K))
+    opt = torch.optim.Adam([c, w, m], lr=1e-2)
+    steps = []
+    for i in range(repeats * 20 + 20):
+        idx = torch.randint(0, N, (B,), generator=g)
+        x, y = X[idx], Y[idx]
+        t0 = time.perf_counter()
+        opt.zero_grad()
+        loss = (((x @ c) @ m + w.sum() - y) ** 2).mean()
+        loss.backward()
+        opt.step()
+        if i >= 20:
+            steps.append(time.perf_counter() - t0)
+    zero = [0.0] * len(steps)
+    return {"step": _stats(steps), "engine": _stats(zero), "rest": _stats(steps), "rest_fraction": 1.0}
 
 
 def _rss_worker(case, threads):
