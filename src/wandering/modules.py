@@ -53,10 +53,6 @@ class _no_grad:
         torch._C._set_grad_enabled(self.prev)
 
 
-# Module __dict__ entry: views (lower, upper) of a bounds buffer, with what they were cut from.
-_BOUND_VIEWS = "_bound_views"
-
-
 class _BumpModule(WanderingModule):
     """Shared machinery: parameters, bounds, keyed gradient noise, repr.
 
@@ -160,21 +156,9 @@ class _BumpModule(WanderingModule):
         return self._n_outputs
 
     def _bound_pair(self, bounds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # Views, so they follow in-place writes (load_state_dict, copy_); cut again only when
-        # the buffer is another tensor or its storage or layout changed (.data =, .to()).
-        stamp = (bounds.data_ptr(), bounds.shape, bounds.stride())
-        views = self.__dict__.setdefault(_BOUND_VIEWS, {})
-        hit = views.get(id(bounds))
-        if hit is not None and hit[0] is bounds and hit[1] == stamp:
-            return hit[2]
         if self._bounds_dim == 0:  # (2, d): rows are lower, upper; params are (d,)
-            pair = bounds[0], bounds[1]
-        else:
-            pair = bounds[:, 0:1], bounds[:, 1:2]  # (d, 2) -> (d, 1), broadcast over bumps
-        if len(views) > 4:  # entries of replaced buffers
-            views.clear()
-        views[id(bounds)] = (bounds, stamp, pair)
-        return pair
+            return bounds[0], bounds[1]
+        return bounds[:, 0:1], bounds[:, 1:2]  # (d, 2) -> (d, 1), broadcast over bumps
 
     # -- seed API ------------------------------------------------------------
     def bound(self) -> None:
@@ -240,12 +224,8 @@ class _BumpModule(WanderingModule):
             _noise.advance(self, "param_noise_step", step)
 
     def __getstate__(self) -> dict:
-        # The noise key's host mirror and the bound views are caches: not pickled, not
-        # deep-copied (rebuilt on use).
-        state = _noise.drop_mirror(super().__getstate__())
-        if _BOUND_VIEWS in state:
-            state = {k: v for k, v in state.items() if k != _BOUND_VIEWS}
-        return state
+        # The noise key's host mirror is a cache: not pickled, not deep-copied (rebuilt on use).
+        return _noise.drop_mirror(super().__getstate__())
 
     def extra_repr(self) -> str:
         def fmt_bounds(b: torch.Tensor | None) -> str:

@@ -220,27 +220,53 @@ def _box_fraction(xn: np.ndarray, cn: np.ndarray, hn: np.ndarray) -> float:
     return float(_kernels.box_fraction(xn, cn, hn, gd, (_POINTS_PER_CELL / max(n, 1)) ** (1.0 / gd)))
 
 
+# Key (_dense_test_key) of the last forward that the small-problem test (_box_fraction) sent
+# dense, until a backward uses it: a backward on the same tensors, unchanged (same storage,
+# same version), reaches the same decision, so it skips the test.
+# (Either path is exact; the decision only picks which one runs.)
+_dense_key: tuple | None = None
+
+
+def _dense_test_key(x, c, w, half) -> tuple | None:
+    # _x_key of each, lighter (one dtype for all, per the contract): this runs twice a step.
+    # hz is a function of w and half, so the four pin the test's inputs.
+    try:
+        return (
+            x.dtype, x.data_ptr(), x._version, x.shape, x.stride(), c.data_ptr(), c._version, c.shape, c.stride(),
+            w.data_ptr(), w._version, w.shape, w.stride(), half.data_ptr(), half._version, half.shape, half.stride(),
+        )  # fmt: skip
+    except RuntimeError:  # an inference tensor has no version counter (and no backward): no key
+        return None
+
+
 def make_plan(
-    x: torch.Tensor, c: torch.Tensor, half: torch.Tensor, trust_forward: bool = False, half_finite: bool | None = None
+    x: torch.Tensor,
+    c: torch.Tensor,
+    half: torch.Tensor,
+    trust_forward: bool = False,
+    half_finite: bool | None = None,
+    arrays: tuple | None = None,
+    key: tuple | None = None,
 ) -> tuple[_Binning, _Plan] | None:
     """Binning and grid plan for the culled sum, or None where culling does not pay (dense).
-    (``_prepare`` inlines the tests before ``_grid_plan``, to share numpy arrays and decisions.)"""
+
+    ``arrays``: x, c, half as numpy arrays, when the caller has them. ``key``: the call's
+    :func:`_dense_test_key`, so that a backward (``trust_forward``) reuses its forward's
+    small-problem decision instead of testing again."""
+    global _dense_key
     n = x.shape[0]
     K = c.shape[1]
     if half_finite is None:
         half_finite = bool(torch.isfinite(half).all())
     if n == 0 or K == 0 or not half_finite:
         return None
-    if n * K < _SMALL_GRID and _box_fraction(_np(x), _np(c), _np(half)) > _CULL_FRACTION:
-        return None
-    return _grid_plan(x, c, half, trust_forward)
-
-
-def _grid_plan(x: torch.Tensor, c: torch.Tensor, half: torch.Tensor, trust_forward: bool) -> tuple[_Binning, _Plan] | None:
-    """make_plan past its dense tests: the binning and the plan (None: registration found
-    that culling does not pay)."""
-    n = x.shape[0]
-    K = c.shape[1]
+    if n * K < _SMALL_GRID:
+        xn, cn, hn = arrays if arrays is not None else (_np(x), _np(c), _np(half))
+        reuse = trust_forward and key is not None and _dense_key == key
+        dense = reuse or _box_fraction(xn, cn, hn) > _CULL_FRACTION
+        _dense_key = key if dense and not trust_forward else None
+        if dense:
+            return None
     b = get_binning(x, trust_forward)
     frac = _CULL_FRACTION
     for cc, hc, fc, plan in b.plans:
@@ -269,25 +295,6 @@ def _bounds(plan: _Plan, d: int, K: int, P: int) -> np.ndarray:
     return _kernels.partition_bounds(plan.cost, _n_parts(nrows, d, K, P))
 
 
-# Key (_dense_test_key) of the last forward that the small-problem test (_box_fraction) sent
-# dense, until a backward uses it: a backward on the same tensors, unchanged (same storage,
-# same version), reaches the same decision, so it skips the test.
-# (Either path is exact; the decision only picks which one runs.)
-_dense_key: tuple | None = None
-
-
-def _dense_test_key(x, c, w, half) -> tuple | None:
-    # _x_key of each, lighter (one dtype for all, per the contract): this runs twice a step.
-    # hz is a function of w and half, so the four pin the test's inputs.
-    try:
-        return (
-            x.dtype, x.data_ptr(), x._version, x.shape, x.stride(), c.data_ptr(), c._version, c.shape, c.stride(),
-            w.data_ptr(), w._version, w.shape, w.stride(), half.data_ptr(), half._version, half.shape, half.stride(),
-        )  # fmt: skip
-    except RuntimeError:  # an inference tensor has no version counter (and no backward): no key
-        return None
-
-
 def _prepare(x, c, w, m, half, cull, trust_forward=False):
     """Kernel arrays (x, c, 1/w, half, m), and the binning and plan when the culled path runs
     (else None, None). Each tensor goes to numpy once: every conversion and compiled call
@@ -295,20 +302,13 @@ def _prepare(x, c, w, m, half, cull, trust_forward=False):
 
     1/w is clamped to the largest finite float (a zero width gives a huge z, never inf*0),
     and a zero width's half-width is 0 (it counts nowhere, whatever half says)."""
-    global _dense_key
     xn, cn = _np(x), _np(c)
     iw, hz, half_finite = _kernels.widths_prep(_np(w), _np(half))
     bp = None
-    n, K = x.shape[0], c.shape[1]
-    if cull and half_finite and n > 0 and K > 0:  # make_plan, sharing the small-problem test below
-        if n * K < _SMALL_GRID:
-            key = _dense_test_key(x, c, w, half)
-            dense = (trust_forward and key is not None and _dense_key == key) or _box_fraction(xn, cn, hz) > _CULL_FRACTION
-            _dense_key = key if dense and not trust_forward else None
-        else:
-            dense = False
-        if not dense:
-            bp = _grid_plan(x, c, torch.from_numpy(hz), trust_forward)
+    if cull:
+        # Keyed only where the small-problem test runs: the key costs microseconds too.
+        key = _dense_test_key(x, c, w, half) if x.shape[0] * c.shape[1] < _SMALL_GRID else None
+        bp = make_plan(x, c, torch.from_numpy(hz), trust_forward, half_finite, (xn, cn, hz), key)
     b, plan = (None, None) if bp is None else bp
     return b, plan, xn, cn, iw, hz, _np(m)
 
