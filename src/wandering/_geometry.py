@@ -36,6 +36,36 @@ def support_halfwidths(w: torch.Tensor, support_p: float | None) -> torch.Tensor
     return torch.where(wd == 0, torch.zeros_like(wd), torch.full_like(wd, math.inf))
 
 
+def inverse_widths(w: torch.Tensor) -> torch.Tensor:
+    """1/w, 0 where w is 0 (such bumps count nowhere) and finite where 1/w would overflow."""
+    big = torch.finfo(w.dtype).max
+    zero = w == 0
+    safe = torch.where(zero, torch.ones_like(w), w)
+    return torch.where(zero, torch.zeros_like(w), (1.0 / safe).clamp(-big, big))
+
+
+def cutoffs(w: torch.Tensor, support_p: float | None) -> torch.Tensor:
+    """Per-bump cut-off r2 (K,) on s = |z|^2, detached: a pair counts where s < r2.
+
+    ``-ln(support_p)`` for a culled sum (the bump is above support_p of its peak: an
+    ellipsoid), +inf for an exact sum, and 0 for a bump with a zero scale (it counts
+    nowhere, as an axis-aligned bump with a zero width)."""
+    wd = w.detach()
+    level = math.inf if support_p is None else -math.log(support_p)
+    dead = (wd == 0).any(dim=0)
+    return torch.where(dead, torch.zeros_like(wd[0]), torch.full_like(wd[0], level))
+
+
+def ellipsoid_halfwidths(R: torch.Tensor, w: torch.Tensor, r2: torch.Tensor) -> torch.Tensor:
+    """Half-extents (d, K) of the axis-aligned box around each bump's ellipsoid s < r2, detached.
+
+    Along data axis j the ellipsoid ``x = c + R diag(w) z, |z|^2 < r2`` reaches
+    ``sqrt(r2 * sum_a R[j, a]^2 w[a]^2)``. +inf for an exact sum, 0 for a dead bump."""
+    Rd, wd = R.detach(), w.detach()
+    reach = ((Rd * Rd) * (wd * wd)[None]).sum(dim=1).sqrt()  # (d, K)
+    return torch.where(r2[None] > 0, reach * r2.sqrt()[None], torch.zeros_like(reach))
+
+
 def support_mask(x: torch.Tensor, c: torch.Tensor, half: torch.Tensor) -> torch.Tensor:
     """Boolean (n, K): True where point i lies inside bump k's box (dense broadcast; small inputs)."""
     return ((x.detach()[:, :, None] - c.detach()[None]).abs() < half[None]).all(dim=1)

@@ -12,9 +12,12 @@ zero width counts nowhere (see ``wandering._geometry``).
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ._geometry import support_halfwidths, support_mask
+from ._rotation import n_angles, rotations
 
 
 def support_mask_reference(x: torch.Tensor, c: torch.Tensor, w: torch.Tensor, support_p: float | None) -> torch.Tensor:
@@ -51,6 +54,41 @@ def bump_sum_reference(
         live &= torch.exp(-((diff / w_probe[None]) ** 2).sum(dim=1)) > 0
     w_safe = torch.where(live[:, None, :], w[None], torch.ones_like(w)[None])
     z = diff / w_safe
+    e = torch.exp(-(z * z).sum(dim=1))
+    e = torch.where(live, e, torch.zeros_like(e))
+    return e @ m
+
+
+def oriented_bump_sum_reference(
+    x: torch.Tensor,
+    c: torch.Tensor,
+    w: torch.Tensor,
+    m: torch.Tensor,
+    angles: torch.Tensor | None = None,
+    support_p: float | None = None,
+) -> torch.Tensor:
+    """Sum of oriented Gaussian bumps by dense broadcasting, differentiable to any order.
+
+    ``y[i, p] = sum_k m[k, p] * exp(-|z_ik|^2)``, ``z_ik[a] = sum_j R_k[j, a] (x[i, j] - c[j, k]) / w[a, k]``
+    with R_k the rotation of ``angles[:, k]`` (``wandering._rotation.rotations``). With
+    ``support_p``, bump k counts at point i only where ``|z_ik|^2 < -ln(support_p)``; a bump
+    with a zero scale counts nowhere. Materialises (n_smps, d, K): small problems only.
+    """
+    d, K = c.shape
+    if angles is None:
+        angles = c.new_zeros((n_angles(d), K))
+    R = rotations(angles, d)  # (d, d, K)
+    diff = x[:, :, None] - c[None]  # (n, d, K)
+    rotated = (diff[:, :, None, :] * R[None]).sum(dim=1)  # (n, d, K): R^T diff, axis a
+    with torch.no_grad():
+        w_probe = torch.where(w == 0, torch.ones_like(w), w)
+        s = ((rotated / w_probe[None]) ** 2).sum(dim=1)
+        live = torch.exp(-s) > 0
+        live &= (w != 0).all(dim=0)[None]
+        if support_p is not None:
+            live &= s < -math.log(support_p)
+    w_safe = torch.where(live[:, None, :], w[None], torch.ones_like(w)[None])
+    z = rotated / w_safe
     e = torch.exp(-(z * z).sum(dim=1))
     e = torch.where(live, e, torch.zeros_like(e))
     return e @ m

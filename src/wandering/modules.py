@@ -183,15 +183,12 @@ class _BumpModule(WanderingModule):
         advances ``noise_step``: runs reproduce from ``torch.manual_seed`` before
         construction, resume exactly from ``state_dict``, and agree across DDP ranks.
         """
-        c_std, w_std, m_gain = self.c_grad_std, self.w_grad_std, self.m_grad_gain
+        m_gain = self.m_grad_gain
         # Host mirrors of the key buffers: no GPU sync per step (see _noise).
         seed, step = _noise.host_value(self, "noise_seed"), _noise.host_value(self, "noise_step")
-        key = _noise.step_key(seed, step)  # shared by both streams: keyed_normal's draws, mixed once
+        key = _noise.step_key(seed, step)  # shared by every stream: keyed_normal's draws, mixed once
         with _no_grad():
-            for param, std, stream in (
-                (self.c, c_std, _noise.STREAM_C_GRAD),
-                (self.w, w_std, _noise.STREAM_W_GRAD),
-            ):
+            for param, std, stream in self._grad_noise():
                 # A frozen parameter (requires_grad False) gets no noise: freezing must hold.
                 if std > 0 and param.requires_grad:
                     noise = _noise.normal_from_key(param.shape, _noise.stream_key(key, stream), param.dtype, param.device)
@@ -199,6 +196,13 @@ class _BumpModule(WanderingModule):
             if m_gain > 0 and self.m.requires_grad:
                 _add_to_grad(self.m, self.m.detach() * (-m_gain))
             _noise.advance(self, "noise_step", step)
+
+    def _grad_noise(self) -> tuple:
+        """(parameter, std, stream) of each gradient that :meth:`pert_grads` adds noise to."""
+        return (
+            (self.c, self.c_grad_std, _noise.STREAM_C_GRAD),
+            (self.w, self.w_grad_std, _noise.STREAM_W_GRAD),
+        )
 
     # -- parameter noise (opt-in; see wandering.training.perturb_params) ----
     def perturb_params(self, c_std: float = 0.0, w_std: float = 0.0, m_std: float = 0.0) -> None:
@@ -215,6 +219,10 @@ class _BumpModule(WanderingModule):
             (self.w, _checks.check_nonneg(w_std, "w_std"), _noise.STREAM_W_PARAM),
             (self.m, _checks.check_nonneg(m_std, "m_std"), _noise.STREAM_M_PARAM),
         ]
+        self._add_param_noise(stds)
+
+    def _add_param_noise(self, stds: list) -> None:
+        """Adds keyed noise (parameter, std, stream) to each parameter, then advances the counter."""
         seed, step = _noise.host_value(self, "noise_seed"), _noise.host_value(self, "param_noise_step")
         with torch.no_grad():
             for param, std, stream in stds:

@@ -115,6 +115,7 @@ def perturb_params(
     c_std: float = 0.0,
     w_std: float = 0.0,
     m_std: float = 0.0,
+    angle_std: float = 0.0,
     bound: bool = True,
 ) -> int:
     """Adds keyed Gaussian noise to the parameters of every wandering module, then bounds them.
@@ -129,6 +130,7 @@ def perturb_params(
     Args:
         model: Any module tree holding wandering modules.
         c_std, w_std, m_std: Std of the noise added to centres, widths and magnitudes.
+        angle_std: Std of the noise added to the rotation angles of oriented modules (radians).
         bound: Call ``bound()`` on each module after its noise (default), so noise never
             leaves a parameter out of bounds. Widths can still approach 0 without w_bounds.
 
@@ -138,13 +140,22 @@ def perturb_params(
     Raises:
         TypeError: ``model`` is not a module; a std is not a number; a wandering module
             has no ``perturb_params`` method (a user subclass that does not implement it).
-        ValueError: a std is negative or not finite; ``model`` has no wandering module.
+        ValueError: a std is negative or not finite; ``model`` has no wandering module;
+            ``angle_std > 0`` and no module is oriented.
     """
     stds = dict(c_std=check_nonneg(c_std, "c_std"), w_std=check_nonneg(w_std, "w_std"), m_std=check_nonneg(m_std, "m_std"))
+    angle_std = check_nonneg(angle_std, "angle_std")
     mods = _require_modules(model, "perturb_params")
     _check_param_noise_support(mods)
-    for mod in mods:
-        mod.perturb_params(**stds)
+    oriented = [isinstance(getattr(mod, "angles", None), torch.nn.Parameter) for mod in mods]
+    if angle_std > 0 and not any(oriented):
+        raise ValueError(f"angle_std > 0 needs oriented wandering modules (with angles), but got angle_std={angle_std} "
+                         f"for a {type(model).__name__} with none")
+    for mod, has_angles in zip(mods, oriented):
+        if has_angles:
+            mod.perturb_params(**stds, angle_std=angle_std)
+        else:
+            mod.perturb_params(**stds)
         if bound:
             mod.bound()
     return len(mods)

@@ -15,3 +15,11 @@ def forward(x, c, w, m, half, cull):
 
 def backward(gy, x, c, w, m, half, cull, need_x):
     return _torch_engine.backward(gy, x, c, w, m, half, cull, need_x, rows=max(1, x.shape[0]))
+
+
+def oriented_forward(x, c, U, m, r2, half, cull):
+    return _torch_engine.oriented_forward(x, c, U, m, r2, half, cull, rows=max(1, x.shape[0]))
+
+
+def oriented_backward(gy, x, c, U, m, r2, half, cull, need_x):
+    return _torch_engine.oriented_backward(gy, x, c, U, m, r2, half, cull, need_x, rows=max(1, x.shape[0]))

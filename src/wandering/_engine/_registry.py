@@ -21,6 +21,22 @@ layer in ``_op.py`` owns autograd, argument checks and the (K,)/(K, P) layouts):
     Pairs that do not count contribute exactly 0 (never 0 * inf). Widths may be
     negative (only w**2 and |w| matter).
 
+``oriented_forward(x, c, U, m, r2, half, cull) -> y`` (oriented bumps, optional)
+    U (d, d, K) holds each bump's precision transform: ``z = U[:, :, k] @ (x[i] - c[:, k])``
+    (``diag(1/w) R^T``, see ``wandering._rotation``), r2 (K,) its cut-off, half (d, K) a
+    box around its support; y as above with ``e[i, k] = exp(-s)``, ``s = |z|^2``. A pair
+    counts iff ``s < r2[k]`` (the ellipsoid where the bump is above support_p of its
+    peak; r2 = +inf for exact sums, 0 for a bump that counts nowhere) and e did not
+    underflow. s is rounded arithmetic, so engines may disagree on pairs whose s lies
+    within rounding of r2 (each such pair is worth support_p * |m| either way); no
+    other pair may differ. ``half`` (from ``_geometry.ellipsoid_halfwidths``) bounds
+    every counted pair: ``abs(x - c) <= half`` up to rounding; engines that cull may
+    use it (widened by a rounding margin) to skip pairs. None where the engine does
+    not run oriented bumps.
+
+``oriented_backward(gy, x, c, U, m, r2, half, cull, need_x) -> (gx, gc, gU, gm)``
+    The gradients of ``sum(gy * y)``, gU (d, d, K); the rest as in ``backward``.
+
 Engines never see non-finite inputs: the op refuses them first. Results must not
 depend on the thread count (fixed partitions reduced in a fixed order).
 Second derivatives do not go through engines: ``_op.py`` builds them from the
@@ -61,6 +77,8 @@ class Engine:
         culls: Whether it skips pairs outside support boxes (else it tests every pair).
         priority: Higher wins under ``"auto"``.
         forward, backward: The contract's functions (None when unavailable).
+        oriented_forward, oriented_backward: The contract's oriented functions (None when
+            the engine does not run oriented bumps, or is unavailable).
         unavailable: Why the engine cannot run here, or None when it can.
         auto_devices: Device types where ``"auto"`` may pick it (None: all of ``devices``).
     """
@@ -74,18 +92,25 @@ class Engine:
     backward: Callable | None
     unavailable: str | None = None
     auto_devices: frozenset | None = None
+    oriented_forward: Callable | None = None
+    oriented_backward: Callable | None = None
 
     @property
     def available(self) -> bool:
         return self.unavailable is None
 
-    def supports(self, device: torch.device, dtype: torch.dtype) -> bool:
-        return device.type in self.devices and dtype in self.dtypes
+    @property
+    def orients(self) -> bool:
+        """Whether it runs oriented (full-covariance) bumps."""
+        return self.oriented_forward is not None
 
-    def auto_supports(self, device: torch.device, dtype: torch.dtype) -> bool:
-        """Whether ``"auto"`` may pick this engine for the device and dtype."""
+    def supports(self, device: torch.device, dtype: torch.dtype, oriented: bool = False) -> bool:
+        return device.type in self.devices and dtype in self.dtypes and (self.orients or not oriented)
+
+    def auto_supports(self, device: torch.device, dtype: torch.dtype, oriented: bool = False) -> bool:
+        """Whether ``"auto"`` may pick this engine for the device, dtype and kind of bump."""
         auto = self.devices if self.auto_devices is None else self.auto_devices
-        return self.available and device.type in auto and dtype in self.dtypes
+        return self.available and device.type in auto and dtype in self.dtypes and (self.orients or not oriented)
 
 
 def _engine(name, module, devices, dtypes, culls, priority) -> Engine:
@@ -94,10 +119,15 @@ def _engine(name, module, devices, dtypes, culls, priority) -> Engine:
         mod = importlib.import_module(module, __package__)
     except ImportError as exc:
         raise ImportError(f"wandering's {name!r} engine failed to import: {exc}") from exc
-    return Engine(name, frozenset(devices), frozenset(dtypes), culls, priority, mod.forward, mod.backward)
+    return Engine(
+        name, frozenset(devices), frozenset(dtypes), culls, priority, mod.forward, mod.backward,
+        oriented_forward=getattr(mod, "oriented_forward", None), oriented_backward=getattr(mod, "oriented_backward", None),
+    )  # fmt: skip
 
 
-def _optional_engine(name, module, requires, devices, dtypes, culls, priority, auto_devices=None) -> Engine:
+def _optional_engine(
+    name, module, requires, devices, dtypes, culls, priority, auto_devices=None, oriented=False
+) -> Engine:
     """An optional engine: listed as unavailable, with the reason, when ``requires`` is not
     installed; otherwise imported on first use, so ``import wandering`` does not pay for
     (say) Triton on a machine that never runs it."""
@@ -109,14 +139,17 @@ def _optional_engine(name, module, requires, devices, dtypes, culls, priority, a
     if not found:
         return Engine(name, frozenset(devices), frozenset(dtypes), culls, priority, None, None, reason)
 
-    def forward(*args):
-        return importlib.import_module(module, __package__).forward(*args)
+    def lazy(function: str) -> Callable:
+        def call(*args):
+            return getattr(importlib.import_module(module, __package__), function)(*args)
 
-    def backward(*args):
-        return importlib.import_module(module, __package__).backward(*args)
+        return call
 
     auto = None if auto_devices is None else frozenset(auto_devices)
-    return Engine(name, frozenset(devices), frozenset(dtypes), culls, priority, forward, backward, None, auto)
+    return Engine(
+        name, frozenset(devices), frozenset(dtypes), culls, priority, lazy("forward"), lazy("backward"), None, auto,
+        lazy("oriented_forward") if oriented else None, lazy("oriented_backward") if oriented else None,
+    )  # fmt: skip
 
 
 def _triton_interpreting() -> bool:

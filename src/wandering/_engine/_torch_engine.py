@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from .._geometry import inverse_widths
+
 # Elements of the (chunk, d, K) temporaries per chunk: ~16 MB at float32.
 _CHUNK_ELEMS = 1 << 22
 
@@ -31,13 +33,6 @@ def _terms(xc, c, iw, half):
     e = torch.where(live, e, torch.zeros_like(e))
     z = torch.where(live[:, None, :], z, torch.zeros_like(z))  # no inf * 0 downstream
     return z, e
-
-
-def inverse_widths(w: torch.Tensor) -> torch.Tensor:
-    """1/w, 0 where w is 0 (such bumps count nowhere) and finite where 1/w would overflow."""
-    big = torch.finfo(w.dtype).max
-    safe = torch.where(w == 0, torch.ones_like(w), w)
-    return torch.where(w == 0, torch.zeros_like(w), (1.0 / safe).clamp(-big, big))
 
 
 def forward(x, c, w, m, half, cull, rows=None):
@@ -72,3 +67,49 @@ def backward(gy, x, c, w, m, half, cull, need_x, rows=None):
         if need_x:
             gx[i0 : i0 + step] = -a.sum(dim=2)
     return gx, gc.to(c.dtype), gw.to(w.dtype), gm.to(m.dtype)
+
+
+# ---------------------------------------------------------------- oriented bumps
+def _oriented_terms(xc, c, U, r2):
+    """diff (chunk, d, K), z (chunk, d, K) and e (chunk, K); z and e exactly 0 on pairs that do not count."""
+    diff = xc[:, :, None] - c[None]
+    z = torch.einsum("ajk,ijk->iak", U, diff)
+    s = (z * z).sum(dim=1)
+    e = torch.exp(-s)
+    live = (s < r2[None]) & (e > 0)  # a NaN s (inf - inf from huge 1/w) fails both tests
+    e = torch.where(live, e, torch.zeros_like(e))
+    z = torch.where(live[:, None, :], z, torch.zeros_like(z))  # no inf * 0 downstream
+    return diff, z, e
+
+
+def oriented_forward(x, c, U, m, r2, half, cull, rows=None):
+    n, d = x.shape
+    y = x.new_empty((n, m.shape[1]))
+    step = rows or chunk_rows(d, c.shape[1])
+    for i0 in range(0, n, step):
+        _, _, e = _oriented_terms(x[i0 : i0 + step], c, U, r2)
+        y[i0 : i0 + step] = e @ m
+    return y
+
+
+def oriented_backward(gy, x, c, U, m, r2, half, cull, need_x, rows=None):
+    n, d = x.shape
+    acc = _acc_dtype(x.dtype)
+    gc = torch.zeros(c.shape, dtype=acc, device=x.device)
+    gU = torch.zeros(U.shape, dtype=acc, device=x.device)
+    gm = torch.zeros(m.shape, dtype=acc, device=x.device)
+    gx = torch.empty_like(x) if need_x else None
+    gy = gy.to(x.dtype)
+    step = rows or chunk_rows(d, c.shape[1])
+    for i0 in range(0, n, step):
+        diff, z, e = _oriented_terms(x[i0 : i0 + step], c, U, r2)
+        g = gy[i0 : i0 + step]  # (chunk, P)
+        gm += (e.T @ g).to(acc)
+        t = 2.0 * e * (g @ m.T)  # (chunk, K): dL/dz = -t z; the exp is shared by all P outputs
+        az = t[:, None, :] * z  # (chunk, d, K)
+        gU -= torch.einsum("iak,ibk->abk", az, diff).to(acc)
+        v = torch.einsum("ajk,iak->ijk", U, az)  # U^T (t z) per pair: dL/dc
+        gc += v.sum(dim=0).to(acc)
+        if need_x:
+            gx[i0 : i0 + step] = -v.sum(dim=2)
+    return gx, gc.to(c.dtype), gU.to(U.dtype), gm.to(m.dtype)
