@@ -48,7 +48,7 @@ def test_cpu_tensors_refused_without_the_interpreter():
     assert resolve_backend("auto", torch.empty(10**5, 3), 64) == "numba"
 
 
-@pytest.mark.parametrize("group", ["parity-f32", "parity-f64", "op-module"])
+@pytest.mark.parametrize("group", ["parity-f32", "parity-f64", "op-module", "oriented-f32", "oriented-f64"])
 def test_triton_engine_under_interpreter(group):
     out = _run(str(HERE / "_triton_check.py"), group)
     assert out.rstrip().endswith("all ok"), out
