@@ -290,7 +290,7 @@ def oriented_culling_skips(dtype=torch.float32):
 def oriented_extreme_points(dtype=torch.float32):
     """Points just inside each ellipsoid at its farthest reach along every data axis (on its box's
     faces) count on the culled engine as on the reference: the tile skip keeps them. Each such point
-    fills a whole tile (BN copies), so the tile's box is that point and the skip test is at its edge."""
+    fills whole tiles (copies), so a tile's box is that point and the skip test is at its edge."""
     sp = 0.05
     for d in (2, 3):
         g = torch.Generator().manual_seed(30 + d)
@@ -305,7 +305,7 @@ def oriented_extreme_points(dtype=torch.float32):
         z = u / u.norm(dim=0, keepdim=True) * math.sqrt(-math.log(sp)) * (1 - 1e-4)
         reach = torch.einsum("jak,abk->jbk", R, w[:, None, :] * z)  # (d, j, K): x - c at the reach along e_j
         tips = torch.cat([(c[:, None, :] + reach), (c[:, None, :] - reach)], dim=1)  # (d, 2d, K)
-        copies = _triton_engine._config(d, 2, dtype).BN
+        copies = 64  # a multiple of every tile size BN
         x = tips.permute(2, 1, 0).reshape(-1, d).repeat_interleave(copies, dim=0)
         m = torch.randn(K, 2, generator=g, dtype=torch.float64)
         x, c, w, angles, m = (t.to(dtype) for t in (x, c, w, angles, m))

@@ -98,12 +98,14 @@ class _Config:
     BP: int  # outputs per chunk
 
 
-def _config(d: int, P: int, dtype: torch.dtype) -> _Config:
+def _config(d: int, P: int, dtype: torch.dtype, share: int = 1) -> _Config:
+    """Block sizes whose (BN, BK, width) temporaries fit ``_TILE_BUDGET[dtype] // share`` elements
+    (kernels that hold more temporaries per pair ask for a smaller share)."""
     DP = triton.next_power_of_2(d)
     BP = min(triton.next_power_of_2(P), _MAX_BP)
     width = max(DP, BP)
     BN, BK = 64, 32
-    budget = _TILE_BUDGET[dtype]
+    budget = _TILE_BUDGET[dtype] // share
     while BN * BK * width > budget and BN > 16:
         BN //= 2
     while BN * BK * width > budget and BK > 16:

@@ -35,8 +35,10 @@ and its computed s falls below r2 only when its relative rounding error exceeds 
 the contract lets engines disagree on such pairs anyway). Tiles that are not skipped
 run the exact test ``s < r2`` per pair; the box plays no part in it.
 
-Block sizes come from the axis kernels' register budget (``_config``) and are untuned:
-no GPU was available when this was written.
+Block sizes come from the axis kernels' register budget (``_config``), a half share of it for
+the forward and a quarter for the backward (``_FORWARD_SHARE``, ``_BACKWARD_SHARE``), so the
+kernels compile without register spills; they are untuned: no GPU was available when this was
+written.
 """
 
 from __future__ import annotations
@@ -53,6 +55,14 @@ from ._triton_engine import _tile_hits, morton_order
 
 _CULL_MARGIN = 2.0**-10
 """Relative widening of the ellipsoids' boxes for the tile skip (see the module docstring)."""
+
+# Shares of the axis kernels' tile budget (``_config``): an oriented pair holds more (BN, BK, DP)
+# temporaries (z, U's columns, t z, diff), and at the axis budget the backward kernels spill
+# registers (ptxas for sm_90, triton 3.9: up to ~1.5 KB of stack a thread at d = 4). At these
+# shares none of the three kernels spills more than 24 bytes at d = 2..4, P = 1, 4, 17, float32
+# and float64. Chosen by register count, not timed: no GPU was available.
+_FORWARD_SHARE = 2
+_BACKWARD_SHARE = 4
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -291,7 +301,7 @@ def forward(x, c, U, m, r2, half, cull):
     K, P = m.shape
     if n == 0 or K == 0 or P == 0:
         return x.new_zeros((n, P))
-    cfg = _config(d, P, x.dtype)
+    cfg = _config(d, P, x.dtype, _FORWARD_SHARE)
     one_chunk = P <= cfg.BP
     b = _bumps(c, U, m, r2, half, cull)
     pts = _points(x, cfg.BN, cull)
@@ -321,7 +331,7 @@ def backward(gy, x, c, U, m, r2, half, cull, need_x):
     if n == 0 or K == 0 or P == 0:
         gx = x.new_zeros((n, d)) if need_x else None
         return gx, torch.zeros_like(c), torch.zeros_like(U), torch.zeros_like(m)
-    cfg = _config(d, P, x.dtype)
+    cfg = _config(d, P, x.dtype, _BACKWARD_SHARE)
     b = _bumps(c, U, m, r2, half, cull)
     pts = _points(x, cfg.BN, cull)
     gys = gy[pts.perm].contiguous() if cull else gy.contiguous()
