@@ -178,6 +178,83 @@ def test_predict_csv_without_value_column_and_reordered(tmp_path, capsys):
     np.testing.assert_allclose(v[:, 2], v_ref[:, 2])
 
 
+@pytest.fixture(scope="module")
+def fitted_abc(tmp_path_factory):
+    """A model fitted on coordinates named a, b, c (value 'val'), its training points and a reference prediction."""
+    tmp = tmp_path_factory.mktemp("abc")
+    x, y = smooth_data(200, 3)
+    data = write_csv(tmp / "d.csv", ["a", "b", "c", "val"], np.column_stack([x, y]).tolist())
+    assert main(["fit", data, "--out", str(tmp / "fit"), *FAST, "--no-plot"]) == 0
+    model = str(tmp / "fit" / "model.pt")
+    ref = write_csv(tmp / "ref.csv", ["a", "b", "c"], x[:6].tolist())
+    assert main(["predict", model, ref, "-o", str(tmp / "ref_pred.csv")]) == 0
+    return model, x[:6], read_out(tmp / "ref_pred.csv")[1][:, -1]
+
+
+def test_predict_never_takes_another_column_for_a_missing_coordinate(tmp_path, capsys, fitted_abc):
+    """Model on a, b, c; a file with a, b and some v: refused, naming c, whatever the column count."""
+    model, x, _ = fitted_abc
+    p = str(tmp_path / "p.csv")
+    v = np.arange(len(x), dtype=float)[:, None]
+    cases = {
+        ("a", "b", "v"): "no column 'c'",  # as many columns as the model has coordinates
+        ("a", "b", "v", "val"): "no column 'c'",  # one more: a value column after them
+        ("v", "b"): "no columns 'a', 'c'",
+        ("p", "q", "r"): "no columns 'a', 'b', 'c'",  # none of the model's names
+    }
+    for header, pattern in cases.items():
+        rows = np.column_stack([x, v, v])[:, : len(header)]
+        msg = run_err(capsys, ["predict", model, write_csv(tmp_path / "q.csv", header, rows.tolist()), "-o", p])
+        assert pattern in msg and "--x-cols" in msg, (header, msg)
+        assert "a, b, c" in msg, msg  # the model's coordinates are named
+    assert not os.path.exists(p)
+
+
+def test_predict_maps_columns_by_name_or_as_told(tmp_path, capsys, fitted_abc):
+    model, x, ref = fitted_abc
+    # Reordered, with extra columns before and after: by name.
+    q = write_csv(tmp_path / "q.csv", ["id", "c", "note", "a", "b"],
+                  [[i, r[2], "t", r[0], r[1]] for i, r in enumerate(x.tolist())])
+    assert main(["predict", model, q, "-o", str(tmp_path / "p.csv")]) == 0
+    with open(tmp_path / "p.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["id", "c", "note", "a", "b", "val_pred"]
+    np.testing.assert_allclose([float(r[-1]) for r in rows[1:]], ref, rtol=1e-6)
+    # --x-cols says which column is which coordinate, in the model's order: taken as told.
+    q = write_csv(tmp_path / "q2.csv", ["a", "b", "depth"], x.tolist())
+    assert main(["predict", model, q, "-o", str(tmp_path / "p2.csv"), "--x-cols", "a,b,depth"]) == 0
+    np.testing.assert_allclose(read_out(tmp_path / "p2.csv")[1][:, -1], ref, rtol=1e-6)
+    # ... but a model coordinate's own name in another place is a mistake, not a wish.
+    q = write_csv(tmp_path / "q3.csv", ["a", "b", "c"], x.tolist())
+    msg = run_err(capsys, ["predict", model, q, "-o", str(tmp_path / "p3.csv"), "--x-cols", "b,a,c"])
+    assert "'b'" in msg and "a, b, c" in msg, msg
+    assert not (tmp_path / "p3.csv").exists()
+
+
+def test_predict_with_a_model_fitted_without_names(tmp_path, capsys):
+    """A model fitted on .npz (coordinates x0, x1): a CSV's columns are taken by position, with a note,
+    unless the CSV uses some of the names x0, x1 (then all are needed)."""
+    x, y = smooth_data(200, 2)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    out = tmp_path / "fit"
+    assert main(["fit", str(tmp_path / "d.npz"), "--out", str(out), *FAST, "--no-plot"]) == 0
+    model = str(out / "model.pt")
+    assert main(["predict", model, write_csv(tmp_path / "ref.csv", ["x0", "x1"], x[:5].tolist()),
+                 "-o", str(tmp_path / "ref_pred.csv")]) == 0
+    ref = read_out(tmp_path / "ref_pred.csv")[1][:, -1]
+    capsys.readouterr()
+    q = write_csv(tmp_path / "q.csv", ["lon", "lat", "val"], np.column_stack([x[:5], y[:5]]).tolist())
+    assert main(["predict", model, q, "-o", str(tmp_path / "p.csv")]) == 0
+    err = capsys.readouterr().err
+    assert "fitted without column names" in err and "lon, lat" in err, err
+    header, vals = read_out(tmp_path / "p.csv")
+    assert header == ["lon", "lat", "val", "y_pred"]
+    np.testing.assert_allclose(vals[:, -1], ref, rtol=1e-6)
+    q = write_csv(tmp_path / "q2.csv", ["x0", "v"], x[:5].tolist())
+    msg = run_err(capsys, ["predict", model, q, "-o", str(tmp_path / "p2.csv")])
+    assert "no column 'x1'" in msg, msg
+
+
 def test_round_trip_npz(tmp_path, capsys):
     x, y = smooth_data(300, 2)
     np.savez(tmp_path / "d.npz", x=x, y=y)
