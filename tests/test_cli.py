@@ -806,6 +806,55 @@ def test_help_does_not_import_torch(argv):
     assert "usage: wandering" in r.stdout
 
 
+def test_bad_data_files_are_refused_before_torch_is_imported(tmp_path, fitted):
+    """A missing, empty, unreadable or headerless-by-mistake file, or a missing column, is one line at once:
+    torch (seconds to import) is not loaded for it."""
+    _, good, model = fitted
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    blank = tmp_path / "blank.csv"
+    blank.write_text("\n\n")
+    npz = tmp_path / "empty.npz"
+    npz.write_bytes(b"")
+    notzip = tmp_path / "text.npz"
+    notzip.write_text("a,b\n1,2\n")
+    folder = tmp_path / "folder.csv"
+    folder.mkdir()
+    out = str(tmp_path / "o")
+    p = str(tmp_path / "p.csv")
+    cases = [
+        (["fit", str(tmp_path / "missing.csv"), "--out", out], "no such file"),
+        (["fit", str(empty), "--out", out], "empty file"),
+        (["fit", str(blank), "--out", out], "empty file"),
+        (["fit", str(npz), "--out", out], "empty file"),
+        (["fit", str(notzip), "--out", out], "not a readable .npz file"),
+        (["fit", str(folder), "--out", out], "is a directory"),
+        (["fit", good, "--out", out, "--y-col", "zzz"], "no column 'zzz'"),
+        (["fit", good, "--out", out, "--x-cols", "c0,nope"], "no column 'nope'"),
+        (["predict", model, str(tmp_path / "missing.csv"), "-o", p], "no such file"),
+        (["predict", model, str(empty), "-o", p], "empty file"),
+        (["predict", str(tmp_path / "nope.pt"), good, "-o", p], "no such file"),
+        (["predict", str(empty), good, "-o", p], "not a wandering model checkpoint"),
+    ]
+    script = (
+        "import json, sys\n"
+        "from wandering.cli import main\n"
+        "out = []\n"
+        f"for argv in {[argv for argv, _ in cases]!r}:\n"
+        "    code = main(argv)\n"
+        "    out.append([code, 'torch' in sys.modules])\n"
+        "print('RESULT', json.dumps(out))\n"
+    )
+    r = run_python(script)
+    assert r.returncode == 0, r.stderr
+    results = json.loads(r.stdout.split("RESULT", 1)[1])
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == len(cases), r.stderr  # one line each
+    for (argv, pattern), (code, torch_loaded), line in zip(cases, results, lines):
+        assert code == 2 and line.startswith("wandering: error:") and pattern in line, (argv, line)
+        assert not torch_loaded, (argv, line)
+
+
 def test_ctrl_c_while_importing_torch_is_one_line(tmp_path, fitted):
     """KeyboardInterrupt raised inside `import torch` (as Ctrl-C at start-up would): exit 130, no traceback."""
     _, good, _ = fitted

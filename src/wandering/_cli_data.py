@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import os
 import sys
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,6 +69,27 @@ def _check_readable(path: str) -> None:
         raise CliError(f"{path}: is a directory, not a data file")
     if not os.access(path, os.R_OK):
         raise CliError(f"{path}: cannot be read (permission denied)")
+
+
+def check_data_file(path: str, x_cols: str | None = None, y_col: str | None = None,
+                    y_cols: str | None = None) -> None:
+    """The checks of :func:`read_table` that need no parsing: the column options, the file
+    (exists, is readable, is not empty), an .npz's zip signature, a CSV's header row and
+    the columns the options name in it. Standard library only, so that ``fit`` and
+    ``predict`` refuse a wrong file in a moment, before torch is imported (seconds).
+    """
+    y_names = value_names(y_col, y_cols)
+    x_names = _split_names(x_cols)
+    _check_readable(path)
+    if path.lower().endswith(".npz"):
+        if os.path.getsize(path) == 0:
+            raise CliError(f"{path}: empty file (an .npz archive with arrays x and y is expected)")
+        if not zipfile.is_zipfile(path):
+            raise CliError(f"{path}: not a readable .npz file (not a zip archive)")
+        return
+    header, headerless = _csv_header(path)
+    if not headerless:  # a headerless file's names depend on the model (predict); read_table checks them
+        _check_named_columns(path, header, x_names, y_names)
 
 
 def read_table(
@@ -160,9 +182,9 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _read_csv(path, x_names, y_names, need_y, default_x, n_dims) -> Table:
-    pd = require("pandas")
-    try:  # the header row, as the csv module splits it (quotes included)
+def _csv_header(path: str) -> tuple[list[str], bool]:
+    """The first row, as the csv module splits it (quotes included), and whether it is data (all numbers)."""
+    try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             first = next(csv.reader(f), None)
     except (OSError, UnicodeDecodeError, csv.Error) as e:
@@ -171,27 +193,19 @@ def _read_csv(path, x_names, y_names, need_y, default_x, n_dims) -> Table:
         raise CliError(f"{path}: empty file (a CSV with a header row is expected)")
     header = [h.strip() for h in first]
     headerless = all(h and _is_number(h) for h in header)
-    if headerless:  # its first row is data: x0, x1, ..., and the last column y
-        c = len(header)
-        all_x = not need_y and n_dims == c
-        header = [f"x{j}" for j in range(c if all_x else c - 1)] + ([] if all_x else ["y"])
-        as_model = ""
-        if not need_y and x_names is None and default_x and not _generated(default_x) and c in (n_dims, n_dims + 1):
-            as_model = f" (read as the model's coordinates {', '.join(default_x)}, in this order)"
-        print(f"wandering: note: {path}: the first row is all numbers, so it is data, not a header; "
-              f"the columns are named {', '.join(header)}{as_model}", file=sys.stderr)
+    if not headerless:
+        _check_unique(path, header)
+    return header, headerless
+
+
+def _check_unique(path: str, header: list[str]) -> None:
     twice = sorted({h for h in header if header.count(h) > 1})
     if twice:
         raise CliError(f"{path}: the header has more than one column named {twice[0]!r}; rename one")
-    try:
-        frame = pd.read_csv(
-            path, header=None if headerless else 0, names=header, index_col=False, encoding="utf-8-sig",
-            keep_default_na=False, na_values=[""], skipinitialspace=True,
-        )
-    except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError) as e:
-        reason = " ".join(str(e).split())  # one line
-        raise CliError(f"{path}: cannot be read as CSV ({reason})") from None
-    first_row = 1 if headerless else 2  # file line of the frame's row 0, for messages
+
+
+def _check_named_columns(path: str, header: list[str], x_names, y_names) -> None:
+    """Every column the options name is in the header, and none is both a coordinate and a value."""
     for name in (x_names or []) + (y_names or []):
         if name not in header:
             raise CliError(f"{path}: no column {name!r} (columns: {', '.join(header)})")
@@ -201,6 +215,31 @@ def _read_csv(path, x_names, y_names, need_y, default_x, n_dims) -> Table:
             raise CliError(f"{path}: column {both[0]!r} is both a coordinate and the value")
         if both:
             raise CliError(f"{path}: column {both[0]!r} is in both --x-cols and --y-cols")
+
+
+def _read_csv(path, x_names, y_names, need_y, default_x, n_dims) -> Table:
+    pd = require("pandas")
+    header, headerless = _csv_header(path)
+    if headerless:  # its first row is data: x0, x1, ..., and the last column y
+        c = len(header)
+        all_x = not need_y and n_dims == c
+        header = [f"x{j}" for j in range(c if all_x else c - 1)] + ([] if all_x else ["y"])
+        as_model = ""
+        if not need_y and x_names is None and default_x and not _generated(default_x) and c in (n_dims, n_dims + 1):
+            as_model = f" (read as the model's coordinates {', '.join(default_x)}, in this order)"
+        print(f"wandering: note: {path}: the first row is all numbers, so it is data, not a header; "
+              f"the columns are named {', '.join(header)}{as_model}", file=sys.stderr)
+    _check_unique(path, header)
+    try:
+        frame = pd.read_csv(
+            path, header=None if headerless else 0, names=header, index_col=False, encoding="utf-8-sig",
+            keep_default_na=False, na_values=[""], skipinitialspace=True,
+        )
+    except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError) as e:
+        reason = " ".join(str(e).split())  # one line
+        raise CliError(f"{path}: cannot be read as CSV ({reason})") from None
+    first_row = 1 if headerless else 2  # file line of the frame's row 0, for messages
+    _check_named_columns(path, header, x_names, y_names)
 
     if need_y:
         if y_names is None:

@@ -204,7 +204,9 @@ def _check_query(x, ckpt: dict, names: list[str], path: str) -> None:
 
 
 def _cmd_fit(a: argparse.Namespace) -> int:
-    from ._cli_data import read_table
+    from ._cli_data import check_data_file, read_table
+
+    check_data_file(a.data, a.x_cols, a.y_col, a.y_cols)  # a wrong file is one line at once, before torch
     from ._fit_recipe import MIN_ROWS, fit_arrays, pick_device
 
     pick_device(a.device)  # fail before reading a large file
@@ -260,7 +262,14 @@ def _cmd_predict(a: argparse.Namespace) -> int:
     if folder and not os.path.isdir(folder):
         raise CliError(f"-o {a.output}: no folder {folder}")
     _check_writable(folder, f"-o {a.output}")
-    from ._cli_data import read_table, write_predictions
+    from . import checkpoint
+    from ._cli_data import check_data_file, read_table, write_predictions
+
+    try:  # wrong files are one line at once, before torch is imported
+        checkpoint.check_file(a.model)
+    except checkpoint.CheckpointError as e:
+        raise CliError(str(e)) from None
+    check_data_file(a.data, a.x_cols, a.y_col)
     from ._fit_recipe import predict_arrays
     from .checkpoint import output_names
 
