@@ -924,6 +924,34 @@ def test_fit_command_is_the_regressor_on_the_training_rows(tmp_path, capsys):
     assert m["r2"] == pytest.approx(ref.score(x[hold], y[hold]), rel=1e-6)
 
 
+def test_fit_default_bump_count_follows_the_data(tmp_path, capsys):
+    """--bumps defaults to auto, BumpRegressor's rule on the training rows: 180 rows in 3-D -> 6 bumps."""
+    from wandering.regressor import auto_n_bumps
+
+    x, y = smooth_data(200, 3)
+    data = write_csv(tmp_path / "d.csv", ["a", "b", "c", "v"], np.column_stack([x, y]).tolist())
+    for name, extra in (("default", []), ("auto", ["--bumps", "auto"])):
+        assert main(["fit", data, "--out", str(tmp_path / name), "--steps", "30", "--quiet", "--no-plot", *extra]) == 0
+        m = json.loads((tmp_path / name / "metrics.json").read_text())
+        assert m["bumps"] == auto_n_bumps(m["n_train"], 3) == 6, m
+        assert torch.load(tmp_path / name / "model.pt", weights_only=True)["n_bumps"] == 6
+    msg = run_err(capsys, ["fit", data, "--out", str(tmp_path / "o"), "--bumps", "many"])
+    assert "--bumps must be a positive integer or 'auto', but got 'many'" in msg
+
+
+def test_fit_worse_than_a_constant_says_so_in_one_line(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    x, y = rng.uniform(size=(330, 5)), rng.normal(size=330)  # nothing to fit
+    data = write_csv(tmp_path / "noise.csv", ["a", "b", "c", "d", "e", "v"], np.column_stack([x, y]).tolist())
+    assert main(["fit", data, "--out", str(tmp_path / "o"), "--bumps", "64", "--steps", "100", "--quiet"]) == 0
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith("wandering: warning: BumpRegressor predicts its validation split "
+                                               "worse than a constant: validation R^2 -"), err
+    m = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert m["validation_r2"] < 0 and f"validation R^2 {m['validation_r2']:.3g} " in err[0]
+    assert "n_bumps='auto' picks" in err[0]
+
+
 def test_old_lr_option_sets_both_rates():
     from wandering._fit_recipe import regressor_for
     from wandering._fit_settings import FitSettings
@@ -932,6 +960,10 @@ def test_old_lr_option_sets_both_rates():
     assert reg.lr_magnitude == 0.02 and reg.lr_position == pytest.approx(0.02 * 64 ** 0.5)  # 0.02 of the box
     reg = regressor_for(FitSettings(bumps=64), d=2)
     assert (reg.lr_position, reg.lr_magnitude) == (0.1, 0.01)
+    reg = regressor_for(FitSettings(lr=0.02), d=2, n=1000)  # auto: 1000 // 20 = 50 bumps
+    assert reg.n_bumps == "auto" and reg.lr_position == pytest.approx(0.02 * 50 ** 0.5)
+    with pytest.raises(ValueError, match="needs n"):
+        regressor_for(FitSettings(lr=0.02), d=2)
 
 
 @pytest.mark.parametrize("bad", ["0", "-3", "many", "1.5"])

@@ -24,6 +24,7 @@ _EXPORTS = {
     "attach": ".training",
     "WanderingHooks": ".training",
     "BumpRegressor": ".regressor",
+    "FitQualityWarning": ".regressor",
 }
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "attach",
     "WanderingHooks",
     "BumpRegressor",
+    "FitQualityWarning",
     "__version__",
 ]
 
