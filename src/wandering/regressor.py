@@ -241,6 +241,16 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
     residual is large during the first part of the fit), and a final exact least-squares
     solve polishes the magnitudes with a ridge no smaller than the start's.
 
+    With ``ridge="auto"``, ``polish`` and at least 50 points, the fit measures itself on
+    the ridge's held-out 10%: ``validation_score_`` is the R^2 there of the final centres
+    and widths with magnitudes solved on the other 90%, against the constant (the 90%'s
+    mean). When the points are fewer than each output's parameters ``(2d + 1) K + 1``,
+    the placement and Adam use the 90% only, so that those points stay unseen until the
+    polish (their one earlier use: picking the start's ridge); otherwise (the fit is then
+    as it was without the measure) the moving centres and widths have fitted them too and
+    the figure is optimistic. A validation R^2 below 0 (worse than the constant) issues a
+    :class:`FitQualityWarning` with the figures.
+
     Args:
         n_bumps: K, the number of bumps, or "auto": :func:`auto_n_bumps` of the training
             points, ``min(256, n // (4 (2d + 1)))`` (at least 1), so that each output's
@@ -282,14 +292,6 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
             0.0007..0.0008 held-out R^2.
         validation_every: Steps between validation checks of early stopping.
 
-        With ``ridge="auto"``, ``polish`` and at least 50 points, the fit measures itself on
-        the ridge's held-out 10%: ``validation_score_`` is the R^2 there of the final centres
-        and widths with magnitudes solved on the other 90%, against the constant (the 90%'s
-        mean). When the points are fewer than each output's parameters ``(2d + 1) K + 1``,
-        the placement and Adam use the 90% only, so that those points stay unseen until the
-        polish; otherwise (more points: the fit is as without the measure) the moving centres
-        and widths have fitted them too and the figure is optimistic. A validation R^2 below
-        0 (worse than the constant) issues a :class:`FitQualityWarning` with the figures.
         random_state: None, an int, or a numpy RandomState/Generator.
         device: Torch device of the fit ("cpu", "cuda", ...).
         progress: Show a tqdm progress bar (when tqdm is installed).
@@ -515,7 +517,7 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
         # be honest: the split is then drawn first. Otherwise it is drawn after the placement
         # and Adam trains on every point, as without the measure.
         wants_split = p["ridge"] == "auto" or self.early_stopping
-        few = wants_split and p["ridge"] == "auto" and self.polish and n >= 50 and n < (2 * d + 1) * K + 1
+        few = p["ridge"] == "auto" and self.polish and 50 <= n < (2 * d + 1) * K + 1
         val_mask = self._validation_mask(n, rng, dev) if few else None
         if few:
             fit_np = ~val_mask.cpu().numpy()
@@ -546,7 +548,7 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
 
         losses = self._train(model, xt, yt, p, spacing, w0, seed, held_out, keep_best=self.early_stopping)
 
-        self._validation = None
+        self._validation = None  # set by the polish's solve
         if self.polish:
             floor = self.ridge_[0] if held_out is None and self.ridge_ else None  # see the ridge argument
             m1, b1 = self._solve(xt, yt, bumps, p, val_mask, floor=floor)
@@ -594,6 +596,9 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
         return val_mask
 
     def _solve(self, xt, yt, bumps, p, val_mask, refit_all=True, floor=None):
+        """Magnitudes and offset for the current centres and widths; appends the ridge to ``ridge_``.
+        With the ridge picked on ``val_mask``, ``_validation`` becomes the (P,) R^2 there of the
+        solution on the other points, against their mean."""
         if val_mask is None or not bool(val_mask.any()):
             ridge = 1e-6 if p["ridge"] == "auto" else p["ridge"]
             m, b = solve_magnitudes(xt, yt, bumps.c, bumps.w, p["support_p"], ridge)
