@@ -1,7 +1,8 @@
 """The command's fit settings: a plain dataclass, importable without torch (the parser's defaults).
 
-The recipe's defaults are BumpRegressor's (a test keeps them equal); ``lr`` is the
-command's older single learning rate, None unless given.
+The recipe's defaults are BumpRegressor's (a test keeps them equal); ``bumps`` is a
+count or "auto" (BumpRegressor's rule, resolved from the training points at fit time);
+``lr`` is the command's older single learning rate, None unless given.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 
 @dataclass
 class FitSettings:
-    bumps: int = 256
+    bumps: "int | str" = "auto"
     steps: int = 2000
     lr_position: float = 0.1
     lr_magnitude: float = 0.01

@@ -203,7 +203,8 @@ def solve_magnitudes_cv(
     val_mask: torch.Tensor,
     ridges=RIDGE_GRID,
     refit_all: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor, float]:
+    return_sse: bool = False,
+):
     """Like :func:`solve_magnitudes`, with the ridge picked on held-out points.
 
     The normal equations are accumulated separately for the points where ``val_mask``
@@ -214,7 +215,9 @@ def solve_magnitudes_cv(
     unseen).
 
     Returns:
-        m, offset (as :func:`solve_magnitudes`) and the chosen relative ridge.
+        m, offset (as :func:`solve_magnitudes`) and the chosen relative ridge; with
+        ``return_sse`` also the validation part's squared error per output at that ridge
+        (numpy (P,), of the solution on the fit part).
     """
     fit, val = ~val_mask, val_mask
     G1, B1 = normal_equations(x[fit], y[fit], c, w, support_p)
@@ -225,11 +228,14 @@ def solve_magnitudes_cv(
     for r in ridges:
         m, b = _solve(G1, B1, r, False)
         sol = torch.cat([m, b[None]])
-        sse = float((yy - 2 * (sol * B2).sum(0) + (sol * (G2 @ sol)).sum(0)).sum())
+        per_output = yy - 2 * (sol * B2).sum(0) + (sol * (G2 @ sol)).sum(0)
+        sse = float(per_output.sum())
         if best is None or sse < best[0]:
-            best = (sse, r)
+            best = (sse, r, per_output.clamp_min(0.0).numpy())
     if refit_all:
         m, b = _solve(G1 + G2, B1 + B2, best[1], y.dim() == 1)
     else:
         m, b = _solve(G1, B1, best[1], y.dim() == 1)
+    if return_sse:
+        return m, b, best[1], best[2]
     return m, b, best[1]

@@ -21,7 +21,8 @@ from __future__ import annotations
 import os
 
 __all__ = [
-    "FORMAT_TAG", "FORMAT_VERSION", "FORMAT_VERSION_MULTI", "CheckpointError", "save", "load", "output_names",
+    "FORMAT_TAG", "FORMAT_VERSION", "FORMAT_VERSION_MULTI", "CheckpointError", "check_file", "save", "load",
+    "output_names",
     "from_regressor", "to_regressor",
 ]
 
@@ -112,14 +113,23 @@ def save(ckpt: dict, path: str) -> None:
         raise CheckpointError(f"{path}: cannot write ({e.strerror or e})") from None
 
 
-def load(path: str) -> dict:
-    """Reads a checkpoint (``weights_only``: pickles of anything else are refused, not run) and checks it."""
-    import torch
-
+def check_file(path: str) -> None:
+    """Refuses a path that cannot hold a checkpoint (missing, a folder, unreadable, empty), without importing torch."""
     if not os.path.exists(path):
         raise CheckpointError(f"{path}: no such file")
     if os.path.isdir(path):
         raise CheckpointError(f"{path}: is a directory, not a model file")
+    if not os.access(path, os.R_OK):
+        raise CheckpointError(f"{path}: cannot be read (permission denied)")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"{path}: not a wandering model checkpoint (empty file)")
+
+
+def load(path: str) -> dict:
+    """Reads a checkpoint (``weights_only``: pickles of anything else are refused, not run) and checks it."""
+    check_file(path)
+    import torch
+
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - pickles of anything else are refused, not executed

@@ -12,6 +12,7 @@ import inspect
 import math
 import numbers
 import time
+import warnings
 from typing import Any, Callable
 
 import numpy as np
@@ -77,11 +78,33 @@ except ImportError:  # pragma: no cover - exercised in an environment without sk
             return _r2(np.asarray(y, dtype=np.float64), self.predict(X), sample_weight)
 
 
-__all__ = ["BumpRegressor", "NotFittedError", "HAVE_SKLEARN"]
+__all__ = ["BumpRegressor", "FitQualityWarning", "NotFittedError", "HAVE_SKLEARN", "auto_n_bumps"]
 
 _WIDTH_LO = 0.1  # widths bounded to [0.1, 4] times the bump spacing,
 _WIDTH_LO_POINTS = 1.0  # and below by this many point spacings n**(-1/d): a narrower bump fits single points
 _TRAIN_RIDGE = 1.0  # Adam minimises the MSE plus this times the start's ridge penalty on the magnitudes
+_AUTO_MAX_BUMPS = 256  # n_bumps="auto": at most this many bumps,
+_AUTO_POINTS_PER_PARAMETER = 4  # and at least this many points per parameter of one output ((2d + 1) K)
+
+
+class FitQualityWarning(UserWarning):
+    """A fitted BumpRegressor predicts its own validation split worse than a constant."""
+
+
+def auto_n_bumps(n_points: int, n_dims: int) -> int:
+    """The bump count ``n_bumps="auto"`` resolves to: as many bumps as leave at least 4 points
+    per parameter of one output, ``(2d + 1) K`` (a centre and a width per dimension and a
+    magnitude per bump), and at most 256; at least 1.
+
+    Args:
+        n_points: n, the points the regressor is fitted on.
+        n_dims: d, their dimension.
+
+    Returns:
+        K = min(256, max(1, n // (4 (2d + 1)))).
+    """
+    per_bump = _AUTO_POINTS_PER_PARAMETER * (2 * n_dims + 1)
+    return int(min(_AUTO_MAX_BUMPS, max(1, n_points // per_bump)))
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -218,8 +241,21 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
     residual is large during the first part of the fit), and a final exact least-squares
     solve polishes the magnitudes with a ridge no smaller than the start's.
 
+    With ``ridge="auto"``, ``polish`` and at least 50 points, the fit measures itself on
+    the ridge's held-out 10%: ``validation_score_`` is the R^2 there of the final centres
+    and widths with magnitudes solved on the other 90%, against the constant (the 90%'s
+    mean). When the points are fewer than each output's parameters ``(2d + 1) K + 1``,
+    the placement and Adam use the 90% only, so that those points stay unseen until the
+    polish (their one earlier use: picking the start's ridge); otherwise (the fit is then
+    as it was without the measure) the moving centres and widths have fitted them too and
+    the figure is optimistic. A validation R^2 below 0 (worse than the constant) issues a
+    :class:`FitQualityWarning` with the figures.
+
     Args:
-        n_bumps: K, the number of bumps.
+        n_bumps: K, the number of bumps, or "auto": :func:`auto_n_bumps` of the training
+            points, ``min(256, n // (4 (2d + 1)))`` (at least 1), so that each output's
+            ``(2d + 1) K`` parameters stay at most a quarter of the points (256 for 2-D data
+            from 5,120 points on; 4 for 398 points in 10-D).
         steps: Optimizer steps.
         batch: Points per step. None or "auto": every training point when there are at
             most ``2**17`` (full batch), else ``2**16`` sampled per step; an int fixes it.
@@ -255,12 +291,16 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
             0.9323 without on topography, and training on 10% fewer points cost elevation
             0.0007..0.0008 held-out R^2.
         validation_every: Steps between validation checks of early stopping.
+
         random_state: None, an int, or a numpy RandomState/Generator.
         device: Torch device of the fit ("cpu", "cuda", ...).
         progress: Show a tqdm progress bar (when tqdm is installed).
         callback: ``callback(step, loss, model)`` after every step; a True return stops the fit.
 
     Attributes:
+        n_bumps_: K as fitted (``n_bumps``, or what "auto" resolved to).
+        validation_score_: R^2 on the validation split, averaged over outputs (see above);
+            None when there is none.
         module_: The fitted ``_BumpModel`` (``module_.bumps`` is the ``SlowSumOfBumpFcns``,
             ``module_.offset`` its offset), working on unit-box inputs and standardised targets.
         n_features_in_: d.
@@ -277,7 +317,7 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
 
     def __init__(
         self,
-        n_bumps: int = 256,
+        n_bumps: Any = "auto",
         *,
         steps: int = 2000,
         batch: Any = "auto",
@@ -362,6 +402,8 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
     def _checked_params(self, d: int) -> dict:
         def pos_int(name):
             v = getattr(self, name)
+            if name == "n_bumps" and isinstance(v, str):
+                raise ValueError(f"n_bumps must be 'auto' or an int >= 1, but got {v!r}")
             if isinstance(v, bool) or not isinstance(v, numbers.Integral):
                 raise TypeError(f"{name} must be an int, but got {type(v).__name__}")
             if v < 1:
@@ -380,7 +422,7 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
             return v
 
         p = {
-            "n_bumps": pos_int("n_bumps"),
+            "n_bumps": "auto" if isinstance(self.n_bumps, str) and self.n_bumps == "auto" else pos_int("n_bumps"),
             "steps": pos_int("steps"),
             "relocate_every": pos_int("relocate_every"),
             "validation_every": pos_int("validation_every"),
@@ -456,7 +498,8 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
         if P == 1:
             yu = yu[:, 0]  # one output: the single-output module (m of shape (K,))
 
-        K = p["n_bumps"]
+        K = auto_n_bumps(n, d) if p["n_bumps"] == "auto" else p["n_bumps"]
+        self.n_bumps_ = K
         spacing = K ** (-1.0 / d)
         w0 = p["width"] * spacing
         if p["bounds"] is None:
@@ -468,7 +511,19 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
 
         xt = torch.as_tensor(xu, dtype=dtype, device=dev)
         yt = torch.as_tensor(yu, dtype=dtype, device=dev)
-        cent = self._init_centres(xu, yu, xt, yt, K, w0, p, rng)
+        # With ridge="auto" and the polish, the fit measures itself on a held-out 10%
+        # (validation_score_). With fewer points than each output's parameters, nothing may
+        # see those points before that measure (neither the placement nor Adam) for it to
+        # be honest: the split is then drawn first. Otherwise it is drawn after the placement
+        # and Adam trains on every point, as without the measure.
+        wants_split = p["ridge"] == "auto" or self.early_stopping
+        few = p["ridge"] == "auto" and self.polish and 50 <= n < (2 * d + 1) * K + 1
+        val_mask = self._validation_mask(n, rng, dev) if few else None
+        if few:
+            fit_np = ~val_mask.cpu().numpy()
+            cent = self._init_centres(xu[fit_np], yu[fit_np], xt[~val_mask], yt[~val_mask], K, w0, p, rng)
+        else:
+            cent = self._init_centres(xu, yu, xt, yt, K, w0, p, rng)
         cent = np.clip(cent, c_bounds[:, 0], c_bounds[:, 1])
 
         with torch.random.fork_rng(devices=[]):  # the module's seed draw must not touch global state
@@ -479,24 +534,23 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
                 p["c_grad_std"], p["w_grad_std"], p["m_grad_gain"], p["support_p"], device=dev,
             )
         bumps.noise_seed.fill_(_noise.mix_key(seed, 0, 99) >> 1)
-        val_mask = None
-        if p["ridge"] == "auto" or self.early_stopping:
-            val_mask = torch.zeros(n, dtype=torch.bool, device=dev)
-            if n >= 50:
-                val_mask[torch.as_tensor(rng.permutation(n)[: n // 10], device=dev)] = True
-        # Early stopping trains on the other 90% and keeps the validation points unseen until
-        # the final solve.
-        es_mask = val_mask if self.early_stopping and val_mask is not None and bool(val_mask.any()) else None
+        if wants_split and val_mask is None:
+            val_mask = self._validation_mask(n, rng, dev)
+        split = val_mask is not None and bool(val_mask.any())
+        # Early stopping (and a fit of few points) trains on the other 90% and keeps the
+        # validation points unseen until the final solve.
+        held_out = val_mask if split and (self.early_stopping or few) else None
         self.ridge_ = []
-        m0, b0 = self._solve(xt, yt, bumps, p, val_mask, refit_all=es_mask is None)
+        m0, b0 = self._solve(xt, yt, bumps, p, val_mask, refit_all=held_out is None)
         with torch.no_grad():
             bumps.m.copy_(m0.to(dtype))
         model = _BumpModel(bumps, b0.to(dtype=dtype, device=dev).clone())
 
-        losses = self._train(model, xt, yt, p, spacing, w0, seed, es_mask)
+        losses = self._train(model, xt, yt, p, spacing, w0, seed, held_out, keep_best=self.early_stopping)
 
+        self._validation = None  # set by the polish's solve
         if self.polish:
-            floor = self.ridge_[0] if es_mask is None and self.ridge_ else None  # see the ridge argument
+            floor = self.ridge_[0] if held_out is None and self.ridge_ else None  # see the ridge argument
             m1, b1 = self._solve(xt, yt, bumps, p, val_mask, floor=floor)
             with torch.no_grad():
                 bumps.m.copy_(m1.to(dtype))
@@ -504,10 +558,47 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
         model.eval()
         self.module_ = model
         self.loss_curve_ = losses
+        self.validation_score_ = None
+        if self._validation is not None:
+            r2 = self._validation
+            self.validation_score_ = float(np.mean(r2))
+            if (r2 < 0).any():
+                self._warn_worse_than_constant(r2, n, d, K, P, int(val_mask.sum()), held_out is not None)
         self.fit_seconds_ = time.perf_counter() - t_start
         return self
 
+    def _warn_worse_than_constant(self, r2: np.ndarray, n: int, d: int, K: int, P: int, n_val: int,
+                                  unseen: bool) -> None:
+        """The FitQualityWarning: one line with the validation R^2 and the size of the problem."""
+        if P == 1:
+            what = f"validation R^2 {r2[0]:.3g}"
+        else:
+            bad = np.flatnonzero(r2 < 0)
+            what = (f"validation R^2 below 0 for output{'s' if len(bad) > 1 else ''} "
+                    f"{', '.join(str(int(j)) for j in bad)} of {P} (lowest {r2.min():.3g})")
+        n_par = (2 * d + P) * K + P
+        seen = "" if unseen else ", though the moving bumps had fitted them too"
+        auto = auto_n_bumps(n, d)
+        advice = (f"fewer bumps may help (n_bumps='auto' picks {auto} here)" if K > auto
+                  else "the points may hold too little signal for it, or be too few")
+        warnings.warn(
+            f"BumpRegressor predicts its validation split worse than a constant: {what} on {n_val} held-out "
+            f"points{seen} ({K} bumps, {n_par:,} parameters, {n:,} points in {d}-D); {advice}",
+            FitQualityWarning, stacklevel=3,
+        )
+
+    @staticmethod
+    def _validation_mask(n: int, rng: np.random.Generator, dev) -> torch.Tensor:
+        """A random 10% of the n points (none below 50 points): the ridge's validation points."""
+        val_mask = torch.zeros(n, dtype=torch.bool, device=dev)
+        if n >= 50:
+            val_mask[torch.as_tensor(rng.permutation(n)[: n // 10], device=dev)] = True
+        return val_mask
+
     def _solve(self, xt, yt, bumps, p, val_mask, refit_all=True, floor=None):
+        """Magnitudes and offset for the current centres and widths; appends the ridge to ``ridge_``.
+        With the ridge picked on ``val_mask``, ``_validation`` becomes the (P,) R^2 there of the
+        solution on the other points, against their mean."""
         if val_mask is None or not bool(val_mask.any()):
             ridge = 1e-6 if p["ridge"] == "auto" else p["ridge"]
             m, b = solve_magnitudes(xt, yt, bumps.c, bumps.w, p["support_p"], ridge)
@@ -518,8 +609,13 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
             m, b = solve_magnitudes(xt, yt, bumps.c, bumps.w, p["support_p"], ridge)
         else:
             grid = RIDGE_GRID if floor is None else [r for r in RIDGE_GRID if r >= floor] or [floor]
-            m, b, ridge = solve_magnitudes_cv(xt, yt, bumps.c, bumps.w, p["support_p"], val_mask,
-                                              ridges=grid, refit_all=refit_all)
+            m, b, ridge, sse = solve_magnitudes_cv(xt, yt, bumps.c, bumps.w, p["support_p"], val_mask,
+                                                   ridges=grid, refit_all=refit_all, return_sse=True)
+            y_fit = yt[~val_mask].double().reshape(int((~val_mask).sum()), -1)
+            y_val = yt[val_mask].double().reshape(int(val_mask.sum()), -1)
+            sse_const = ((y_val - y_fit.mean(0)) ** 2).sum(0).cpu().numpy()  # the constant fitted on the 90%
+            with np.errstate(divide="ignore", invalid="ignore"):
+                self._validation = np.where(sse_const > 0, 1.0 - sse / sse_const, 0.0)
         self.ridge_.append(ridge)
         return m, b
 
@@ -544,12 +640,15 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
         wts = r2 / max(r2.mean(), 1e-300) + 1.0
         return _weighted_kmeans(xs, K, wts, rng, iters=10)
 
-    def _train(self, model: _BumpModel, xt, yt, p, spacing, w0, seed, val_mask=None) -> list[float]:
+    def _train(self, model: _BumpModel, xt, yt, p, spacing, w0, seed, val_mask=None,
+               keep_best: bool = False) -> list[float]:
+        """Adam on the points outside ``val_mask`` (all when None); ``keep_best``: early stopping on the others."""
         bumps = model.bumps
         steps = p["steps"]
         xv = yv = None
         if val_mask is not None:
-            xv, yv = xt[val_mask], yt[val_mask]
+            if keep_best:
+                xv, yv = xt[val_mask], yt[val_mask]
             xt, yt = xt[~val_mask], yt[~val_mask]
         n = len(xt)
         batch = p["batch"]
@@ -691,4 +790,5 @@ def _restored(module: _BumpModel, x_lo, x_scale, y_mean, y_std, y_ndim: int, **p
     reg.y_mean_ = np.asarray(y_mean, dtype=np.float64).reshape(reg.n_outputs_)
     reg.y_std_ = np.asarray(y_std, dtype=np.float64).reshape(reg.n_outputs_)
     reg.loss_curve_, reg.relocated_, reg.fit_seconds_ = [], 0, 0.0
+    reg.n_bumps_, reg.validation_score_ = int(module.bumps.c.shape[1]), None
     return reg
