@@ -27,9 +27,9 @@ __all__ = [
 
 #: The ``format`` entry of every checkpoint.
 FORMAT_TAG = "wandering-cli-model"
-#: One output: m (K,), scalar offset and y_mean/y_std, ``y_name``.
+#: The version of a one-output checkpoint (m of shape (K,), a scalar offset and y_mean/y_std, ``y_name``).
 FORMAT_VERSION = 1
-#: P > 1 outputs: m (K, P), offset/y_mean/y_std (P,), ``y_names``.
+#: The version of a checkpoint of P > 1 outputs (m of shape (K, P), offset/y_mean/y_std of shape (P,), ``y_names``).
 FORMAT_VERSION_MULTI = 2
 
 
