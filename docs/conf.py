@@ -7,7 +7,6 @@ Build (warnings are errors; see docs/README.md):
 
 from __future__ import annotations
 
-import os
 import pathlib
 import sys
 
@@ -65,6 +64,7 @@ autodoc_default_options = {
     "inherited-members": True,
 }
 autodoc_typehints = "signature"
+add_function_parentheses = False  # pages write `bump_sum` `(x, c, w, m, ...)` themselves
 autodoc_preserve_defaults = True
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False

@@ -41,7 +41,7 @@ offset = torch.nn.Parameter(colours.mean(0))
 opt = torch.optim.Adam([*bumps.parameters(), offset], lr=0.02)
 losses = []
 with attach(opt, bumps):                 # pert_grads before every step, bound after it
-    for step in range(300):
+    for _ in range(300):
         opt.zero_grad()
         loss = ((bumps(points) + offset - colours) ** 2).mean()
         loss.backward()

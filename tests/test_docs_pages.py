@@ -12,7 +12,6 @@ import shlex
 
 import pytest
 import torch
-
 from _spawn import free_port
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
