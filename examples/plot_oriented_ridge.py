@@ -6,7 +6,7 @@ An axis-aligned bump can only stretch along the coordinate axes, so a thin ridge
 along the diagonal needs many small bumps. An oriented bump
 (:class:`~wandering.SlowOrientedSumOfBumpFcns`, see :doc:`/guide/oriented`) learns
 its rotation and can lie along the ridge. Both kinds get 12 bumps, the same start
-and the same 200 Adam steps; we draw each fit with its bumps' support ellipses.
+and the same 120 Adam steps; we draw each fit with its bumps' support ellipses.
 """
 
 import math
@@ -39,7 +39,7 @@ for cls in (SlowSumOfBumpFcns, SlowOrientedSumOfBumpFcns):
     model = cls(torch.stack([t, t]), torch.full((2, 12), 0.06), torch.full((12,), 0.5),
                 [[0.0, 1.0]] * 2, [[0.01, 0.5]] * 2, support_p=support_p)
     opt = torch.optim.Adam(model.parameters(), lr=0.02)
-    for _ in range(200):
+    for _ in range(120):
         opt.zero_grad()
         loss = ((model(x) - y) ** 2).mean()
         loss.backward()
