@@ -26,9 +26,12 @@ __all__ = [
     "from_regressor", "to_regressor",
 ]
 
+#: The ``format`` entry of every checkpoint.
 FORMAT_TAG = "wandering-cli-model"
-FORMAT_VERSION = 1  # one output: m (K,), scalar offset and y_mean/y_std, "y_name"
-FORMAT_VERSION_MULTI = 2  # P > 1 outputs: m (K, P), offset/y_mean/y_std (P,), "y_names"
+#: The version of a one-output checkpoint (m of shape (K,), a scalar offset and y_mean/y_std, ``y_name``).
+FORMAT_VERSION = 1
+#: The version of a checkpoint of P > 1 outputs (m of shape (K, P), offset/y_mean/y_std of shape (P,), ``y_names``).
+FORMAT_VERSION_MULTI = 2
 
 
 class CheckpointError(ValueError):
@@ -36,13 +39,37 @@ class CheckpointError(ValueError):
 
 
 def output_names(ckpt: dict) -> list[str]:
-    """The value columns a checkpoint was fitted on: one name (version 1) or P (version 2)."""
+    """The value columns a checkpoint was fitted on.
+
+    Args:
+        ckpt: A checkpoint dict accepted by :func:`load`.
+
+    Returns:
+        A list of one name (version 1) or P names (version 2).
+
+    Raises:
+        KeyError: a dict with neither ``y_names`` nor ``y_name`` (use :func:`load`, which checks).
+    """
     return list(ckpt["y_names"]) if "y_names" in ckpt else [str(ckpt["y_name"])]
 
 
 def from_regressor(reg, x_names: list[str], y_name: str | list[str]) -> dict:
-    """The checkpoint dict of a fitted BumpRegressor: version 1 for a 1-D target and one name,
-    version 2 for a 2-D target with P names."""
+    """The checkpoint dict of a fitted :class:`~wandering.BumpRegressor`.
+
+    Args:
+        reg: A fitted BumpRegressor.
+        x_names: The d coordinate names, in the order of the regressor's columns.
+        y_name: One name for a 1-D target (version 1), or a list of P names for a 2-D target
+            (version 2).
+
+    Returns:
+        A plain dict of tensors, numbers, strings and lists (see the module docstring), for
+        :func:`save`.
+
+    Raises:
+        ValueError: ``y_name`` is one name for a 2-D target, or not P names.
+        AttributeError: ``reg`` is not fitted.
+    """
     import torch
 
     multi = not isinstance(y_name, str)
@@ -79,7 +106,19 @@ def from_regressor(reg, x_names: list[str], y_name: str | list[str]) -> dict:
 
 
 def to_regressor(ckpt: dict, device: str = "cpu"):
-    """The fitted BumpRegressor a checkpoint accepted by :func:`load` describes, on ``device``."""
+    """The fitted :class:`~wandering.BumpRegressor` a checkpoint describes.
+
+    Args:
+        ckpt: A checkpoint dict accepted by :func:`load` (any version, also one written
+            before the command used BumpRegressor).
+        device: Torch device of the restored model.
+
+    Returns:
+        A fitted BumpRegressor whose ``predict`` gives the checkpoint's predictions.
+
+    Raises:
+        CheckpointError: a dict that does not build a model (a missing entry, a wrong shape).
+    """
     import numpy as np
     import torch
 
@@ -104,7 +143,15 @@ def to_regressor(ckpt: dict, device: str = "cpu"):
 
 
 def save(ckpt: dict, path: str) -> None:
-    """Writes a checkpoint dict with ``torch.save``."""
+    """Writes a checkpoint dict with ``torch.save``.
+
+    Args:
+        ckpt: A dict from :func:`from_regressor`.
+        path: The file to write (replaced if it exists).
+
+    Raises:
+        CheckpointError: the file cannot be written (one line naming it).
+    """
     import torch
 
     try:
@@ -114,7 +161,14 @@ def save(ckpt: dict, path: str) -> None:
 
 
 def check_file(path: str) -> None:
-    """Refuses a path that cannot hold a checkpoint (missing, a folder, unreadable, empty), without importing torch."""
+    """Refuses a path that cannot hold a checkpoint, without importing torch.
+
+    Args:
+        path: The path of a ``model.pt``.
+
+    Raises:
+        CheckpointError: no such file, a folder, unreadable, or empty (one line naming the file).
+    """
     if not os.path.exists(path):
         raise CheckpointError(f"{path}: no such file")
     if os.path.isdir(path):
@@ -126,7 +180,21 @@ def check_file(path: str) -> None:
 
 
 def load(path: str) -> dict:
-    """Reads a checkpoint (``weights_only``: pickles of anything else are refused, not run) and checks it."""
+    """Reads a checkpoint and checks it.
+
+    The file is read with ``torch.load(weights_only=True)``: pickles of anything else are
+    refused, not run.
+
+    Args:
+        path: A ``model.pt`` written by ``wandering fit``, ``wandering demo`` or :func:`save`.
+
+    Returns:
+        The checkpoint dict (tensors on the CPU), its format tag, version and entries checked.
+
+    Raises:
+        CheckpointError: no such file, a folder, not a checkpoint of this format, an unknown
+            version, or a damaged one (the message is one line naming the file and the problem).
+    """
     check_file(path)
     import torch
 

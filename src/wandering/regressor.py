@@ -313,6 +313,20 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
             from (0, ...) before the first step; else empty.
         best_step_: With early stopping, the steps taken by the kept parameters; else None.
         fit_seconds_: Wall time of the fit.
+
+    Raises:
+        TypeError, ValueError: bad settings, when :meth:`fit` is called (the constructor only
+            stores them, as scikit-learn asks); see :meth:`fit`.
+
+    Example:
+        >>> import numpy as np
+        >>> X = np.random.default_rng(0).uniform(size=(500, 2))
+        >>> reg = BumpRegressor(n_bumps=16, steps=20, random_state=0).fit(X, np.sin(4 * X[:, 0]))
+        >>> reg.predict(X[:3]).shape, reg.n_params_
+        ((3,), 81)
+
+    Also ``score(X, y)`` (R^2, averaged over outputs), ``get_params`` and ``set_params``,
+    scikit-learn's.
     """
 
     def __init__(
@@ -471,7 +485,23 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
 
     # ---------------------------------------------------------------- fit
     def fit(self, X, y):
-        """Fits the bump sum to X (n, d) and y (n,) or (n, P). Returns self."""
+        """Fits the bump sum to the points X and their values y (from scratch, every call).
+
+        Args:
+            X: Points, array-like of shape (n, d): numpy, a torch tensor, lists.
+            y: Values, shape (n,) for one output or (n, P) for P outputs sharing the bumps.
+
+        Returns:
+            self, fitted (the attributes ending in ``_``).
+
+        Raises:
+            ValueError: X or y of the wrong shape, with NaN or infinity, or of different
+                lengths; a setting out of range (a count < 1, a rate < 0, ``support_p``
+                outside (0, 1), ``bounds`` not finite (d, 2) with lower <= upper, an unknown ``init``
+                or ``batch``, a device name torch does not know).
+            TypeError: sparse or non-numeric data; a setting of the wrong type (a float
+                ``n_bumps``, a non-bool flag, a non-callable ``callback``).
+        """
         X, y = self._validate(X, y, reset=True)
         n, d = X.shape
         p = self._checked_params(d)
@@ -748,7 +778,19 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
 
     # ---------------------------------------------------------------- predict
     def predict(self, X) -> np.ndarray:
-        """Predictions (n,) for a 1-D target, (n, P) for a 2-D one, in the target's units."""
+        """Evaluates the fitted sum at new points.
+
+        Args:
+            X: Points, array-like of shape (n, d), d as in :meth:`fit`.
+
+        Returns:
+            A float64 numpy array of shape (n,) for a 1-D target, (n, P) for a 2-D one, in the
+            target's units.
+
+        Raises:
+            NotFittedError: before :meth:`fit` (scikit-learn's, a ValueError and AttributeError).
+            ValueError: X of the wrong shape or number of columns, or with NaN or infinity.
+        """
         self._check_fitted()
         X = self._validate(X, reset=False)
         model = self.module_
@@ -772,7 +814,7 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
 
     @property
     def n_params_(self) -> int:
-        """Trainable numbers of the fitted model: (2d + P) K + P."""
+        """The number of trainable numbers in the fitted model, (2d + P) K + P."""
         self._check_fitted()
         return sum(int(t.numel()) for t in self.module_.parameters())
 

@@ -85,6 +85,12 @@ class Relocation:
         counter: Relocation events so far (the draws' counter; saved by :meth:`state_dict`).
         last_moved: Indices of the bumps the last event moved (a LongTensor).
         history: ``(step, n_moved)`` for every event of this object (not saved).
+
+    Raises:
+        TypeError: ``module`` not a module or None; a count or seed that is not an int.
+        ValueError: ``every`` or ``n_sample`` < 1, ``start``/``stop``/``seed`` < 0,
+            ``min_rel_m`` negative, ``max_fraction`` outside [0, 1], an unknown ``distributed``.
+            (``width`` is checked when a bump moves.)
     """
 
     def __init__(
@@ -123,10 +129,25 @@ class Relocation:
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict:
-        """The relocation counter (and seed, if one was given): all a resumed fit needs."""
+        """The relocation counter (and seed, if one was given): all a resumed fit needs.
+
+        Returns:
+            ``{"counter": int, "seed": int or None}``.
+        """
         return {"counter": int(self.counter), "seed": self.seed}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restores :meth:`state_dict`'s counter (and seed), so the next events draw as an
+        uninterrupted fit's would.
+
+        Args:
+            state: A dict from :meth:`state_dict`.
+
+        Raises:
+            ValueError: ``state`` is not a dict with a ``"counter"``, or its counter or seed is
+                negative.
+            TypeError, ValueError: (from ``int()``) a counter or seed that is not a number.
+        """
         if not isinstance(state, dict) or "counter" not in state:
             raise ValueError("state must be a dict from Relocation.state_dict(), with a 'counter'")
         self.counter = _as_int(int(state["counter"]), "counter", 0)
@@ -141,7 +162,17 @@ class Relocation:
 
     # ---------------------------------------------------------------- hooks
     def due(self, step: int) -> bool:
-        """Whether :meth:`step_post` relocates at this step."""
+        """Whether :meth:`step_post` relocates at this step.
+
+        Args:
+            step: The step just taken (0-based).
+
+        Returns:
+            True at ``start``, ``start + every``, ... before ``stop``.
+
+        Raises:
+            TypeError: (from Python) ``step`` is not a number.
+        """
         if step < self.start or (self.stop is not None and step >= self.stop):
             return False
         return (step - self.start) % self.every == 0
@@ -165,6 +196,9 @@ class Relocation:
 
         Returns:
             The number of bumps moved (0 when not due).
+
+        Raises:
+            TypeError, ValueError: as :meth:`relocate`, at the steps that are due.
         """
         if not self.due(step):
             return 0
@@ -196,7 +230,19 @@ class Relocation:
         return dist.get_rank(), dist.get_world_size()
 
     def dead(self, module: WanderingModule, x: torch.Tensor) -> torch.Tensor:
-        """Boolean (K,): which bumps count as dead for the points ``x`` (collective under DDP)."""
+        """Which bumps count as dead for these points (a collective under DDP: call on every rank).
+
+        Args:
+            module: The bump sum, with c and w of shape (d, K).
+            x: Points, (n, d), in the module's dtype and on its device.
+
+        Returns:
+            A bool tensor (K,): True where |m| (max over outputs) is below ``min_rel_m`` times
+            the largest, or the bump's support box holds none of ``x``.
+
+        Raises:
+            TypeError, ValueError: as :func:`wandering.bump_sum` for a bad ``x``.
+        """
         occupancy = self._occupancy(module, x)
         return self._dead_from(module, occupancy)
 
@@ -228,9 +274,26 @@ class Relocation:
         x: torch.Tensor,
         residual: torch.Tensor,
     ) -> torch.Tensor:
-        """Relocates the dead bumps now (whatever the step). Returns the moved indices.
+        """Relocates the dead bumps now (whatever the step).
 
         Advances :attr:`counter` by one whether or not a bump moved.
+
+        Args:
+            model: The bump-sum module, or a model holding exactly one (DDP wrappers too).
+            optimizer: The optimizer whose state for the moved entries is zeroed (None: none).
+            x: The points, (n, d), in the bump sum's own coordinates.
+            residual: target - prediction at those points, (n,) or (n, P) like the module's m.
+
+        Returns:
+            The indices of the moved bumps, a sorted int64 tensor (empty when none moved).
+
+        Raises:
+            TypeError: x or residual is not a tensor; model is not a module.
+            ValueError: x not (n, d); residual not (n,) or (n, P) with the module's P; a model
+                without exactly one bump sum; a ``width`` that is not nonzero and finite; a DDP
+                rank with no points.
+            RuntimeError: ``distributed=True`` without an initialised process group of
+                several ranks.
         """
         mod = self._find_module(model)
         c_p, w_p, m_p = mod.c, mod.w, mod.m
