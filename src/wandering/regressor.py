@@ -252,7 +252,7 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
     :class:`FitQualityWarning` with the figures.
 
     Args:
-        n_bumps: K, the number of bumps, or "auto": :func:`auto_n_bumps` of the training
+        n_bumps: K, the number of bumps, or "auto": ``auto_n_bumps`` of the training
             points, ``min(256, n // (4 (2d + 1)))`` (at least 1), so that each output's
             ``(2d + 1) K`` parameters stay at most a quarter of the points (256 for 2-D data
             from 5,120 points on; 4 for 398 points in 10-D).
