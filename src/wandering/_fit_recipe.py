@@ -50,7 +50,7 @@ class FitResult:
 
     @property
     def model(self) -> torch.nn.Module:
-        """The fitted torch module (``.bumps`` is the SlowSumOfBumpFcns), on the unit box."""
+        """The fitted torch module (``.bumps``: the bump sum, axis-aligned or oriented), on the unit box."""
         return self.regressor.module_
 
     def predict(self, x: np.ndarray) -> np.ndarray:
@@ -72,6 +72,7 @@ def regressor_for(s: FitSettings, d: int, callback=None) -> BumpRegressor:
         lr_magnitude=lr_magnitude, c_grad_std=s.c_grad_std, w_grad_std=s.w_grad_std, m_grad_gain=s.m_grad_gain,
         support_p=s.support_p, bounds=s.bounds, relocate=s.relocate, random_state=s.seed, device=s.device,
         progress=s.progress, callback=callback,
+        shape=s.shape, lr_angle=s.lr_angle,
     )
 
 
@@ -148,6 +149,7 @@ def fit_arrays(
         "n_holdout": int(len(hold_idx)),
         "d": int(d),
         "bumps": int(s.bumps),
+        "shape": s.shape,
         "steps": int(len(losses)),
         "final_loss": losses[-1] if losses else None,
         "device": str(reg.module_.offset.device),
