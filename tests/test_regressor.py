@@ -331,7 +331,7 @@ def test_oriented_fit_trains_the_angles():
     assert est.n_params_ == (2 * 2 + 1 + 1) * 8 + 1  # c, w, one angle and m per bump, and the offset
     axis = BumpRegressor(**kw).fit(x, y)
     assert isinstance(axis.module_.bumps, SlowSumOfBumpFcns) and axis.n_params_ == 5 * 8 + 1
-    assert est.score(x, y) > axis.score(x, y) + 0.1, (est.score(x, y), axis.score(x, y))  # 0.98 against 0.70
+    assert est.score(x, y) > axis.score(x, y) + 0.1, (est.score(x, y), axis.score(x, y))  # 0.99 against 0.70
     # no angle rate: the angles stay exactly at their start, 0
     still = BumpRegressor(**kw, shape="oriented", lr_angle=0.0).fit(x, y)
     assert not still.module_.bumps.angles.any()

@@ -18,7 +18,7 @@ class FitSettings:
     steps: int = 2000
     lr_position: float = 0.1
     lr_magnitude: float = 0.01
-    lr_angle: float = 0.03
+    lr_angle: float = 0.1
     lr: "float | None" = None  # one rate for every parameter (unit box, standardised target)
     batch: "int | None" = None  # None: BumpRegressor's "auto" (full batch up to 2**17 points)
     c_grad_std: float = 0.0
