@@ -23,6 +23,10 @@ Methods, at a budget of K bumps:
 - ``grid-ls``: ridge least squares on a fixed g x g grid of Gaussians, g^2 ~ K
   (width and ridge picked on a validation split of the training points).
 - ``grid-ls-params``: the same with (2d+1)K Gaussians: the bump model's parameter count.
+- ``bump-oriented``: ``BumpRegressor(n_bumps=K, shape="oriented")``: rotated bumps, each with
+  d(d-1)/2 angles more.
+- ``grid-ls-oriented-params``: the grid with (2d + d(d-1)/2 + 1)K Gaussians: the oriented
+  model's parameter count.
 - ``rbf-K``: ``scipy.interpolate.RBFInterpolator`` through K training points (thin-plate spline;
   at least d + 1).
 - ``rbf-all``: ``RBFInterpolator`` on all training points, ``neighbors=50`` (all of them up to
@@ -238,6 +242,13 @@ def linear(x_tr, y_tr, x_te, n_bumps, seed):
     return LinearRegression().fit(x_tr, y_tr).predict(x_te), x_tr.shape[1] + 1
 
 
+def grid_ls_oriented_params(x_tr, y_tr, x_te, n_bumps, seed):
+    """The grid with as many Gaussians as an oriented bump model with one output has numbers:
+    (2d + d(d-1)/2 + 1) K (centres, scales, angles, magnitudes)."""
+    d = x_tr.shape[1]
+    return grid_ls(x_tr, y_tr, x_te, (2 * d + d * (d - 1) // 2 + 1) * n_bumps, seed)
+
+
 def bump(x_tr, y_tr, x_te, n_bumps, seed, **kw):
     est = BumpRegressor(n_bumps, random_state=seed, **kw).fit(x_tr, y_tr)
     return est.predict(x_te), est.n_params_
@@ -253,7 +264,10 @@ RUNNERS = {
     "mlp": lambda *a, extra=None: mlp(*a),
     "adam-dense": lambda *a, extra=None: adam_dense(*a),
     "linear": lambda *a, extra=None: linear(*a),
+    "bump-oriented": lambda *a, extra=None: bump(*a, **{**(extra or {}), "shape": "oriented"}),
+    "grid-ls-oriented-params": lambda *a, extra=None: grid_ls_oriented_params(*a),
 }
+METHODS = (*METHODS, "bump-oriented", "grid-ls-oriented-params")
 
 
 def _budget(text: str):
@@ -301,7 +315,7 @@ def main(argv=None) -> int:
     rows = []
     print(f"threads: torch {torch.get_num_threads()}; load average {os.getloadavg()[0]:.2f} at start; "
           f"extra settings {extra}", flush=True)
-    hdr = f"{'dataset':<11}{'K':>7}  {'method':<16}{'R2':>8}{'RMSE':>11}{'params':>9}{'seconds':>9}"
+    hdr = f"{'dataset':<11}{'K':>7}  {'method':<24}{'R2':>8}{'RMSE':>11}{'params':>9}{'seconds':>9}"
     print(hdr, flush=True)
     for ds in a.datasets:
         x, y = load(ds, a.points, a.seed)
@@ -328,7 +342,7 @@ def main(argv=None) -> int:
                 r2 = 1 - float((res ** 2).sum() / ((y[te] - y[te].mean()) ** 2).sum())
                 rmse = float(np.sqrt((res ** 2).mean()))
                 rows.append((ds, label if meth not in ONCE else "-", meth, r2, rmse, n_par, secs, warned))
-                print(f"{ds:<11}{rows[-1][1]!s:>7}  {meth:<16}{r2:>8.4f}{rmse:>11.4g}{n_par:>9}{secs:>9.1f}"
+                print(f"{ds:<11}{rows[-1][1]!s:>7}  {meth:<24}{r2:>8.4f}{rmse:>11.4g}{n_par:>9}{secs:>9.1f}"
                       f"{'  FitQualityWarning' if warned else ''}", flush=True)
     if a.markdown:
         print("\n| dataset | K | method | held-out R² | RMSE | params | seconds |\n|---|---:|---|---:|---:|---:|---:|")
@@ -342,6 +356,16 @@ def main(argv=None) -> int:
                 got = {r[2]: r[3] for r in rows if r[0] == ds and r[1] == k}
                 if "bump" in got and "bump-norelocate" in got:
                     print(f"  {ds:<11} K={k:<5} {got['bump'] - got['bump-norelocate']:+.4f}")
+    others = [m for m in ("bump", "grid-ls-oriented-params") if m in a.methods]
+    if "bump-oriented" in a.methods and others:
+        print("\noriented gain (R2 of bump-oriented minus the other's; grid-ls-oriented-params has as many numbers):")
+        for ds in a.datasets:
+            for k in a.budgets:
+                got = {r[2]: r[3] for r in rows if r[0] == ds and r[1] == k}
+                diffs = [f"{m} {got['bump-oriented'] - got[m]:+.4f}" for m in ("bump", "grid-ls-oriented-params")
+                         if m in got]
+                if diffs:
+                    print(f"  {ds:<11} K={k:<5} " + "   ".join(diffs))
     return 0
 
 

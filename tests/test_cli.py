@@ -894,7 +894,7 @@ def test_fit_settings_defaults_are_bump_regressors():
     s = FitSettings()
     same = {"bumps": "n_bumps", "steps": "steps", "lr_position": "lr_position", "lr_magnitude": "lr_magnitude",
             "c_grad_std": "c_grad_std", "w_grad_std": "w_grad_std", "m_grad_gain": "m_grad_gain",
-            "support_p": "support_p", "relocate": "relocate"}
+            "support_p": "support_p", "relocate": "relocate", "shape": "shape", "lr_angle": "lr_angle"}
     for ours, theirs in same.items():
         assert getattr(s, ours) == reg[theirs].default, ours
     assert s.batch is None and reg["batch"].default == "auto"

@@ -26,12 +26,15 @@ def _data(n=800, seed=0):
     return x, y
 
 
-@pytest.mark.parametrize("n_bumps", [8, "auto"])
-def test_check_estimator(n_bumps):
+# Oriented fits are several times slower on the tiny problems of the checks (rotations of up to
+# d = 10 dimensions): fewer steps, the same checks.
+@pytest.mark.parametrize("n_bumps, shape, steps", [(8, "axis", 20), ("auto", "axis", 20), (8, "oriented", 5)])
+def test_check_estimator(n_bumps, shape, steps):
     pytest.importorskip("sklearn")
     from sklearn.utils.estimator_checks import check_estimator
 
-    results = check_estimator(BumpRegressor(n_bumps=n_bumps, steps=20, random_state=0), on_fail=None)
+    est = BumpRegressor(n_bumps=n_bumps, steps=steps, shape=shape, random_state=0)
+    results = check_estimator(est, on_fail=None)
     failed = [(r["check_name"], repr(r["exception"])) for r in results if r["status"] == "failed"]
     assert not failed, failed
     assert len(results) > 40
@@ -139,6 +142,10 @@ def test_fit_input_errors(X, y, exc, match):
         (dict(early_stopping="yes"), TypeError, "early_stopping must be a bool, but got str"),
         (dict(validation_every=0), ValueError, "validation_every must be >= 1, but got 0"),
         (dict(validation_every=2.5), TypeError, "validation_every must be an int, but got float"),
+        (dict(shape="round"), ValueError, r"shape must be one of \('axis', 'oriented'\), but got 'round'"),
+        (dict(shape=None), ValueError, "shape must be one of"),
+        (dict(lr_angle=-0.1), ValueError, r"lr_angle must be in \[0, inf\), but got -0.1"),
+        (dict(lr_angle="fast"), TypeError, "lr_angle must be a number, but got str"),
     ],
 )
 def test_parameter_errors(params, exc, match):
@@ -409,3 +416,76 @@ def test_with_few_points_the_validation_points_stay_unseen_until_the_polish(monk
     y_fit[fit[: len(val)]] = y[fit[: len(val)]][::-1]
     _, cw_fit = centres_widths(y_fit)
     assert float((cw_fit - cw).abs().max()) > 1e-3
+# ---------------------------------------------------------------- oriented bumps
+def _ridge_data(n=900, seed=0):
+    """An oblique ridge: what one rotated bump fits and axis-aligned ones need many for."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, 1, size=(n, 2))
+    y = np.exp(-(((x[:, 0] - x[:, 1]) / 0.08) ** 2)) + 0.3 * x[:, 0]
+    return x, y
+
+
+def test_oriented_fit_trains_the_angles():
+    from wandering import SlowOrientedSumOfBumpFcns, SlowSumOfBumpFcns
+
+    assert BumpRegressor().shape == "axis"  # the default, for now
+    x, y = _ridge_data(400)
+    kw = dict(n_bumps=8, steps=60, random_state=0)
+    est = BumpRegressor(**kw, shape="oriented").fit(x, y)
+    bumps = est.module_.bumps
+    assert isinstance(bumps, SlowOrientedSumOfBumpFcns)
+    assert bumps.angles.shape == (1, 8) and float(bumps.angles.detach().abs().max()) > 0.1
+    assert est.n_params_ == (2 * 2 + 1 + 1) * 8 + 1  # c, w, one angle and m per bump, and the offset
+    axis = BumpRegressor(**kw).fit(x, y)
+    assert isinstance(axis.module_.bumps, SlowSumOfBumpFcns) and axis.n_params_ == 5 * 8 + 1
+    assert est.score(x, y) > axis.score(x, y) + 0.1, (est.score(x, y), axis.score(x, y))  # 0.99 against 0.70
+    # no angle rate: the angles stay exactly at their start, 0
+    still = BumpRegressor(**kw, shape="oriented", lr_angle=0.0).fit(x, y)
+    assert not still.module_.bumps.angles.any()
+
+
+def test_oriented_start_is_the_axis_aligned_start_solved_on_the_ellipsoids():
+    from wandering._lstsq import solve_magnitudes
+
+    x, y = _ridge_data(400)
+    # nothing moves (all rates 0, no polish): the fitted model is the start
+    frozen = dict(n_bumps=10, steps=1, lr_position=0.0, lr_magnitude=0.0, lr_angle=0.0, polish=False, random_state=2)
+    ax = BumpRegressor(**frozen).fit(x, y).module_
+    est = BumpRegressor(**frozen, shape="oriented").fit(x, y)
+    bumps = est.module_.bumps
+    for name in ("c", "w"):  # the same placement and widths
+        assert torch.equal(getattr(ax.bumps, name), getattr(bumps, name)), name
+    assert not bumps.angles.any()
+    # the magnitudes are the exact ridge solve of the oriented design (the ellipsoids inside the boxes)
+    xt = torch.as_tensor((x - est.x_lo_) / est.x_scale_, dtype=torch.float32)
+    yt = torch.as_tensor((y - est.y_mean_[0]) / est.y_std_[0], dtype=torch.float32)
+    m, b = solve_magnitudes(xt, yt, bumps.c, bumps.w, 0.01, est.ridge_[0], angles=bumps.angles)
+    torch.testing.assert_close(bumps.m.detach(), m.float())
+    torch.testing.assert_close(est.module_.offset.detach(), b.float())
+    m_box, _ = solve_magnitudes(xt, yt, bumps.c, bumps.w, 0.01, est.ridge_[0])
+    assert not torch.allclose(m_box, m)
+
+
+@pytest.mark.parametrize("d, P", [(1, None), (3, 2)])
+def test_oriented_fit_dimensions_outputs_and_determinism(d, P):
+    rng = np.random.default_rng(d)
+    x = rng.uniform(-1, 1, size=(500, d))
+    y = np.sin(2 * x.sum(1)) + x[:, 0]
+    if P is not None:
+        y = np.stack([y, np.cos(3 * x[:, -1])], axis=1)
+    kw = dict(n_bumps=10, steps=40, shape="oriented", random_state=0)
+    a = BumpRegressor(**kw).fit(x, y)
+    assert a.module_.bumps.angles.shape == (d * (d - 1) // 2, 10)
+    assert a.n_params_ == (2 * d + d * (d - 1) // 2 + (P or 1)) * 10 + (P or 1)
+    assert a.predict(x).shape == ((500,) if P is None else (500, P))
+    assert a.score(x, y) > 0.5
+    np.testing.assert_array_equal(a.predict(x), BumpRegressor(**kw).fit(x, y).predict(x))
+
+
+def test_oriented_fit_relocates_and_stops_early():
+    x, y = _data(400)
+    kw = dict(n_bumps=32, steps=60, relocate_every=10, relocate_max_fraction=0.5, relocate_min_rel_m=0.2,
+              shape="oriented", random_state=0)
+    est = BumpRegressor(relocate=True, early_stopping=True, validation_every=20, **kw).fit(x, y)
+    assert est.relocated_ > 0 and est.best_step_ is not None
+    assert est.score(x, y) > 0.95

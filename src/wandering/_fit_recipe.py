@@ -52,7 +52,7 @@ class FitResult:
 
     @property
     def model(self) -> torch.nn.Module:
-        """The fitted torch module (``.bumps`` is the SlowSumOfBumpFcns), on the unit box."""
+        """The fitted torch module (``.bumps``: the bump sum, axis-aligned or oriented), on the unit box."""
         return self.regressor.module_
 
     def predict(self, x: np.ndarray) -> np.ndarray:
@@ -70,7 +70,7 @@ def regressor_for(s: FitSettings, d: int, callback=None, n: int | None = None) -
     if s.lr is not None:
         if s.bumps == "auto" and n is None:
             raise ValueError("regressor_for: bumps='auto' with lr needs n, the number of training points")
-        k = auto_n_bumps(n, d) if s.bumps == "auto" else s.bumps
+        k = auto_n_bumps(n, d, s.shape) if s.bumps == "auto" else s.bumps
         lr_position = s.lr * k ** (1.0 / d)  # the regressor counts it in bump spacings
         lr_magnitude = s.lr
     return BumpRegressor(
@@ -78,6 +78,7 @@ def regressor_for(s: FitSettings, d: int, callback=None, n: int | None = None) -
         lr_magnitude=lr_magnitude, c_grad_std=s.c_grad_std, w_grad_std=s.w_grad_std, m_grad_gain=s.m_grad_gain,
         support_p=s.support_p, bounds=s.bounds, relocate=s.relocate, random_state=s.seed, device=s.device,
         progress=s.progress, callback=callback,
+        shape=s.shape, lr_angle=s.lr_angle,
     )
 
 
@@ -162,6 +163,7 @@ def fit_arrays(
         "n_holdout": int(len(hold_idx)),
         "d": int(d),
         "bumps": int(reg.n_bumps_),
+        "shape": s.shape,
         "validation_r2": reg.validation_score_,
         "steps": int(len(losses)),
         "final_loss": losses[-1] if losses else None,

@@ -10,6 +10,12 @@ and the offset of shape (P,), ``m`` of shape (K, P)). Both share ``d``, ``n_bump
 (``bumps.c``, ``bumps.w``, ``bumps.m``, bounds, ``offset``), ``x_lo``/``x_scale`` and
 ``x_names``.
 
+Oriented bumps (``BumpRegressor(shape="oriented")``) add ``shape`` = "oriented",
+``angle_grad_std`` and ``state_dict["bumps.angles"]`` (d(d-1)/2, K) to either version; a
+checkpoint without ``shape`` is axis-aligned, so axis-aligned checkpoints keep the layout
+they always had. (A reader older than oriented bumps refuses an oriented checkpoint, on
+the state_dict key it does not know, rather than misreading it.)
+
 :func:`from_regressor` writes a fitted :class:`wandering.BumpRegressor` in this format and
 :func:`to_regressor` turns a checkpoint (also one written before the command used
 BumpRegressor) back into a fitted regressor. torch is imported only when a checkpoint is
@@ -96,6 +102,9 @@ def from_regressor(reg, x_names: list[str], y_name: str | list[str]) -> dict:
         "x_names": list(x_names),
         "y_name": y_name,
     }
+    if hasattr(bumps, "angles"):
+        ckpt["shape"] = "oriented"
+        ckpt["angle_grad_std"] = float(bumps.angle_grad_std)
     if multi:  # version 1 readers refuse it by version rather than failing on shapes
         del ckpt["y_name"]
         ckpt["y_mean"] = torch.as_tensor(reg.y_mean_, dtype=torch.float64)
@@ -123,18 +132,24 @@ def to_regressor(ckpt: dict, device: str = "cpu"):
     import torch
 
     from .modules import SlowSumOfBumpFcns
+    from .oriented import SlowOrientedSumOfBumpFcns
     from .regressor import _BumpModel, _restored
 
     try:
         sd = ckpt["state_dict"]
         multi = ckpt["version"] == FORMAT_VERSION_MULTI
-        bumps = SlowSumOfBumpFcns(
-            sd["bumps.c"], sd["bumps.w"], sd["bumps.m"], ckpt["c_bounds"], ckpt["w_bounds"], ckpt["c_grad_std"],
-            ckpt["w_grad_std"], ckpt["m_grad_gain"], ckpt["support_p"], device=device,
-        )
+        shape = ckpt.get("shape", "axis")
+        args = (sd["bumps.c"], sd["bumps.w"], sd["bumps.m"], ckpt["c_bounds"], ckpt["w_bounds"], ckpt["c_grad_std"],
+                ckpt["w_grad_std"], ckpt["m_grad_gain"], ckpt["support_p"])
+        if shape == "oriented":
+            bumps = SlowOrientedSumOfBumpFcns(*args, angles=sd["bumps.angles"],
+                                              angle_grad_std=ckpt.get("angle_grad_std", 0.0), device=device)
+        else:
+            bumps = SlowSumOfBumpFcns(*args, device=device)
         model = _BumpModel(bumps, torch.zeros(sd["offset"].shape, dtype=bumps.c.dtype, device=device))
         model.load_state_dict(sd)
-        params = {"n_bumps": int(ckpt["n_bumps"]), "support_p": float(ckpt["support_p"]), "device": device}
+        params = {"n_bumps": int(ckpt["n_bumps"]), "support_p": float(ckpt["support_p"]), "shape": shape,
+                  "device": device}
         reg = _restored(model, ckpt["x_lo"].numpy(), ckpt["x_scale"].numpy(), np.asarray(ckpt["y_mean"]),
                         np.asarray(ckpt["y_std"]), 2 if multi else 1, **params)
     except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as e:
@@ -236,6 +251,11 @@ def _problem(ckpt: dict) -> str | None:
     for key in ("c_grad_std", "w_grad_std", "m_grad_gain", "support_p"):
         if not number(ckpt[key]):
             return f"{key} is not a number"
+    shape = ckpt.get("shape", "axis")
+    if shape not in ("axis", "oriented"):
+        return f"shape must be 'axis' or 'oriented', but got {shape!r}"
+    if "angle_grad_std" in ckpt and not number(ckpt["angle_grad_std"]):
+        return "angle_grad_std is not a number"
     names = ckpt["x_names"]
     if not (isinstance(names, list) and len(names) == d and all(isinstance(n, str) for n in names)):
         return f"x_names must be {d} strings"
@@ -261,10 +281,14 @@ def _problem(ckpt: dict) -> str | None:
     sd = ckpt["state_dict"]
     if not isinstance(sd, dict):
         return "state_dict is not a dict"
-    for key, shape in (("bumps.c", (d, k)), ("bumps.w", (d, k)), ("bumps.m", (k, *out_shape)),
-                       ("offset", out_shape)):
+    expected = [("bumps.c", (d, k)), ("bumps.w", (d, k)), ("bumps.m", (k, *out_shape)), ("offset", out_shape)]
+    if shape == "oriented":
+        expected.append(("bumps.angles", (d * (d - 1) // 2, k)))
+    elif "bumps.angles" in sd:
+        return "state_dict has 'bumps.angles' but the checkpoint's shape is 'axis'"
+    for key, size in expected:
         if key not in sd:
             return f"no state_dict[{key!r}]"
-        if not tensor(sd[key], shape):
-            return f"state_dict[{key!r}] must be a finite {shape} tensor"
+        if not tensor(sd[key], size):
+            return f"state_dict[{key!r}] must be a finite {size} tensor"
     return None

@@ -18,7 +18,7 @@ import sys
 import time
 
 from ._cli_errors import CliError, require
-from ._fit_settings import FitSettings
+from ._fit_settings import SHAPES, FitSettings
 from .checkpoint import FORMAT_TAG
 
 __all__ = ["main", "FORMAT_TAG"]
@@ -172,7 +172,7 @@ def _settings(a: argparse.Namespace, d: int) -> FitSettings:
         raise CliError(f"--steps must be a positive integer, but got {a.steps}")
     if a.lr is not None and not (a.lr > 0 and math.isfinite(a.lr)):
         raise CliError(f"--lr must be > 0, but got {a.lr}")
-    for name in ("lr_position", "lr_magnitude", "c_grad_std", "w_grad_std", "m_grad_gain"):
+    for name in ("lr_position", "lr_magnitude", "lr_angle", "c_grad_std", "w_grad_std", "m_grad_gain"):
         v = getattr(a, name)
         if not (v >= 0 and math.isfinite(v)):
             raise CliError(f"--{name.replace('_', '-')} must be >= 0, but got {v}")
@@ -185,6 +185,7 @@ def _settings(a: argparse.Namespace, d: int) -> FitSettings:
         batch=_batch(a.batch), c_grad_std=a.c_grad_std, w_grad_std=a.w_grad_std, m_grad_gain=a.m_grad_gain,
         support_p=a.support_p, relocate=a.relocate, holdout=a.holdout, seed=a.seed,
         bounds=_parse_bounds(a.bounds, d), device=a.device, progress=not a.quiet,
+        shape=a.shape, lr_angle=a.lr_angle,
     )
 
 
@@ -375,6 +376,10 @@ def _add_fit_options(p: argparse.ArgumentParser, defaults: FitSettings, hidden: 
                    help=h("Adam learning rate of centres and widths, in bump spacings"))
     p.add_argument("--lr-magnitude", type=float, default=defaults.lr_magnitude,
                    help=h("Adam learning rate of magnitudes and offset (standardised target)"))
+    p.add_argument("--shape", choices=SHAPES, default=defaults.shape,
+                   help=h("bump shape: axis-aligned, or oriented (rotated ellipsoids, full covariance)"))
+    p.add_argument("--lr-angle", type=float, default=defaults.lr_angle,
+                   help=h("Adam learning rate of the oriented bumps' rotation angles, in radians"))
     p.add_argument("--lr", type=float, default=None,
                    help=argparse.SUPPRESS if hidden else "one Adam learning rate for every parameter (unit box and "
                    "standardised target; replaces --lr-position and --lr-magnitude)")

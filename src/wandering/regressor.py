@@ -8,6 +8,7 @@ small stand-in provides ``get_params``/``set_params``/``score`` and the same che
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 import numbers
@@ -20,8 +21,10 @@ import torch
 
 from . import _noise
 from ._engine import ENGINES
+from ._fit_settings import DEFAULT_SHAPE, SHAPES
 from ._lstsq import RIDGE_GRID, solve_magnitudes, solve_magnitudes_cv
 from .modules import SlowSumOfBumpFcns
+from .oriented import SlowOrientedSumOfBumpFcns
 from .relocation import Relocation
 from .training import attach
 
@@ -91,20 +94,26 @@ class FitQualityWarning(UserWarning):
     """A fitted BumpRegressor predicts its own validation split worse than a constant."""
 
 
-def auto_n_bumps(n_points: int, n_dims: int) -> int:
+def auto_n_bumps(n_points: int, n_dims: int, shape: str = "axis") -> int:
     """The bump count ``n_bumps="auto"`` resolves to: as many bumps as leave at least 4 points
     per parameter of one output, ``(2d + 1) K`` (a centre and a width per dimension and a
-    magnitude per bump), and at most 256; at least 1.
+    magnitude per bump; oriented bumps add their d(d-1)/2 angles), and at most 256; at least 1.
 
     Args:
         n_points: n, the points the regressor is fitted on.
         n_dims: d, their dimension.
+        shape: "axis" or "oriented", as ``BumpRegressor(shape=...)``.
 
     Returns:
-        K = min(256, max(1, n // (4 (2d + 1)))).
+        K = min(256, max(1, n // (4 q))) with q = 2d + 1 (+ d(d-1)/2 oriented) numbers per bump.
     """
-    per_bump = _AUTO_POINTS_PER_PARAMETER * (2 * n_dims + 1)
+    per_bump = _AUTO_POINTS_PER_PARAMETER * _numbers_per_bump(n_dims, shape)
     return int(min(_AUTO_MAX_BUMPS, max(1, n_points // per_bump)))
+
+
+def _numbers_per_bump(d: int, shape: str) -> int:
+    """Trainable numbers of one bump with one output: centre, scales (and angles), magnitude."""
+    return 2 * d + 1 + (d * (d - 1) // 2 if shape == "oriented" else 0)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -180,13 +189,17 @@ def _validate_plain(est, X, y=None, reset=True):
 class _BumpModel(torch.nn.Module):
     """The fitted function on the unit box and the standardised target: bump sum + offset."""
 
-    def __init__(self, bumps: SlowSumOfBumpFcns, offset: torch.Tensor) -> None:
+    def __init__(self, bumps: SlowSumOfBumpFcns | SlowOrientedSumOfBumpFcns, offset: torch.Tensor) -> None:
         super().__init__()
         self.bumps = bumps
         self.offset = torch.nn.Parameter(offset)
 
     def forward(self, xu: torch.Tensor) -> torch.Tensor:
         return self.bumps(xu) + self.offset
+
+
+def _is_oriented(bumps: torch.nn.Module) -> bool:
+    return isinstance(bumps, SlowOrientedSumOfBumpFcns)
 
 
 def _seed_from(random_state: Any) -> int:
@@ -261,11 +274,19 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
             most ``2**17`` (full batch), else ``2**16`` sampled per step; an int fixes it.
         lr_position: Adam learning rate of centres and widths, in units of the bump spacing.
         lr_magnitude: Adam learning rate of magnitudes and offset (standardised target units).
+        lr_angle: Adam learning rate of the oriented bumps' rotation angles, in radians (shape
+            "oriented" only). 0.1 rad per step turns the tip of a bump one spacing long by about
+            the centres' 0.1 spacings per step; of 0.01..1 it was the most even on
+            benchmarks/fit_quality.py (elevation, topography, K=256, split seeds 0 and 1).
         lr_final: The cosine decay ends at this fraction of each learning rate.
         width: Initial widths, in units of the bump spacing.
         init: "variation" (k-means weighted by the squared residual of a first fit, plus the
             density) or "kmeans" (plain k-means of the inputs).
-        support_p: Each bump counts only inside its support box (see the modules).
+        support_p: Each bump counts only inside its support box (ellipsoid, for oriented bumps;
+            see the modules).
+        shape: "axis" (axis-aligned bumps, ``SlowSumOfBumpFcns``) or "oriented" (full-covariance
+            bumps, ``SlowOrientedSumOfBumpFcns``: each also learns d(d-1)/2 rotation angles,
+            starting at 0, the axis-aligned start).
         c_grad_std, w_grad_std, m_grad_gain: Gradient noise (in unit-box coordinates), as in
             ``SlowSumOfBumpFcns``. Default 0: relocation does the moving.
         bounds: Box for the centres in data units, (d, 2) with columns lower and upper;
@@ -301,8 +322,9 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
         n_bumps_: K as fitted (``n_bumps``, or what "auto" resolved to).
         validation_score_: R^2 on the validation split, averaged over outputs (see above);
             None when there is none.
-        module_: The fitted ``_BumpModel`` (``module_.bumps`` is the ``SlowSumOfBumpFcns``,
-            ``module_.offset`` its offset), working on unit-box inputs and standardised targets.
+        module_: The fitted ``_BumpModel`` (``module_.bumps`` is the ``SlowSumOfBumpFcns``, or
+            ``SlowOrientedSumOfBumpFcns`` for shape "oriented"; ``module_.offset`` its offset),
+            working on unit-box inputs and standardised targets.
         n_features_in_: d.
         n_outputs_: P (1 for a 1-D target).
         x_lo_, x_scale_: The input map ``(X - x_lo_) / x_scale_``.
@@ -337,10 +359,12 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
         batch: Any = "auto",
         lr_position: float = 0.1,
         lr_magnitude: float = 0.01,
+        lr_angle: float = 0.1,
         lr_final: float = 0.05,
         width: float = 0.7,
         init: str = "variation",
         support_p: float = 0.01,
+        shape: str = DEFAULT_SHAPE,
         c_grad_std: float = 0.0,
         w_grad_std: float = 0.0,
         m_grad_gain: float = 0.0,
@@ -364,10 +388,12 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
         self.batch = batch
         self.lr_position = lr_position
         self.lr_magnitude = lr_magnitude
+        self.lr_angle = lr_angle
         self.lr_final = lr_final
         self.width = width
         self.init = init
         self.support_p = support_p
+        self.shape = shape
         self.c_grad_std = c_grad_std
         self.w_grad_std = w_grad_std
         self.m_grad_gain = m_grad_gain
@@ -442,6 +468,7 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
             "validation_every": pos_int("validation_every"),
             "lr_position": pos_float("lr_position", allow_zero=True),
             "lr_magnitude": pos_float("lr_magnitude", allow_zero=True),
+            "lr_angle": pos_float("lr_angle", allow_zero=True),
             "lr_final": pos_float("lr_final", allow_zero=True, upper=1.0),
             "width": pos_float("width"),
             "c_grad_std": pos_float("c_grad_std", allow_zero=True),
@@ -456,6 +483,8 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
         }
         if p["support_p"] >= 1.0:
             raise ValueError(f"support_p must be in (0, 1), but got {p['support_p']}")
+        if not (isinstance(self.shape, str) and self.shape in SHAPES):
+            raise ValueError(f"shape must be one of {SHAPES}, but got {self.shape!r}")
         if self.init not in ("variation", "kmeans"):
             raise ValueError(f"init must be 'variation' or 'kmeans', but got {self.init!r}")
         for name in ("relocate", "polish", "progress", "early_stopping"):
@@ -528,7 +557,7 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
         if P == 1:
             yu = yu[:, 0]  # one output: the single-output module (m of shape (K,))
 
-        K = auto_n_bumps(n, d) if p["n_bumps"] == "auto" else p["n_bumps"]
+        K = auto_n_bumps(n, d, self.shape) if p["n_bumps"] == "auto" else p["n_bumps"]
         self.n_bumps_ = K
         spacing = K ** (-1.0 / d)
         w0 = p["width"] * spacing
@@ -547,7 +576,7 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
         # be honest: the split is then drawn first. Otherwise it is drawn after the placement
         # and Adam trains on every point, as without the measure.
         wants_split = p["ridge"] == "auto" or self.early_stopping
-        few = p["ridge"] == "auto" and self.polish and 50 <= n < (2 * d + 1) * K + 1
+        few = p["ridge"] == "auto" and self.polish and 50 <= n < _numbers_per_bump(d, self.shape) * K + 1
         val_mask = self._validation_mask(n, rng, dev) if few else None
         if few:
             fit_np = ~val_mask.cpu().numpy()
@@ -556,8 +585,10 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
             cent = self._init_centres(xu, yu, xt, yt, K, w0, p, rng)
         cent = np.clip(cent, c_bounds[:, 0], c_bounds[:, 1])
 
+        # Oriented bumps start with angles 0: the axis-aligned start.
+        kind = SlowOrientedSumOfBumpFcns if self.shape == "oriented" else SlowSumOfBumpFcns
         with torch.random.fork_rng(devices=[]):  # the module's seed draw must not touch global state
-            bumps = SlowSumOfBumpFcns(
+            bumps = kind(
                 torch.as_tensor(cent.T, dtype=dtype), torch.full((d, K), w0, dtype=dtype),
                 torch.zeros((K,) if P == 1 else (K, P), dtype=dtype),
                 torch.as_tensor(c_bounds, dtype=dtype), torch.as_tensor(w_bounds, dtype=dtype),
@@ -606,9 +637,9 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
             bad = np.flatnonzero(r2 < 0)
             what = (f"validation R^2 below 0 for output{'s' if len(bad) > 1 else ''} "
                     f"{', '.join(str(int(j)) for j in bad)} of {P} (lowest {r2.min():.3g})")
-        n_par = (2 * d + P) * K + P
+        n_par = self.n_params_
         seen = "" if unseen else ", though the moving bumps had fitted them too"
-        auto = auto_n_bumps(n, d)
+        auto = auto_n_bumps(n, d, self.shape)
         advice = (f"fewer bumps may help (n_bumps='auto' picks {auto} here)" if K > auto
                   else "the points may hold too little signal for it, or be too few")
         warnings.warn(
@@ -629,18 +660,20 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
         """Magnitudes and offset for the current centres and widths; appends the ridge to ``ridge_``.
         With the ridge picked on ``val_mask``, ``_validation`` becomes the (P,) R^2 there of the
         solution on the other points, against their mean."""
+        angles = getattr(bumps, "angles", None)  # oriented bumps: their ellipsoids' design
         if val_mask is None or not bool(val_mask.any()):
             ridge = 1e-6 if p["ridge"] == "auto" else p["ridge"]
-            m, b = solve_magnitudes(xt, yt, bumps.c, bumps.w, p["support_p"], ridge)
+            m, b = solve_magnitudes(xt, yt, bumps.c, bumps.w, p["support_p"], ridge, angles=angles)
         elif p["ridge"] != "auto":  # a fixed ridge; early stopping: solved on the fit part only
             ridge = p["ridge"]
             if not refit_all:
                 xt, yt = xt[~val_mask], yt[~val_mask]
-            m, b = solve_magnitudes(xt, yt, bumps.c, bumps.w, p["support_p"], ridge)
+            m, b = solve_magnitudes(xt, yt, bumps.c, bumps.w, p["support_p"], ridge, angles=angles)
         else:
             grid = RIDGE_GRID if floor is None else [r for r in RIDGE_GRID if r >= floor] or [floor]
             m, b, ridge, sse = solve_magnitudes_cv(xt, yt, bumps.c, bumps.w, p["support_p"], val_mask,
-                                                   ridges=grid, refit_all=refit_all, return_sse=True)
+                                                   ridges=grid, refit_all=refit_all, return_sse=True,
+                                                   angles=angles)
             y_fit = yt[~val_mask].double().reshape(int((~val_mask).sum()), -1)
             y_val = yt[val_mask].double().reshape(int(val_mask.sum()), -1)
             sse_const = ((y_val - y_fit.mean(0)) ** 2).sum(0).cpu().numpy()  # the constant fitted on the 90%
@@ -690,6 +723,8 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
             {"params": [bumps.c, bumps.w], "lr": lr_pos},
             {"params": [bumps.m, model.offset], "lr": p["lr_magnitude"]},
         ]
+        if _is_oriented(bumps):
+            groups.append({"params": [bumps.angles], "lr": p["lr_angle"]})  # radians: no spacing
         opt = torch.optim.Adam(groups)
         base = [g["lr"] for g in opt.param_groups]
         hooks = attach(opt, bumps)
@@ -797,7 +832,14 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
         bumps = model.bumps
         dev, dtype = bumps.c.device, bumps.c.dtype
         # A fixed engine: the result for a point must not depend on which other points came along.
-        backend = "numba" if dev.type == "cpu" and ENGINES["numba"].available else "torch"
+        numba = ENGINES["numba"]
+        per_point = dev.type == "cpu" and numba.available and (numba.orients or not _is_oriented(bumps))
+        if not per_point and dev.type == "cpu":
+            # The torch engine's matrix products round differently for different numbers of points;
+            # in float64 the difference (~1e-16) is far below the float32 model's own rounding.
+            model = copy.deepcopy(model).double()
+            bumps, dtype = model.bumps, torch.float64
+        backend = "numba" if per_point else "torch"
         saved = bumps.backend
         bumps.backend = backend
         out = []
@@ -814,7 +856,8 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
 
     @property
     def n_params_(self) -> int:
-        """The number of trainable numbers in the fitted model, (2d + P) K + P."""
+        """The number of trainable numbers in the fitted model: (2d + P) K + P, plus d(d-1)/2
+        angles per bump when oriented."""
         self._check_fitted()
         return sum(int(t.numel()) for t in self.module_.parameters())
 
