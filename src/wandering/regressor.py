@@ -856,7 +856,7 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
 
     @property
     def n_params_(self) -> int:
-        """The number of trainable numbers in the fitted model: (2d + P) K + P, plus d(d-1)/2
+        """The number of trainable numbers in the fitted model, (2d + P) K + P, plus d(d-1)/2
         angles per bump when oriented."""
         self._check_fitted()
         return sum(int(t.numel()) for t in self.module_.parameters())
