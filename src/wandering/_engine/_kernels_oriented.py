@@ -729,9 +729,9 @@ def register_ellipsoids(c, U, r2, half, gdim, lo, inv_h, ncell, start, eps):
     Sig = np.empty((gd, gd))
     for k in range(K):
         rk = np.float64(r2[k])
-        if not (rk > 0) or not math.isfinite(rk):
-            continue
-        ok = _inverse(U, k, d, M)
+        if not (rk > 0):
+            continue  # counts nowhere
+        ok = math.isfinite(rk) and _inverse(U, k, d, M)  # (an infinite r2 with a finite box: by the box)
         rel = _REL
         if ok:
             nu = 0.0
@@ -807,7 +807,7 @@ def register_ellipsoids(c, U, r2, half, gdim, lo, inv_h, ncell, start, eps):
             r0[j, k] = a0
             r1[j, k] = a1
         a0, a1 = _cell_range(cen[m, k] - hb[m, k], cen[m, k] + hb[m, k], lo[m], inv_h[m], ncell[m])
-        if a0 > a1 or not (hb[m, k] > 0):
+        if a0 > a1 or not (hb[m, k] >= 0):
             valid[k] = False
     cap = 0
     for k in range(K):
