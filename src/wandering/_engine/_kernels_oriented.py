@@ -50,7 +50,7 @@ FMO = {"nsz", "arcp", "contract", "afn"}
 _W = 16
 # Points per block of the dense kernels: 4x the axis kernels' 256, as each pass over a block
 # has a fixed cost (slices, loop setup, the lanes' flush) of ~60-100 ns that 256 points
-# did not amortise; a block's buffers (~30 KB at d = 3) still fit in L1.
+# did not amortise; a block's buffers (~30 KB at d = 3, without grad x) still fit in L1.
 _BO = 1024
 _MOMENT_LANES = 9 * _W  # stack lanes of the moments for d <= 3: S1 and S2's upper triangle
 _REL = 2.0**-20  # relative margin of the float64 registration (as the axis grid's)
@@ -340,8 +340,38 @@ def _moments(xs, p0, t, L, c, k, ps, heap_lane):
 @njit(fastmath=FMO, cache=True)
 def _grad_x(xs, p0, t, L, c, A, k, gxr, off):
     """gxr[:, off:off+L] -= 2 t A_k diff (float64 rows): the contract's v = 2 t U^T z, with
-    A = U^T U. A pair that does not count has t = 0 and adds 0."""
+    A = U^T U (float64). A pair that does not count has t = 0 and adds 0 (its diff may be inf)."""
     d = xs.shape[0]
+    if d == 2 or d == 3:
+        # One pass; the third dim's terms are 0 at d = 2 (x2 is then a dummy view of row 0).
+        x0 = xs[0][p0 : p0 + L]
+        x1 = xs[1][p0 : p0 + L]
+        x2 = xs[d - 1][p0 : p0 + L]
+        c0 = c[0, k]
+        c1 = c[1, k]
+        c2 = c[d - 1, k]
+        three = d == 3
+        a00, a01, a11 = A[0, 0, k], A[0, 1, k], A[1, 1, k]
+        a02 = A[0, 2, k] if three else 0.0
+        a12 = A[1, 2, k] if three else 0.0
+        a22 = A[2, 2, k] if three else 0.0
+        g0 = gxr[0][off : off + L]
+        g1 = gxr[1][off : off + L]
+        g2 = gxr[d - 1][off : off + L]
+        for i in range(L):
+            live = t[i] != 0
+            tt = 2.0 * np.float64(t[i])
+            d0 = np.float64(x0[i] - c0) if live else 0.0
+            d1 = np.float64(x1[i] - c1) if live else 0.0
+            d2 = np.float64(x2[i] - c2) if live and three else 0.0
+            v0 = tt * (a00 * d0 + a01 * d1 + a02 * d2)
+            v1 = tt * (a01 * d0 + a11 * d1 + a12 * d2)
+            v2 = tt * (a02 * d0 + a12 * d1 + a22 * d2)
+            g0[i] -= v0
+            g1[i] -= v1
+            if three:
+                g2[i] -= v2
+        return
     for j in range(d):
         gj = gxr[j][off : off + L]
         for jj in range(d):
@@ -632,11 +662,12 @@ def dense_pair_count(x, c, U, r2):
 # +- sqrt(sig2 (r2 - min_B q)), and a row with min_B q >= r2 is not reached at all.
 #
 # Margins. The kernels compute s in x's dtype: a pair counts where the rounded s < r2, so the
-# registration uses the larger radius rho = sqrt(r2) (1 + 4 d eps) + 4 (d + 2) eps |(|U| h)|
-# (h the bounding box's half-widths), which bounds the rounding of z = U diff. The float64
-# geometry is widened by rel = 2**-20 plus its own conditioning; a bump whose U is too badly
-# conditioned for that (rel > 1e-3) is registered by its bounding box instead, as the axis
-# grid registers boxes. Cell bounds are widened too, so every point a cell holds is inside.
+# registration uses the larger radius sqrt(r2) grow, grow = 1 + 4 d eps + 4 (d + 2) eps
+# |(|U| h)| / sqrt(r2) (h the bounding box's half-widths), which bounds the rounding of
+# z = U diff. The float64 geometry is widened by rel = 2**-20 plus its own conditioning; a
+# bump whose U is too badly conditioned for that (rel > 1e-3) is registered by its bounding
+# box instead, grown by the same factor. Cell bounds are widened too, so every point a cell
+# holds is inside.
 
 
 @njit(cache=True)
@@ -731,7 +762,17 @@ def register_ellipsoids(c, U, r2, half, gdim, lo, inv_h, ncell, start, eps):
         rk = np.float64(r2[k])
         if not (rk > 0):
             continue  # counts nowhere
-        ok = math.isfinite(rk) and _inverse(U, k, d, M)  # (an infinite r2 with a finite box: by the box)
+        # The kernels' rounding of z = U diff: a pair may count out to radius sqrt(r2) * grow.
+        uh = 0.0
+        for a in range(d):
+            row = 0.0
+            for j in range(d):
+                row += abs(np.float64(U[a, j, k])) * np.float64(half[j, k])
+            uh += row * row
+        grow = 1.0 + 4 * d * eps
+        if math.isfinite(rk):
+            grow += 4 * (d + 2) * eps * math.sqrt(uh / rk)
+        ok = math.isfinite(rk) and math.isfinite(grow) and _inverse(U, k, d, M)  # else: by the box
         rel = _REL
         if ok:
             nu = 0.0
@@ -750,18 +791,7 @@ def register_ellipsoids(c, U, r2, half, gdim, lo, inv_h, ncell, start, eps):
                     for a in range(d):
                         acc += M[gdim[g1], a] * M[gdim[g2], a]
                     Sig[g1, g2] = acc
-            # rho: the kernels' rounding of s, then the float64 margin.
-            uh = 0.0
-            for a in range(d):
-                row = 0.0
-                for j in range(d):
-                    sjj = 0.0
-                    for b in range(d):
-                        sjj += M[j, b] ** 2
-                    row += abs(np.float64(U[a, j, k])) * math.sqrt(rk * sjj)
-                uh += row * row
-            rho = math.sqrt(rk) * (1.0 + 4 * d * eps) + 4 * (d + 2) * eps * math.sqrt(uh)
-            rho2 = rho * rho * (1.0 + 4.0 * rel)
+            rho2 = rk * grow * grow * (1.0 + 4.0 * rel)  # then the float64 margin
             if m == 1:
                 det = Sig[0, 0]
                 ok = det > 0
@@ -794,10 +824,11 @@ def register_ellipsoids(c, U, r2, half, gdim, lo, inv_h, ncell, start, eps):
                     cen[g, k] = np.float64(c[gdim[g], k])
                     hb[g, k] = math.sqrt(rho2 * Sig[g, g]) * (1.0 + rel) + rel * abs(cen[g, k])
         if not ok:
-            boxed[k] = True  # by the bounding box, as the axis grid
+            boxed[k] = True  # by the bounding box, grown by the kernels' rounding
+            g_box = grow if math.isfinite(grow) else np.inf
             for g in range(gd):
                 cen[g, k] = np.float64(c[gdim[g], k])
-                h = np.float64(half[gdim[g], k])
+                h = np.float64(half[gdim[g], k]) * g_box
                 hb[g, k] = h + (abs(cen[g, k]) + h) * _REL
         valid[k] = True
         for j in range(m):

@@ -290,7 +290,7 @@ def make_plan(
     frac = _CULL_FRACTION
     for cc, hc, fc, oc, plan in b.plans:
         if fc == frac and cc.shape == c.shape and torch.equal(cc, c) and torch.equal(hc, half):
-            if oc is None if oriented is None else (oc is not None and _same(oc, oriented)):
+            if _same_bumps(oc, oriented):
                 return None if plan is None else (b, plan)
     if oriented is None:
         plan = _register(b, c, half, n, K)
@@ -303,8 +303,11 @@ def make_plan(
     return None if plan is None else (b, plan)
 
 
-def _same(a: tuple, b: tuple) -> bool:
-    return all(s.shape == t.shape and torch.equal(s, t) for s, t in zip(a, b))
+def _same_bumps(cached: tuple | None, oriented: tuple | None) -> bool:
+    """Whether a cached plan's oriented key (None: axis-aligned bumps) matches this call's."""
+    if cached is None or oriented is None:
+        return cached is None and oriented is None
+    return all(s.shape == t.shape and torch.equal(s, t) for s, t in zip(cached, oriented))
 
 
 def _n_parts(units: int, d: int, K: int, P: int, width: int | None = None) -> int:
