@@ -342,35 +342,43 @@ def _grad_x(xs, p0, t, L, c, A, k, gxr, off):
     """gxr[:, off:off+L] -= 2 t A_k diff (float64 rows): the contract's v = 2 t U^T z, with
     A = U^T U (float64). A pair that does not count has t = 0 and adds 0 (its diff may be inf)."""
     d = xs.shape[0]
-    if d == 2 or d == 3:
-        # One pass; the third dim's terms are 0 at d = 2 (x2 is then a dummy view of row 0).
+    if d == 2:
         x0 = xs[0][p0 : p0 + L]
         x1 = xs[1][p0 : p0 + L]
-        x2 = xs[d - 1][p0 : p0 + L]
         c0 = c[0, k]
         c1 = c[1, k]
-        c2 = c[d - 1, k]
-        three = d == 3
         a00, a01, a11 = A[0, 0, k], A[0, 1, k], A[1, 1, k]
-        a02 = A[0, 2, k] if three else 0.0
-        a12 = A[1, 2, k] if three else 0.0
-        a22 = A[2, 2, k] if three else 0.0
         g0 = gxr[0][off : off + L]
         g1 = gxr[1][off : off + L]
-        g2 = gxr[d - 1][off : off + L]
         for i in range(L):
             live = t[i] != 0
             tt = 2.0 * np.float64(t[i])
             d0 = np.float64(x0[i] - c0) if live else 0.0
             d1 = np.float64(x1[i] - c1) if live else 0.0
-            d2 = np.float64(x2[i] - c2) if live and three else 0.0
-            v0 = tt * (a00 * d0 + a01 * d1 + a02 * d2)
-            v1 = tt * (a01 * d0 + a11 * d1 + a12 * d2)
-            v2 = tt * (a02 * d0 + a12 * d1 + a22 * d2)
-            g0[i] -= v0
-            g1[i] -= v1
-            if three:
-                g2[i] -= v2
+            g0[i] -= tt * (a00 * d0 + a01 * d1)
+            g1[i] -= tt * (a01 * d0 + a11 * d1)
+        return
+    if d == 3:
+        x0 = xs[0][p0 : p0 + L]
+        x1 = xs[1][p0 : p0 + L]
+        x2 = xs[2][p0 : p0 + L]
+        c0 = c[0, k]
+        c1 = c[1, k]
+        c2 = c[2, k]
+        a00, a01, a02 = A[0, 0, k], A[0, 1, k], A[0, 2, k]
+        a11, a12, a22 = A[1, 1, k], A[1, 2, k], A[2, 2, k]
+        g0 = gxr[0][off : off + L]
+        g1 = gxr[1][off : off + L]
+        g2 = gxr[2][off : off + L]
+        for i in range(L):
+            live = t[i] != 0
+            tt = 2.0 * np.float64(t[i])
+            d0 = np.float64(x0[i] - c0) if live else 0.0
+            d1 = np.float64(x1[i] - c1) if live else 0.0
+            d2 = np.float64(x2[i] - c2) if live else 0.0
+            g0[i] -= tt * (a00 * d0 + a01 * d1 + a02 * d2)
+            g1[i] -= tt * (a01 * d0 + a11 * d1 + a12 * d2)
+            g2[i] -= tt * (a02 * d0 + a12 * d1 + a22 * d2)
         return
     for j in range(d):
         gj = gxr[j][off : off + L]
