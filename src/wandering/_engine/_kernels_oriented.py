@@ -20,9 +20,13 @@ so without grad x the per-pair work is d + d(d+1)/2 products, not d^2 more multi
 
 Determinism and accuracy. No kernel here lets the compiler reassociate a sum (no
 ``reassoc``): every sum over points runs in a fixed number of lanes (:data:`_W`), point i in
-lane ``i % _W``, and the lanes are added in lane order into float64 partials; sums over bumps
-(y, grad x) accumulate in float64 per point, bump after bump (the dense y: groups of _G
-bumps summed in x's dtype, then added in float64). The result is a function of
+lane ``i % _W``, in runs of :data:`_RUN` points after each of which the lanes go into
+float64 lanes (so a lane adds at most 16 terms in x's dtype); the float64 lanes (and the
+last, partial run's) are added in lane order into float64 partials. Sums over bumps (y,
+grad x) accumulate in float64 per point, bump after bump (the dense y: groups of _G bumps
+summed in x's dtype, then added in float64). That keeps the accumulation rule of the
+axis kernels' rework (branch ``accuracy``), with lanes of its own here (d >= 4 differs in
+the details: its runs go straight to the partials). The result is a function of
 the inputs and the partitions alone: the same for any thread count, vector width, or a
 fresh compile against Numba's disk cache.
 
@@ -47,8 +51,10 @@ from ._kernels import _cell_range, neg_exp
 
 # As the axis kernels' flags, without reassoc: no sum may be reordered by the compiler.
 FMO = {"nsz", "arcp", "contract", "afn"}
-# Lanes of every sum over points.
+# Lanes of every sum over points, and the points of a run: each lane adds at most _RUN / _W
+# terms in x's dtype before the lanes go into float64.
 _W = 16
+_RUN = 16 * _W
 # Points per block of the dense kernels: 4x the axis kernels' 256, as each pass over a block
 # has a fixed cost (slices, loop setup, the lanes' flush) of ~60-100 ns that 256 points
 # did not amortise; a block's buffers (~30 KB at d = 3, without grad x) still fit in L1.
@@ -180,14 +186,23 @@ def _lane_dot(a, b, L):
     The loop only loads: with a store in it, LLVM unrolled it and then could not vectorise
     (it cannot rule out that the store hits a or b), measured 5x slower."""
     lane = carray(_stack_zeros(_W, a.dtype), _W)
+    lane64 = carray(_stack_zeros(_W, np.float64), _W)
+    zero = a.dtype.type(0.0)
     full = L - L % _W
     w = min(_W, L)  # _W whenever a chunk runs (see the module doc)
+    chunks = 0
     for i0 in range(0, full, _W):
         for l in range(w):
             lane[l] += a[i0 + l] * b[i0 + l]
+        chunks += 1
+        if chunks == _RUN // _W or i0 + _W == full:  # end of a run
+            chunks = 0
+            for l in range(w):
+                lane64[l] += np.float64(lane[l])
+                lane[l] = zero
     for l in range(L - full):
-        lane[l] += a[full + l] * b[full + l]
-    return _lane_total(lane, 0)
+        lane64[l] += np.float64(a[full + l] * b[full + l])
+    return _lane_total(lane64, 0)
 
 
 @njit(fastmath=FMO, cache=True)
@@ -240,12 +255,13 @@ def _moments2(x0, x1, t, L, c0, c1, psk):
     """d = 2: psk += (S1, S2) from lanes of t d0, t d1, t d0 d0, t d0 d1, t d1 d1. A pair that
     does not count has t = 0, and its diff (possibly inf: x - c may overflow) is replaced by 0.
 
-    The lanes are allocated here, in the function whose loop runs them: passed in from a
-    caller, LLVM could not keep them in registers (measured 2x slower)."""
+    The lanes are allocated here, in the function whose loop runs them (see the module doc)."""
     lane = carray(_stack_zeros(_MOMENT_LANES, t.dtype), _MOMENT_LANES)
+    lane64 = carray(_stack_zeros(_MOMENT_LANES, np.float64), _MOMENT_LANES)
     zero = t.dtype.type(0.0)
     full = L - L % _W
     w = min(_W, L)  # _W whenever a chunk runs (see the module doc)
+    chunks = 0
     for i0 in range(0, full, _W):
         for l in range(w):
             i = i0 + l
@@ -259,6 +275,12 @@ def _moments2(x0, x1, t, L, c0, c1, psk):
             lane[2 * _W + l] += a0 * d0
             lane[3 * _W + l] += a0 * d1
             lane[4 * _W + l] += a1 * d1
+        chunks += 1
+        if chunks == _RUN // _W or i0 + _W == full:  # end of a run
+            chunks = 0
+            for l in range(5 * w):
+                lane64[l] += np.float64(lane[l])
+                lane[l] = zero
     for l in range(L - full):
         i = full + l
         live = t[i] != 0
@@ -272,16 +294,18 @@ def _moments2(x0, x1, t, L, c0, c1, psk):
         lane[3 * _W + l] += a0 * d1
         lane[4 * _W + l] += a1 * d1
     for q in range(5):
-        psk[q] += _lane_total(lane, q)
+        psk[q] += _lane_total(lane64, q) + _lane_total(lane, q)
 
 
 @njit(fastmath=FMO, cache=True)
 def _moments3(x0, x1, x2, t, L, c0, c1, c2, psk):
     """d = 3: psk += (S1, S2) from lanes of t d_j (3) and t d_j d_l, j <= l (6), as :func:`_moments2`."""
     lane = carray(_stack_zeros(_MOMENT_LANES, t.dtype), _MOMENT_LANES)
+    lane64 = carray(_stack_zeros(_MOMENT_LANES, np.float64), _MOMENT_LANES)
     zero = t.dtype.type(0.0)
     full = L - L % _W
     w = min(_W, L)  # _W whenever a chunk runs (see the module doc)
+    chunks = 0
     for i0 in range(0, full, _W):
         for l in range(w):
             i = i0 + l
@@ -301,6 +325,12 @@ def _moments3(x0, x1, x2, t, L, c0, c1, c2, psk):
             lane[6 * _W + l] += a1 * d1
             lane[7 * _W + l] += a1 * d2
             lane[8 * _W + l] += a2 * d2
+        chunks += 1
+        if chunks == _RUN // _W or i0 + _W == full:  # end of a run
+            chunks = 0
+            for l in range(9 * w):
+                lane64[l] += np.float64(lane[l])
+                lane[l] = zero
     for l in range(L - full):
         i = full + l
         live = t[i] != 0
@@ -320,15 +350,23 @@ def _moments3(x0, x1, x2, t, L, c0, c1, c2, psk):
         lane[7 * _W + l] += a1 * d2
         lane[8 * _W + l] += a2 * d2
     for q in range(9):
-        psk[q] += _lane_total(lane, q)
+        psk[q] += _lane_total(lane64, q) + _lane_total(lane, q)
 
 
 @njit(fastmath=FMO, cache=True)
-def _moments_any(xs, p0, t, L, c, k, lane):
-    """Any d: the lanes of :func:`_moments2`/`_moments3` in the same layout (S1, then S2's upper
-    triangle row by row); lane is a heap array of (d + d(d+1)/2) * _W."""
+def _moments_any(xs, p0, t, L, c, k, lane, psk):
+    """Any d: psk += (S1, S2's upper triangle row by row), in the lanes and runs of
+    :func:`_moments2`; lane is a zeroed heap array of (d + d(d+1)/2) * _W (slower: d >= 4)."""
     d = xs.shape[0]
+    nq = d + d * (d + 1) // 2
+    full = L - L % _W
+    zero = lane.dtype.type(0.0)
     for i in range(L):
+        if i > 0 and (i == full or (i < full and i % _RUN == 0)):
+            for q in range(nq):
+                psk[q] += _lane_total(lane, q)
+                for l in range(_W):
+                    lane[q * _W + l] = zero
         if t[i] == 0:
             continue  # adds exactly 0 (and its diff may be inf)
         l = i % _W
@@ -356,7 +394,7 @@ def _moments(xs, p0, t, L, c, k, ps, heap_lane):
     zero = heap_lane.dtype.type(0.0)
     for q in range(nq * _W):
         heap_lane[q] = zero
-    _moments_any(xs, p0, t, L, c, k, heap_lane)
+    _moments_any(xs, p0, t, L, c, k, heap_lane, ps[k])
     for q in range(nq):
         ps[k, q] += _lane_total(heap_lane, q)
 
