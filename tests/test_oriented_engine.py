@@ -367,3 +367,18 @@ def test_binning_is_shared_with_axis_bumps_and_plans_are_cached(monkeypatch):
 def test_exact_sums_run_dense():
     x, c, U, m, r2, half, gy = problem(2000, 2, 10, 1, torch.float64, seed=4, support_p=None)
     assert ne.oriented_pair_count(x, c, U, r2, half) is None
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("P", [1, 3])
+@pytest.mark.parametrize("d", [2, 3, 4])
+def test_y_at_a_point_has_the_same_bits_on_both_paths_and_among_any_other_points(dtype, P, d):
+    """BumpRegressor.predict relies on it: y at a point may not depend on the path (dense or
+    culled: a different grid) or on which other points came along."""
+    x, c, U, m, r2, half, gy = problem(4000, d, 37, P, dtype, seed=d, scales=(0.03, 0.12), aspect=3.0, dead=True)
+    dense = ne.oriented_forward(x, c, U, m, r2, half, False)
+    with forced_cull():
+        culled = ne.oriented_forward(x, c, U, m, r2, half, True)
+        subset = ne.oriented_forward(x[::7].contiguous(), c, U, m, r2, half, True)
+    assert torch.equal(dense, culled)
+    assert torch.equal(subset, dense[::7])

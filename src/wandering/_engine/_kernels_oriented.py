@@ -22,9 +22,10 @@ Determinism and accuracy. No kernel here lets the compiler reassociate a sum (no
 ``reassoc``): every sum over points runs in a fixed number of lanes (:data:`_W`), point i in
 lane ``i % _W``, in runs of :data:`_RUN` points after each of which the lanes go into
 float64 lanes (so a lane adds at most 16 terms in x's dtype); the float64 lanes (and the
-last, partial run's) are added in lane order into float64 partials. Sums over bumps (y,
-grad x) accumulate in float64 per point, bump after bump (the dense y: groups of _G bumps
-summed in x's dtype, then added in float64). That keeps the accumulation rule of the
+last, partial run's) are added in lane order into float64 partials. Sums over bumps per
+point: grad x in float64, bump after bump; y by groups of _G bumps (k // _G) summed in x's
+dtype, then added in float64, the same way on both paths, so y at a point does not depend
+on the path or the other points (``BumpRegressor.predict`` relies on it). That keeps the accumulation rule of the
 axis kernels' rework (branch ``accuracy``), with lanes of its own here (d >= 4 differs in
 the details: its runs go straight to the partials). The result is a function of
 the inputs and the partitions alone: the same for any thread count, vector width, or a
@@ -169,14 +170,26 @@ def _e_seg(xs, p0, L, c, U, r2, k, e, z):
 
 
 @njit(fastmath=FMO, cache=True)
-def _add_values(e, L, m, k, acc, off):
-    """acc[p, off:off+L] += m[k, p] * e[:L] (acc float64: y sums over bumps in float64)."""
+def _add_values(e, L, m, k, part, off):
+    """part[p, off:off+L] += m[k, p] * e[:L], in x's dtype (a group's sum, see :func:`_add_group`)."""
     P = m.shape[1]
     for p in range(P):
-        mkp = np.float64(m[k, p])
-        ap = acc[p][off : off + L]
+        mkp = m[k, p]
+        pp = part[p][off : off + L]
         for i in range(L):
-            ap[i] += mkp * np.float64(e[i])
+            pp[i] += mkp * e[i]
+
+
+@njit(fastmath=FMO, cache=True)
+def _flush_part(part, acc, lo, hi):
+    """acc[:, lo:hi] += part[:, lo:hi] in float64; part[:, lo:hi] = 0."""
+    zero = part.dtype.type(0.0)
+    for p in range(part.shape[0]):
+        pp = part[p][lo:hi]
+        ap = acc[p][lo:hi]
+        for i in range(hi - lo):
+            ap[i] += np.float64(pp[i])
+            pp[i] = zero
 
 
 @njit(fastmath=FMO, cache=True)
@@ -207,8 +220,13 @@ def _lane_dot(a, b, L):
 
 @njit(fastmath=FMO, cache=True)
 def _add_group(eg, kg, ng, nb, m, part, acc):
-    """acc[p, :nb] += sum_g m[kg[g], p] eg[g, :nb] for the group's ng bumps: summed in their
-    order in x's dtype, then added in float64 (blocks of at most _G terms per float64 add)."""
+    """acc[p, :nb] += sum_g m[kg[g], p] eg[g, :nb] for the live bumps of a group: summed in
+    bump order in x's dtype, then added in float64.
+
+    Groups are the bumps k // _G, on both paths: the culled forward sums a point's
+    registrations of one group the same way (:func:`_add_values`, :func:`_flush_part`), and
+    the candidates that do not count add exact zeros, so a point's y has the same bits on
+    the dense and the culled path, whatever other points came along."""
     P = m.shape[1]
     for p in range(P):
         mk = m[kg[0], p]
@@ -477,18 +495,16 @@ def dense_forward(x, c, U, r2, m, y, npart):
             for p in range(P):
                 for i in range(nb):
                     acc[p, i] = 0.0
-            ng = 0
-            for k in range(K):
-                if not (r2[k] > 0):
-                    continue  # a dead bump counts nowhere
-                _e_seg(xb, 0, nb, c, U, r2, k, eg[ng], z)
-                kg[ng] = k
-                ng += 1
-                if ng == _G:
+            for k0 in range(0, K, _G):
+                ng = 0
+                for k in range(k0, min(k0 + _G, K)):
+                    if not (r2[k] > 0):
+                        continue  # a dead bump counts nowhere
+                    _e_seg(xb, 0, nb, c, U, r2, k, eg[ng], z)
+                    kg[ng] = k
+                    ng += 1
+                if ng > 0:
                     _add_group(eg, kg, ng, nb, m, part, acc)
-                    ng = 0
-            if ng > 0:
-                _add_group(eg, kg, ng, nb, m, part, acc)
             for i in range(nb):
                 for p in range(P):
                     y[i0 + i, p] = acc[p, i]
@@ -600,6 +616,7 @@ def culled_forward(xs, perm, c, U, r2, m, row_pts, row_start, reg_k, reg_p0, reg
         e = np.empty(maxseg, dt)
         z = np.empty(maxseg, dt)
         acc = np.empty((P, maxrow))
+        part = np.zeros((P, maxrow), dt)  # kept 0 outside the group being summed
         for r in range(bounds[q], bounds[q + 1]):
             a = row_pts[r]
             nr = row_pts[r + 1] - a
@@ -609,14 +626,28 @@ def culled_forward(xs, perm, c, U, r2, m, row_pts, row_start, reg_k, reg_p0, reg
                 ap = acc[p]
                 for i in range(nr):
                     ap[i] = 0.0
+            group = -1
+            lo = nr
+            hi = 0
             for tt in range(row_start[r], row_start[r + 1]):
                 p0 = reg_p0[tt]
                 L = reg_p1[tt] - p0
                 if L == 0:
                     continue
                 k = reg_k[tt]
+                if k // _G != group:  # registrations come in bump order: a new group starts
+                    if hi > lo:
+                        _flush_part(part, acc, lo, hi)
+                    group = k // _G
+                    lo = nr
+                    hi = 0
+                off = p0 - a
                 _e_seg(xs, p0, L, c, U, r2, k, e, z)
-                _add_values(e, L, m, k, acc, p0 - a)
+                _add_values(e, L, m, k, part, off)
+                lo = min(lo, off)
+                hi = max(hi, off + L)
+            if hi > lo:
+                _flush_part(part, acc, lo, hi)
             for i in range(nr):
                 pi = perm[a + i]
                 for p in range(P):
