@@ -21,7 +21,7 @@ def build():
     model = tp.make_model()
     opt = torch.optim.Adam(model.parameters(), lr=0.02)
     # hooks are not state: every process attaches them again
-    attach(opt, model, param_c_std=0.01, param_w_std=0.002)
+    attach(opt, model, **tp.param_noise())
     return model, opt
 
 

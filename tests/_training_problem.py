@@ -10,7 +10,7 @@ import os
 
 import torch
 
-from wandering import SlowSumOfBumpFcns
+from wandering import SlowOrientedSumOfBumpFcns, SlowSumOfBumpFcns
 
 N_POINTS = 64
 K = 6
@@ -18,6 +18,8 @@ D = 2
 # Number of outputs P (m of shape (K, P)); unset means m of shape (K,). An environment
 # variable so that the DDP and resume subprocesses build the same problem as the test.
 OUTPUTS_ENV = "WANDERING_TEST_OUTPUTS"
+# "oriented" builds SlowOrientedSumOfBumpFcns (random angles, angle noise); unset: the seed's module.
+SHAPE_ENV = "WANDERING_TEST_SHAPE"
 
 
 def n_outputs() -> int | None:
@@ -43,7 +45,19 @@ def make_model(dtype=torch.float64, c_grad_std=0.05, w_grad_std=0.02, m_grad_gai
     m = torch.randn(K, dtype=dtype) if P is None else torch.randn(K, P, dtype=dtype)
     bounds_c = torch.tensor([[0.0, 1.0]] * D, dtype=dtype)
     bounds_w = torch.tensor([[0.05, 0.6]] * D, dtype=dtype)
+    if os.environ.get(SHAPE_ENV, "") == "oriented":
+        angles = torch.rand(1, K, dtype=dtype) * 3.0
+        return SlowOrientedSumOfBumpFcns(c, w, m, bounds_c, bounds_w, c_grad_std, w_grad_std, m_grad_gain, 0.01,
+                                         angles=angles, angle_grad_std=0.03)  # fmt: skip
     return SlowSumOfBumpFcns(c, w, m, bounds_c, bounds_w, c_grad_std, w_grad_std, m_grad_gain, 0.01)
+
+
+def param_noise() -> dict:
+    """The parameter-noise settings the DDP and resume tests attach (angles too when oriented)."""
+    stds = dict(param_c_std=0.01, param_w_std=0.002)
+    if os.environ.get(SHAPE_ENV, "") == "oriented":
+        stds["param_angle_std"] = 0.01
+    return stds
 
 
 def loss_fn(model, x, y):

@@ -4,13 +4,14 @@ Run by test_triton_engine.py in a subprocess: TRITON_INTERPRET must be set befor
 triton and wandering are imported (the engine reads it at import), which a
 pytest process that imported wandering already cannot do. Usage:
 
-    python tests/_triton_check.py GROUP     # GROUP: parity-f32, parity-f64, op-module
+    python tests/_triton_check.py GROUP     # GROUP: parity-f32, parity-f64, op-module, oriented-f32, oriented-f64
 
 Prints one line per check and exits non-zero at the first failure.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 
@@ -19,8 +20,9 @@ os.environ["TRITON_INTERPRET"] = "1"
 import torch  # noqa: E402
 
 import wandering  # noqa: E402
-from wandering._engine import ENGINES, _triton_engine, resolve_backend  # noqa: E402
-from wandering._geometry import support_halfwidths  # noqa: E402
+from wandering._engine import ENGINES, _torch_engine, _triton_engine, resolve_backend  # noqa: E402
+from wandering._geometry import cutoffs, ellipsoid_halfwidths, support_halfwidths  # noqa: E402
+from wandering._rotation import n_angles, precision_transforms, rotations  # noqa: E402
 
 torch.set_num_threads(1)
 P_BIG = _triton_engine._MAX_BP + 1  # more outputs than one inner chunk holds
@@ -167,10 +169,224 @@ def op_module():
     print("ok second derivatives through the op")
 
 
+# ---------------------------------------------------------------- oriented bumps
+# Points closer than this (relative, in s) to an ellipsoid's boundary s = r2 are dropped: there
+# rounding may count a pair on one engine and not the other, as the contract allows.
+BOUNDARY_MARGIN = 1e-3
+
+
+def _oriented_problem(n, d, K, P, dtype, seed, support_p, w_lo=0.05, w_hi=0.4):
+    """x, c, w, m, angles, gy with a dead bump (k=0, a zero scale) and a negative scale (k=1)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, d, generator=g, dtype=torch.float64)
+    c = torch.rand(d, K, generator=g, dtype=torch.float64)
+    w = w_lo + (w_hi - w_lo) * torch.rand(d, K, generator=g, dtype=torch.float64)
+    w[0, 0] = 0.0
+    w[-1, 1] = -w[-1, 1]
+    angles = (torch.rand(n_angles(d), K, generator=g, dtype=torch.float64) - 0.5) * 2 * math.pi
+    if support_p is not None:
+        # s of every pair in float64, from the inputs as rounded to dtype
+        xr, cr, wr, ar = (t.to(dtype).double() for t in (x, c, w, angles))
+        U = precision_transforms(rotations(ar, d), wr)
+        z = torch.einsum("ajk,ijk->iak", U, xr[:, :, None] - cr[None])
+        s = (z * z).sum(dim=1)
+        level = -math.log(support_p)
+        x = x[((s - level).abs() > BOUNDARY_MARGIN * level).all(dim=1)]
+    m = torch.randn((K, P) if P else (K,), generator=g, dtype=torch.float64)
+    gy = torch.randn((x.shape[0], P) if P else (x.shape[0],), generator=g, dtype=torch.float64)
+    return tuple(t.to(dtype) for t in (x, c, w, m, angles, gy))
+
+
+def _oriented_grads(fn, x, c, w, m, angles, gy):
+    leaves = [t.detach().clone().requires_grad_() for t in (x, c, w, m, angles)]
+    y = fn(*leaves)
+    grads = torch.autograd.grad(y, leaves, gy)
+    return y.detach(), grads
+
+
+def _oriented_engine_args(x, c, w, m, angles, support_p):
+    """The engine-level arguments (x, c, U, m (K, P), r2, half) of the public path."""
+    d = x.shape[1]
+    R = rotations(angles, d)
+    r2 = cutoffs(w, support_p)
+    return x, c, precision_transforms(R, w), m if m.dim() == 2 else m[:, None], r2, ellipsoid_halfwidths(R, w, r2)
+
+
+def oriented_parity(dtype):
+    """Oriented bumps: outputs and the gradients in x, c, w, m, angles (so U) vs the plain reference and
+    the torch engine, exact and culled, d 2..4, P 1, 3, > one chunk and m (K,); a dead bump."""
+    cases = [  # (n, d, K, P, support_p)
+        (70, 2, 37, 1, None),
+        (90, 2, 34, P_BIG, 0.05),
+        (60, 3, 33, 3, 0.05),
+        (50, 3, 21, 0, None),
+        (60, 4, 36, 1, 0.05),
+        (40, 4, 20, P_BIG, None),
+    ]
+    if dtype == torch.float64:
+        cases = [cases[i] for i in (1, 2, 3, 4)]
+    names = ("gx", "gc", "gw", "gm", "gangles")
+    for i, (n, d, K, P, sp) in enumerate(cases):
+        args = _oriented_problem(n, d, K, P, dtype, seed=20 + i, support_p=sp)
+        label = f"oriented {str(dtype)[6:]} n={args[0].shape[0]} d={d} K={K} P={P or '(K,)'} support_p={sp}"
+        y, g = _oriented_grads(lambda *a: wandering.oriented_bump_sum(*a[:4], a[4], sp, backend="triton"), *args)
+        y_ref, g_ref = _oriented_grads(lambda *a: wandering.oriented_bump_sum_reference(*a[:4], a[4], sp), *args)
+        y_t, g_t = _oriented_grads(lambda *a: wandering.oriented_bump_sum(*a[:4], a[4], sp, backend="torch"), *args)
+        for other, yo, go in (("reference", y_ref, g_ref), ("torch", y_t, g_t)):
+            _close(f"{label} y vs {other}", y, yo, dtype)
+            for name, a, b in zip(names, g, go):
+                _close(f"{label} {name} vs {other}", a, b, dtype)
+        for name, a in zip(names, g):
+            assert torch.isfinite(a).all(), f"{label} {name} not finite"
+        dead = (g[1][:, 0], g[2][:, 0], g[3][0], g[4][:, 0])
+        assert all(bool(t.eq(0).all()) for t in dead), f"{label}: the dead bump got a gradient"
+        print(f"ok parity {label}")
+
+    # the engine's gU against the torch engine's (the public path reaches U only through w, angles),
+    # the backward without gx, and the zero-size corners
+    for sp in (None, 0.05):
+        x, c, w, m, angles, gy = _oriented_problem(80, 3, 19, 2, dtype, seed=4, support_p=sp)
+        ea = _oriented_engine_args(x, c, w, m, angles, sp)
+        cull = sp is not None
+        gx, gc, gU, gm = _triton_engine.oriented_backward(gy, *ea, cull, False)
+        want = _torch_engine.oriented_backward(gy, *ea, cull, True)
+        assert gx is None
+        for name, a, b in zip(("gc", "gU", "gm"), (gc, gU, gm), want[1:]):
+            _close(f"engine need_x=False support_p={sp} {name}", a, b, dtype)
+        _close(f"engine y support_p={sp}", _triton_engine.oriented_forward(*ea, cull), _torch_engine.oriented_forward(*ea, cull), dtype)
+    x, c, U, m, r2, half = ea
+    assert _triton_engine.oriented_forward(x[:0], c, U, m, r2, half, True).shape == (0, 2)
+    assert _triton_engine.oriented_forward(x, c[:, :0], U[:, :, :0], m[:0], r2[:0], half[:, :0], True).abs().sum() == 0
+    gx, gc, gU, gm = _triton_engine.oriented_backward(gy[:0], x[:0], c, U, m, r2, half, True, True)
+    assert gx.shape == (0, 3) and gU.shape == U.shape and not (gc.any() or gU.any() or gm.any())
+    print(f"ok oriented {str(dtype)[6:]} engine gU, backward without gx; empty inputs")
+
+
+def oriented_culling_skips(dtype=torch.float32):
+    """Thin rotated ellipsoids: the culled sum evaluates far fewer (tile, bump block) pairs than the
+    exact one, with the result of the same per-pair test on every pair and of the reference."""
+    g = torch.Generator().manual_seed(6)
+    n, d, K, sp = 1500, 2, 160, 0.01
+    x = torch.rand(n, d, generator=g, dtype=dtype)
+    c = torch.rand(d, K, generator=g, dtype=dtype)
+    w = torch.stack([0.01 + 0.01 * torch.rand(K, generator=g), 0.002 + 0.002 * torch.rand(K, generator=g)]).to(dtype)
+    angles = (torch.rand(1, K, generator=g, dtype=dtype) - 0.5) * 2 * math.pi
+    m = torch.randn(K, generator=g, dtype=dtype)
+    ea = _oriented_engine_args(x, c, w, m, angles, sp)
+    _triton_engine.tile_counts = []
+    try:
+        y = _triton_engine.oriented_forward(*ea, True)
+        y_dense = _triton_engine.oriented_forward(*ea, False)  # same per-pair test on every pair
+        (evaluated, total), (dense_evaluated, _) = _triton_engine.tile_counts
+    finally:
+        _triton_engine.tile_counts = None
+    _close("oriented culled vs tested-dense y", y, y_dense, dtype)
+    _close("oriented culled y vs reference", y[:, 0], wandering.oriented_bump_sum_reference(x, c, w, m, angles, sp), dtype)
+    assert dense_evaluated == total and evaluated < 0.5 * total, (evaluated, total)
+    assert bool((y != 0).float().mean() > 0.05), "too few points inside an ellipsoid for a test"  # ~10%
+    print(f"ok oriented culling evaluated {evaluated} of {total} tiles")
+
+
+def oriented_extreme_points(dtype=torch.float32):
+    """Points just inside each ellipsoid at its farthest reach along every data axis (on its box's
+    faces) count on the culled engine as on the reference: the tile skip keeps them. Each such point
+    fills whole tiles (copies), so a tile's box is that point and the skip test is at its edge."""
+    sp = 0.05
+    for d in (2, 3):
+        g = torch.Generator().manual_seed(30 + d)
+        K = 8
+        c = torch.rand(d, K, generator=g, dtype=torch.float64)
+        w = 0.02 + 0.1 * torch.rand(d, K, generator=g, dtype=torch.float64)
+        angles = (torch.rand(n_angles(d), K, generator=g, dtype=torch.float64) - 0.5) * 2 * math.pi
+        R = rotations(angles, d)
+        # along +-e_j the ellipsoid x = c + R diag(w) z, |z|^2 < r2, reaches farthest at
+        # z = sqrt(r2) u / |u| with u = diag(w) R^T e_j
+        u = w[:, None, :] * R  # u[a, j, k] = w[a, k] R[j, a, k]
+        z = u / u.norm(dim=0, keepdim=True) * math.sqrt(-math.log(sp)) * (1 - 1e-4)
+        reach = torch.einsum("jak,abk->jbk", R, w[:, None, :] * z)  # (d, j, K): x - c at the reach along e_j
+        tips = torch.cat([(c[:, None, :] + reach), (c[:, None, :] - reach)], dim=1)  # (d, 2d, K)
+        copies = 64  # a multiple of every tile size BN
+        x = tips.permute(2, 1, 0).reshape(-1, d).repeat_interleave(copies, dim=0)
+        m = torch.randn(K, 2, generator=g, dtype=torch.float64)
+        x, c, w, angles, m = (t.to(dtype) for t in (x, c, w, angles, m))
+        y = wandering.oriented_bump_sum(x, c, w, m, angles, sp, backend="triton")
+        y_ref = wandering.oriented_bump_sum_reference(x, c, w, m, angles, sp)
+        counted = wandering.oriented_bump_sum_reference(x, c, w, torch.eye(K, dtype=dtype), angles, sp) != 0
+        owner = torch.arange(K).repeat_interleave(2 * d * copies)
+        assert bool(counted[torch.arange(x.shape[0]), owner].all())  # every point inside its own ellipsoid
+        _close(f"oriented d={d} points at the ellipsoids' reach", y, y_ref, dtype)
+    print("ok oriented points at the ellipsoids' reach count when culled")
+
+
+def oriented_op_module():
+    """Oriented bumps through the public op (gradcheck, second derivatives) and the oriented modules
+    under WANDERING_BACKEND=triton, forward + backward, against the reference."""
+    assert ENGINES["triton"].orients
+    x, c, w, m, angles, _ = _oriented_problem(8, 2, 3, 2, torch.float64, seed=9, support_p=None)
+    w[0, 0] = 0.3  # gradcheck's finite differences need every scale away from 0
+    inputs = tuple(t.clone().requires_grad_() for t in (x, c, w, m, angles))
+    fn = lambda *a: wandering.oriented_bump_sum(*a[:4], a[4], None, backend="triton")  # noqa: E731
+    assert torch.autograd.gradcheck(fn, inputs, fast_mode=True)  # random projections: a few forwards
+    print("ok oriented gradcheck through the engine")
+
+    # create_graph=True goes through the pair formula, not the engine, and agrees
+    xs, cs, ws, ms, angs, gy = _oriented_problem(40, 3, 7, 2, torch.float64, seed=10, support_p=0.05)
+    cs.requires_grad_()
+    hv = {}
+    for b in ("triton", "reference"):
+        y = wandering.oriented_bump_sum(xs, cs, ws, ms, angs, support_p=0.05, backend=b)
+        (g,) = torch.autograd.grad((y * gy).sum(), cs, create_graph=True)
+        (hv[b],) = torch.autograd.grad(g.sum(), cs)
+    _close("oriented Hessian-vector product", hv["triton"], hv["reference"], torch.float64)
+    print("ok oriented second derivatives through the op")
+
+    torch.manual_seed(1)
+    d, K, n = 2, 40, 300
+    c = torch.rand(d, K)
+    w = torch.stack([torch.full((K,), 0.2), torch.full((K,), 0.06)])
+    angles = torch.rand(1, K) * math.pi
+    m = torch.randn(K, 2)
+    bounds_c = torch.tensor([[0.0, 1.0]] * d)
+    bounds_w = torch.tensor([[0.01, 1.0]] * d)
+    x = torch.rand(n, d)
+    target = torch.stack([torch.sin(6 * x[:, 0]) * x[:, 1], x[:, 0] - x[:, 1]], dim=1)
+    kinds = {
+        "OrientedSumOfBumpFcns": lambda backend: wandering.OrientedSumOfBumpFcns(
+            c.clone(), w.clone(), m.clone(), bounds_c, bounds_w, angles=angles.clone(), backend=backend
+        ),
+        "SlowOrientedSumOfBumpFcns": lambda backend: wandering.SlowOrientedSumOfBumpFcns(
+            c.clone(), w.clone(), m.clone(), bounds_c, bounds_w, support_p=0.01, angles=angles.clone(), backend=backend
+        ),
+    }
+    os.environ["WANDERING_BACKEND"] = "triton"
+    try:
+        for kind, make in kinds.items():
+            out = {}
+            for b in ("auto", "reference"):  # "auto" is triton through the environment variable
+                mod = make(b)
+                xb = x.clone().requires_grad_()
+                _triton_engine.tile_counts = []
+                try:
+                    loss = ((mod(xb) - target) ** 2).mean()
+                    ran = len(_triton_engine.tile_counts)
+                finally:
+                    _triton_engine.tile_counts = None
+                assert ran == (b == "auto"), f"{kind} backend={b}: triton ran {ran} forwards"
+                loss.backward()
+                out[b] = (loss.detach(), xb.grad, mod.c.grad, mod.w.grad, mod.angles.grad, mod.m.grad)
+            for name, a, r in zip(("loss", "x.grad", "c.grad", "w.grad", "angles.grad", "m.grad"), *out.values()):
+                _close(f"{kind} {name}", a, r, torch.float32)
+            print(f"ok {kind} under WANDERING_BACKEND=triton, forward + backward")
+    finally:
+        del os.environ["WANDERING_BACKEND"]
+
+
 GROUPS = {
     "parity-f32": lambda: (parity(torch.float32), culling_skips()),
     "parity-f64": lambda: parity(torch.float64),
     "op-module": op_module,
+    "oriented-f32": lambda: (oriented_parity(torch.float32), oriented_culling_skips(), oriented_extreme_points()),
+    "oriented-f64": lambda: (oriented_parity(torch.float64), oriented_op_module()),
 }
 
 if __name__ == "__main__":

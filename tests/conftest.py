@@ -10,6 +10,17 @@ from wandering._engine import ENGINES, ENV_VAR
 AVAILABLE_ENGINES = tuple(name for name, e in ENGINES.items() if e.available and "cpu" in e.devices)
 
 
+# Of those, the engines that run oriented (full-covariance) bumps.
+ORIENTED_ENGINES = tuple(name for name in AVAILABLE_ENGINES if ENGINES[name].orients)
+
+
+@pytest.fixture(params=ORIENTED_ENGINES)
+def oriented_engine(request, monkeypatch):
+    """The ``engine`` fixture over the engines that run oriented bumps."""
+    monkeypatch.setenv(ENV_VAR, request.param)
+    return request.param
+
+
 @pytest.fixture(params=AVAILABLE_ENGINES)
 def engine(request, monkeypatch):
     """Routes every ``backend="auto"`` evaluation, whatever its size, to one engine.
@@ -29,6 +40,21 @@ def outputs(request, monkeypatch):
         monkeypatch.delenv(OUTPUTS_ENV, raising=False)
     else:
         monkeypatch.setenv(OUTPUTS_ENV, str(request.param))
+    return request.param
+
+
+@pytest.fixture(params=["axis", "oriented"])
+def shape(request, monkeypatch):
+    """Runs the shared training problem with the seed's module or its oriented counterpart
+    (skipped on an engine that does not run oriented bumps)."""
+    from _training_problem import SHAPE_ENV
+
+    if request.param == "oriented":
+        if "engine" in request.fixturenames and request.getfixturevalue("engine") not in ORIENTED_ENGINES:
+            pytest.skip("this engine does not run oriented bumps")
+        monkeypatch.setenv(SHAPE_ENV, "oriented")
+    else:
+        monkeypatch.delenv(SHAPE_ENV, raising=False)
     return request.param
 
 

@@ -28,7 +28,8 @@ TIMEOUT_S = 90
 
 pytestmark = [
     pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo"),
-    pytest.mark.usefixtures("engine", "outputs"),  # every engine, one and several outputs
+    # every engine, one and several outputs, axis-aligned and oriented bumps
+    pytest.mark.usefixtures("engine", "outputs", "shape"),
 ]
 
 
@@ -46,7 +47,7 @@ def _train(plain, hooked, x, y, wrap=lambda m: m, rng_use=0):
     plain_w, hooked_w = wrap(plain), wrap(hooked)
     opt_p = torch.optim.SGD(plain_w.parameters(), lr=0.05)
     opt_h = torch.optim.Adam(hooked_w.parameters(), lr=0.02)
-    attach(opt_h, hooked_w, param_c_std=0.01, param_w_std=0.002)
+    attach(opt_h, hooked_w, **tp.param_noise())
     for _ in range(STEPS):
         opt_p.zero_grad()
         tp.loss_fn(plain_w, x, y).backward()

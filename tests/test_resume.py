@@ -17,8 +17,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 import _resume_script as rs  # noqa: E402
 import _training_problem as tp  # noqa: E402
 
-# every engine, one and several outputs
-pytestmark = pytest.mark.usefixtures("engine", "outputs")
+# every engine, one and several outputs, axis-aligned and oriented bumps
+pytestmark = pytest.mark.usefixtures("engine", "outputs", "shape")
 
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_resume_script.py")
 SEED, T = 21, 12

@@ -144,21 +144,22 @@ def perturb_params(
             ``angle_std > 0`` and no module is oriented.
     """
     stds = dict(c_std=check_nonneg(c_std, "c_std"), w_std=check_nonneg(w_std, "w_std"), m_std=check_nonneg(m_std, "m_std"))
-    angle_std = check_nonneg(angle_std, "angle_std")
     mods = _require_modules(model, "perturb_params")
     _check_param_noise_support(mods)
-    oriented = [isinstance(getattr(mod, "angles", None), torch.nn.Parameter) for mod in mods]
-    if angle_std > 0 and not any(oriented):
-        raise ValueError(f"angle_std > 0 needs oriented wandering modules (with angles), but got angle_std={angle_std} "
-                         f"for a {type(model).__name__} with none")
-    for mod, has_angles in zip(mods, oriented):
-        if has_angles:
-            mod.perturb_params(**stds, angle_std=angle_std)
-        else:
-            mod.perturb_params(**stds)
+    for mod, kwargs in _param_noise_calls(mods, stds, check_nonneg(angle_std, "angle_std"), "angle_std", model):
+        mod.perturb_params(**kwargs)
         if bound:
             mod.bound()
     return len(mods)
+
+
+def _param_noise_calls(mods, stds: dict, angle_std: float, angle_name: str, model) -> list:
+    """(module, perturb_params kwargs) per module: oriented modules also take ``angle_std``."""
+    oriented = [isinstance(getattr(mod, "angles", None), torch.nn.Parameter) for mod in mods]
+    if angle_std > 0 and not any(oriented):
+        raise ValueError(f"{angle_name} > 0 needs oriented wandering modules (with angles), but got "
+                         f"{angle_name}={angle_std} for a {type(model).__name__} with none")
+    return [(mod, {**stds, "angle_std": angle_std} if has else stds) for mod, has in zip(mods, oriented)]
 
 
 def _check_param_noise_support(mods: list[WanderingModule]) -> None:
@@ -218,6 +219,7 @@ def attach(
     param_c_std: float = 0.0,
     param_w_std: float = 0.0,
     param_m_std: float = 0.0,
+    param_angle_std: float = 0.0,
 ) -> WanderingHooks:
     """Makes ``optimizer.step()`` perturb gradients before it and add parameter noise and bound after it.
 
@@ -246,6 +248,7 @@ def attach(
         model: The model (may be wrapped in DDP or compiled).
         pert_grads: Call each module's ``pert_grads()`` before the step (the seed's noise).
         param_c_std, param_w_std, param_m_std: Parameter-noise stds (default 0: off).
+        param_angle_std: Parameter-noise std of oriented modules' angles (radians; default 0).
 
     Returns:
         A :class:`WanderingHooks` handle; ``handle.remove()`` detaches both hooks.
@@ -272,7 +275,8 @@ def attach(
         w_std=check_nonneg(param_w_std, "param_w_std"),
         m_std=check_nonneg(param_m_std, "param_m_std"),
     )
-    param_noise = any(v > 0 for v in stds.values())
+    angle_std = check_nonneg(param_angle_std, "param_angle_std")
+    param_noise = angle_std > 0 or any(v > 0 for v in stds.values())
 
     in_opt = {id(p) for group in optimizer.param_groups for p in group["params"]}
     all_mods = wandering_modules(model)
@@ -282,8 +286,10 @@ def attach(
             f"optimizer must hold parameters of at least one WanderingModule of model, but got "
             f"{len(all_mods)} wandering module(s), none with a parameter in the optimizer"
         )
+    calls = []
     if param_noise:
         _check_param_noise_support(mods)
+        calls = _param_noise_calls(mods, stds, angle_std, "param_angle_std", model)
     for mod in mods:
         earlier = _ATTACHED.get(mod)
         if earlier is not None and earlier.attached:
@@ -298,9 +304,9 @@ def attach(
             mod.pert_grads()
 
     def post_hook(opt, args, kwargs):
+        for mod, noise in calls:
+            mod.perturb_params(**noise)
         for mod in mods:
-            if param_noise:
-                mod.perturb_params(**stds)
             mod.bound()  # after the noise, so parameters end every step in bounds
 
     handles = []

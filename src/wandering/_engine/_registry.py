@@ -170,7 +170,7 @@ ENGINES: dict[str, Engine] = {
         _engine("numba", "._numba_engine", ("cpu",), (torch.float32, torch.float64), culls=True, priority=20),
         _optional_engine(
             "triton", "._triton_engine", "triton", ("cuda", "cpu") if _triton_interpreting() else ("cuda",),
-            (torch.float32, torch.float64), culls=True, priority=30, auto_devices=("cuda",),
+            (torch.float32, torch.float64), culls=True, priority=30, auto_devices=("cuda",), oriented=True,
         ),  # fmt: skip
     )
 }

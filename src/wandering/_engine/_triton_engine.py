@@ -20,6 +20,10 @@ Kernels (no (n x K) or (n x d x K) intermediate anywhere):
     deterministic, and the chunking is a function of the shapes only (not of
     the GPU model).
 
+Oriented (full-covariance) bumps: ``oriented_forward`` and ``oriented_backward``
+run the same three kernels' oriented twins, in ``_triton_oriented`` (which uses this
+module's configuration, Morton order, tile boxes and culling test).
+
 Culling (``cull=True``, finite support boxes). Points are put in Morton
 (Z-curve) order over their first min(d, 3) coordinates, so a tile of BN
 consecutive points is spatially compact, and so are the bumps (so a block of BK
@@ -94,12 +98,14 @@ class _Config:
     BP: int  # outputs per chunk
 
 
-def _config(d: int, P: int, dtype: torch.dtype) -> _Config:
+def _config(d: int, P: int, dtype: torch.dtype, share: int = 1) -> _Config:
+    """Block sizes whose (BN, BK, width) temporaries fit ``_TILE_BUDGET[dtype] // share`` elements
+    (kernels that hold more temporaries per pair ask for a smaller share)."""
     DP = triton.next_power_of_2(d)
     BP = min(triton.next_power_of_2(P), _MAX_BP)
     width = max(DP, BP)
     BN, BK = 64, 32
-    budget = _TILE_BUDGET[dtype]
+    budget = _TILE_BUDGET[dtype] // share
     while BN * BK * width > budget and BN > 16:
         BN //= 2
     while BN * BK * width > budget and BK > 16:
@@ -466,3 +472,20 @@ def backward(gy, x, c, w, m, half, cull, need_x):
         inv = _inverse_perm(b.perm)
         gct, gwt, gm = gct[inv], gwt[inv], gm[inv]
     return gx, gct.T.to(c.dtype).contiguous(), gwt.T.to(w.dtype).contiguous(), gm.to(m.dtype).contiguous()
+
+
+# ----------------------------------------------------------------------------- oriented bumps
+# Their kernels live in ``_triton_oriented`` (which shares this module's helpers); imported on
+# first use, so neither module imports the other at load time.
+
+
+def oriented_forward(x, c, U, m, r2, half, cull):
+    from ._triton_oriented import forward as run
+
+    return run(x, c, U, m, r2, half, cull)
+
+
+def oriented_backward(gy, x, c, U, m, r2, half, cull, need_x):
+    from ._triton_oriented import backward as run
+
+    return run(gy, x, c, U, m, r2, half, cull, need_x)
