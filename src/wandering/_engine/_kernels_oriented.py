@@ -24,8 +24,9 @@ lane ``i % _W``, and the lanes are added in lane order into float64 partials; su
 (y, grad x) accumulate in float64 per point, bump after bump. The result is a function of
 the inputs and the partitions alone: the same for any thread count, vector width, or a
 fresh compile against Numba's disk cache. The lanes live on the stack (:func:`_stack_zeros`),
-where LLVM can prove that nothing else writes them and keeps them in vector registers; as
-heap arrays they were not vectorised at all (measured ~20x slower).
+allocated in the function whose loop runs them, where LLVM can prove that nothing else
+writes them and vectorises the lane loop; as heap arrays, or passed in from a caller, they
+stayed scalar (measured 2x to 10x slower).
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ from ._kernels import _B, _cell_range, neg_exp
 
 # As the axis kernels' flags, without reassoc: no sum may be reordered by the compiler.
 FMO = {"nsz", "arcp", "contract", "afn"}
-_W = 8  # lanes of every sum over points (one 256-bit register of float32)
+# Lanes of every sum over points. 16, not 8: LLVM fully unrolled the smaller 8-lane loops
+# before it could vectorise them and left them scalar (d = 2 moments: 7x slower).
+_W = 16
 _MOMENT_LANES = 9 * _W  # stack lanes of the moments for d <= 3: S1 and S2's upper triangle
 _REL = 2.0**-20  # relative margin of the float64 registration (as the axis grid's)
 
@@ -160,52 +163,54 @@ def _add_values(e, L, m, k, acc, off):
 
 
 @njit(fastmath=FMO, cache=True)
+def _lane_dot(a, b, L):
+    """sum_i a[i] b[i] over i < L: lanes (see the module doc) added in lane order, in float64.
+
+    The loop only loads: with a store in it, LLVM unrolled it and then could not vectorise
+    (it cannot rule out that the store hits a or b), measured 5x slower."""
+    lane = carray(_stack_zeros(_W, a.dtype), _W)
+    full = L - L % _W
+    for i0 in range(0, full, _W):
+        for l in range(_W):
+            lane[l] += a[i0 + l] * b[i0 + l]
+    for l in range(L - full):
+        lane[l] += a[full + l] * b[full + l]
+    return _lane_total(lane, 0)
+
+
+@njit(fastmath=FMO, cache=True)
 def _weights(gb, g0, e, L, m, k, t, pm):
     """t[:L] = e * sum_p g[p] m[k, p] for the upstream gradient gb[:, g0:g0+L] (P, .), and
-    pm[k, p] += sum_i g[p, i] e[i] (lanes, see the module doc)."""
+    pm[k, p] += sum_i g[p, i] e[i]."""
     P = gb.shape[0]
-    zero = t.dtype.type(0.0)
-    lane = carray(_stack_zeros(_W, t.dtype), _W)
-    full = L - L % _W
     if P == 1:
         g = gb[0][g0 : g0 + L]
         mk = m[k, 0]
-        for i0 in range(0, full, _W):
-            for l in range(_W):
-                ge = g[i0 + l] * e[i0 + l]
-                lane[l] += ge
-                t[i0 + l] = mk * ge
-        for l in range(L - full):
-            ge = g[full + l] * e[full + l]
-            lane[l] += ge
-            t[full + l] = mk * ge
-        pm[k, 0] += _lane_total(lane, 0)
+        for i in range(L):
+            t[i] = mk * (g[i] * e[i])
+        pm[k, 0] += _lane_dot(g, e, L)
         return
+    zero = t.dtype.type(0.0)
     for i in range(L):
         t[i] = zero
     for p in range(P):
         g = gb[p][g0 : g0 + L]
         mkp = m[k, p]
-        for l in range(_W):
-            lane[l] = zero
-        for i0 in range(0, full, _W):
-            for l in range(_W):
-                gi = g[i0 + l]
-                lane[l] += gi * e[i0 + l]
-                t[i0 + l] += gi * mkp
-        for l in range(L - full):
-            gi = g[full + l]
-            lane[l] += gi * e[full + l]
-            t[full + l] += gi * mkp
-        pm[k, p] += _lane_total(lane, 0)
+        for i in range(L):
+            t[i] += g[i] * mkp
+        pm[k, p] += _lane_dot(g, e, L)
     for i in range(L):
         t[i] *= e[i]
 
 
 @njit(fastmath=FMO, cache=True)
-def _moments2(x0, x1, t, L, c0, c1, lane):
-    """d = 2: lanes of t d0, t d1, t d0 d0, t d0 d1, t d1 d1. A pair that does not count has
-    t = 0, and its diff (possibly inf: x - c may overflow) is replaced by 0."""
+def _moments2(x0, x1, t, L, c0, c1, psk):
+    """d = 2: psk += (S1, S2) from lanes of t d0, t d1, t d0 d0, t d0 d1, t d1 d1. A pair that
+    does not count has t = 0, and its diff (possibly inf: x - c may overflow) is replaced by 0.
+
+    The lanes are allocated here, in the function whose loop runs them: passed in from a
+    caller, LLVM could not keep them in registers (measured 2x slower)."""
+    lane = carray(_stack_zeros(_MOMENT_LANES, t.dtype), _MOMENT_LANES)
     zero = t.dtype.type(0.0)
     full = L - L % _W
     for i0 in range(0, full, _W):
@@ -233,11 +238,14 @@ def _moments2(x0, x1, t, L, c0, c1, lane):
         lane[2 * _W + l] += a0 * d0
         lane[3 * _W + l] += a0 * d1
         lane[4 * _W + l] += a1 * d1
+    for q in range(5):
+        psk[q] += _lane_total(lane, q)
 
 
 @njit(fastmath=FMO, cache=True)
-def _moments3(x0, x1, x2, t, L, c0, c1, c2, lane):
-    """d = 3: lanes of t d_j (3) and t d_j d_l, j <= l (6), as :func:`_moments2`."""
+def _moments3(x0, x1, x2, t, L, c0, c1, c2, psk):
+    """d = 3: psk += (S1, S2) from lanes of t d_j (3) and t d_j d_l, j <= l (6), as :func:`_moments2`."""
+    lane = carray(_stack_zeros(_MOMENT_LANES, t.dtype), _MOMENT_LANES)
     zero = t.dtype.type(0.0)
     full = L - L % _W
     for i0 in range(0, full, _W):
@@ -277,6 +285,8 @@ def _moments3(x0, x1, x2, t, L, c0, c1, c2, lane):
         lane[6 * _W + l] += a1 * d1
         lane[7 * _W + l] += a1 * d2
         lane[8 * _W + l] += a2 * d2
+    for q in range(9):
+        psk[q] += _lane_total(lane, q)
 
 
 @njit(fastmath=FMO, cache=True)
@@ -303,14 +313,11 @@ def _moments(xs, p0, t, L, c, k, ps, heap_lane):
     """ps[k, :] += (S1, S2 upper triangle) of bump k over points p0:p0+L of xs, weights t."""
     d = xs.shape[0]
     nq = d + d * (d + 1) // 2
-    if d == 2 or d == 3:
-        lane = carray(_stack_zeros(_MOMENT_LANES, t.dtype), _MOMENT_LANES)
-        if d == 2:
-            _moments2(xs[0][p0 : p0 + L], xs[1][p0 : p0 + L], t, L, c[0, k], c[1, k], lane)
-        else:
-            _moments3(xs[0][p0 : p0 + L], xs[1][p0 : p0 + L], xs[2][p0 : p0 + L], t, L, c[0, k], c[1, k], c[2, k], lane)
-        for q in range(nq):
-            ps[k, q] += _lane_total(lane, q)
+    if d == 2:
+        _moments2(xs[0][p0 : p0 + L], xs[1][p0 : p0 + L], t, L, c[0, k], c[1, k], ps[k])
+        return
+    if d == 3:
+        _moments3(xs[0][p0 : p0 + L], xs[1][p0 : p0 + L], xs[2][p0 : p0 + L], t, L, c[0, k], c[1, k], c[2, k], ps[k])
         return
     zero = heap_lane.dtype.type(0.0)
     for q in range(nq * _W):
