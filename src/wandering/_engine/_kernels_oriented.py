@@ -23,10 +23,14 @@ Determinism and accuracy. No kernel here lets the compiler reassociate a sum (no
 lane ``i % _W``, and the lanes are added in lane order into float64 partials; sums over bumps
 (y, grad x) accumulate in float64 per point, bump after bump. The result is a function of
 the inputs and the partitions alone: the same for any thread count, vector width, or a
-fresh compile against Numba's disk cache. The lanes live on the stack (:func:`_stack_zeros`),
-allocated in the function whose loop runs them, where LLVM can prove that nothing else
-writes them and vectorises the lane loop; as heap arrays, or passed in from a caller, they
-stayed scalar (measured 2x to 10x slower).
+fresh compile against Numba's disk cache.
+
+Making LLVM vectorise the lane loops (each measured 2x to 10x slower when it did not): the
+lanes live on the stack (:func:`_stack_zeros`), allocated in the function whose loop runs
+them, so LLVM can prove that nothing else writes them (as heap arrays, or passed in from a
+caller, they stayed scalar); and the loop over a chunk's lanes runs to ``w = min(_W, L)``,
+which is _W whenever a chunk runs but not a constant to LLVM, which otherwise unrolled the
+smaller loops fully and then left them scalar.
 """
 
 from __future__ import annotations
@@ -38,13 +42,16 @@ from numba import carray, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._kernels import _B, _cell_range, neg_exp
+from ._kernels import _cell_range, neg_exp
 
 # As the axis kernels' flags, without reassoc: no sum may be reordered by the compiler.
 FMO = {"nsz", "arcp", "contract", "afn"}
-# Lanes of every sum over points. 16, not 8: LLVM fully unrolled the smaller 8-lane loops
-# before it could vectorise them and left them scalar (d = 2 moments: 7x slower).
+# Lanes of every sum over points.
 _W = 16
+# Points per block of the dense kernels: 4x the axis kernels' 256, as each pass over a block
+# has a fixed cost (slices, loop setup, the lanes' flush) of ~60-100 ns that 256 points
+# did not amortise; a block's buffers (~30 KB at d = 3) still fit in L1.
+_BO = 1024
 _MOMENT_LANES = 9 * _W  # stack lanes of the moments for d <= 3: S1 and S2's upper triangle
 _REL = 2.0**-20  # relative margin of the float64 registration (as the axis grid's)
 
@@ -170,8 +177,9 @@ def _lane_dot(a, b, L):
     (it cannot rule out that the store hits a or b), measured 5x slower."""
     lane = carray(_stack_zeros(_W, a.dtype), _W)
     full = L - L % _W
+    w = min(_W, L)  # _W whenever a chunk runs (see the module doc)
     for i0 in range(0, full, _W):
-        for l in range(_W):
+        for l in range(w):
             lane[l] += a[i0 + l] * b[i0 + l]
     for l in range(L - full):
         lane[l] += a[full + l] * b[full + l]
@@ -213,8 +221,9 @@ def _moments2(x0, x1, t, L, c0, c1, psk):
     lane = carray(_stack_zeros(_MOMENT_LANES, t.dtype), _MOMENT_LANES)
     zero = t.dtype.type(0.0)
     full = L - L % _W
+    w = min(_W, L)  # _W whenever a chunk runs (see the module doc)
     for i0 in range(0, full, _W):
-        for l in range(_W):
+        for l in range(w):
             i = i0 + l
             live = t[i] != 0
             d0 = x0[i] - c0 if live else zero
@@ -248,8 +257,9 @@ def _moments3(x0, x1, x2, t, L, c0, c1, c2, psk):
     lane = carray(_stack_zeros(_MOMENT_LANES, t.dtype), _MOMENT_LANES)
     zero = t.dtype.type(0.0)
     full = L - L % _W
+    w = min(_W, L)  # _W whenever a chunk runs (see the module doc)
     for i0 in range(0, full, _W):
-        for l in range(_W):
+        for l in range(w):
             i = i0 + l
             live = t[i] != 0
             d0 = x0[i] - c0 if live else zero
@@ -350,15 +360,15 @@ def dense_forward(x, c, U, r2, m, y, npart):
     n, d = x.shape
     K, P = m.shape
     dt = x.dtype
-    nblk = (n + _B - 1) // _B
+    nblk = (n + _BO - 1) // _BO
     for q in prange(npart):
-        xb = np.empty((d, _B), dt)
-        e = np.empty(_B, dt)
-        z = np.empty(_B, dt)
-        acc = np.empty((P, _B))
+        xb = np.empty((d, _BO), dt)
+        e = np.empty(_BO, dt)
+        z = np.empty(_BO, dt)
+        acc = np.empty((P, _BO))
         for blk in range(q * nblk // npart, (q + 1) * nblk // npart):
-            i0 = blk * _B
-            nb = min(_B, n - i0)
+            i0 = blk * _BO
+            nb = min(_BO, n - i0)
             for i in range(nb):
                 for j in range(d):
                     xb[j, i] = x[i0 + i, j]
@@ -383,20 +393,20 @@ def dense_backward(x, c, U, A, r2, m, g, gx, need_x, ps, pm, npart):
     K, P = m.shape
     dt = x.dtype
     nq = d + d * (d + 1) // 2
-    nblk = (n + _B - 1) // _B
+    nblk = (n + _BO - 1) // _BO
     for q in prange(npart):
-        xb = np.empty((d, _B), dt)
-        gb = np.empty((P, _B), dt)
-        gxb = np.empty((d, _B))
-        e = np.empty(_B, dt)
-        z = np.empty(_B, dt)
-        t = np.empty(_B, dt)
+        xb = np.empty((d, _BO), dt)
+        gb = np.empty((P, _BO), dt)
+        gxb = np.empty((d, _BO))
+        e = np.empty(_BO, dt)
+        z = np.empty(_BO, dt)
+        t = np.empty(_BO, dt)
         heap_lane = np.empty(nq * _W, dt)
         psq = ps[q]
         pmq = pm[q]
         for blk in range(q * nblk // npart, (q + 1) * nblk // npart):
-            i0 = blk * _B
-            nb = min(_B, n - i0)
+            i0 = blk * _BO
+            nb = min(_BO, n - i0)
             for i in range(nb):
                 for j in range(d):
                     xb[j, i] = x[i0 + i, j]
@@ -591,12 +601,12 @@ def dense_pair_count(x, c, U, r2):
     """Pairs with exp(-s) > 0 and s < r2 over all n * K pairs, by the kernels' arithmetic."""
     n, d = x.shape
     K = c.shape[1]
-    xb = np.empty((d, _B), x.dtype)
-    e = np.empty(_B, x.dtype)
-    z = np.empty(_B, x.dtype)
+    xb = np.empty((d, _BO), x.dtype)
+    e = np.empty(_BO, x.dtype)
+    z = np.empty(_BO, x.dtype)
     cnt = 0
-    for i0 in range(0, n, _B):
-        nb = min(_B, n - i0)
+    for i0 in range(0, n, _BO):
+        nb = min(_BO, n - i0)
         for i in range(nb):
             for j in range(d):
                 xb[j, i] = x[i0 + i, j]

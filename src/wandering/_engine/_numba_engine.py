@@ -315,8 +315,8 @@ def _n_parts(units: int, d: int, K: int, P: int, width: int | None = None) -> in
     return int(max(1, min(_MAX_PARTS, units, by_memory)))
 
 
-def _dense_parts(n: int, d: int, K: int, P: int, width: int | None = None) -> int:
-    return _n_parts((n + _kernels._B - 1) // _kernels._B, d, K, P, width)
+def _dense_parts(n: int, d: int, K: int, P: int, width: int | None = None, block: int = _kernels._B) -> int:
+    return _n_parts((n + block - 1) // block, d, K, P, width)
 
 
 def _bounds(plan: _Plan, d: int, K: int, P: int, width: int | None = None) -> np.ndarray:
@@ -446,7 +446,7 @@ def oriented_forward(x, c, U, m, r2, half, cull):
     width = _moment_count(d) + P
     with _threads_capped(_oriented_work(n, d, K, P, plan)):
         if plan is None:
-            _ko.dense_forward(xn, cn, Un, r2n, mn, y.numpy(), _dense_parts(n, d, K, P, width))
+            _ko.dense_forward(xn, cn, Un, r2n, mn, y.numpy(), _dense_parts(n, d, K, P, width, _ko._BO))
             return y
         bounds = _bounds(plan, d, K, P, width)
         args = (b.row_pts, plan.row_start, plan.reg_k, plan.reg_p0, plan.reg_p1, bounds, plan.maxrow, plan.maxseg)
@@ -470,7 +470,7 @@ def oriented_backward(gy, x, c, U, m, r2, half, cull, need_x):
     width = nq + P
     with _threads_capped(2 * _oriented_work(n, d, K, P, plan)):
         if plan is None:
-            npart = _dense_parts(n, d, K, P, width)
+            npart = _dense_parts(n, d, K, P, width, _ko._BO)
             ps, pm = np.zeros((npart, K, nq)), np.zeros((npart, K, P))
             _ko.dense_backward(xn, cn, Un, A, r2n, mn, g, gx.numpy(), need_x, ps, pm, npart)
         else:
