@@ -21,6 +21,15 @@ Cases (x, c uniform in the unit cube unless said otherwise):
                    same number of in-support pairs: cost per pair, clustered / uniform)
     train          the seed author's development problem: a whole training step, with torch.optim.Adam
                    as it comes and with Adam(fused=True)
+    oriented-dense, oriented-dense-d2, oriented-culled, oriented-culled-d2
+                   oriented bumps (random rotations) on the inputs of dense, dense-d2, culled and
+                   culled-d2, scales times (box / ball volume)**(1/d) where culled, so that the
+                   in-support pairs match; each run interleaved with its axis-aligned case, and
+                   the cost per in-support pair compared (oriented / axis, median of paired
+                   ratios; issue 17's target: at most 1.5 at one thread)
+    oriented-elongated, oriented-elongated-d2
+                   the culled ones with aspect 8:1 (same volume): candidates per in-support pair
+                   of the ellipsoid registration against the bounding boxes'
 
     PYTHONPATH=src python benchmarks/bench_engine.py --baseline-dir /tmp/old --threads 1 2
     PYTHONPATH=src python benchmarks/bench_engine.py --cases culled dense --quick
@@ -55,7 +64,16 @@ CASES = {
     "clustered": (1_000_000, 1024, 3, 1, (0.02, 0.06), SP, "clusters"),
     "slab": (1_000_000, 1024, 3, 1, (0.02, 0.06), SP, "slab"),
 }
-ALL = (*CASES, "train")
+# name: (axis-aligned case it is measured against, aspect of the principal scales)
+ORIENTED_CASES = {
+    "oriented-dense": ("dense", 1.0),
+    "oriented-dense-d2": ("dense-d2", 1.0),
+    "oriented-culled": ("culled", 1.0),
+    "oriented-culled-d2": ("culled-d2", 1.0),
+    "oriented-elongated": ("culled", 8.0),
+    "oriented-elongated-d2": ("culled-d2", 8.0),
+}
+ALL = (*CASES, "train", *ORIENTED_CASES)
 PER_BUMP_SUBSET = 64  # bumps the per-bump loop runs; its time is scaled to K
 
 
@@ -312,6 +330,92 @@ def _worker(case, threads, repeats, quick, baseline_dir, per_bump=True):
     return out
 
 
+def _oriented_inputs(case: str):
+    """The axis case's inputs, and oriented scales and angles for the same bumps."""
+    import torch
+
+    from wandering._rotation import n_angles
+
+    axis_case, aspect = ORIENTED_CASES[case]
+    x, c, w, m, gy, sp = _inputs(axis_case)
+    d, K = c.shape
+    wo = w.clone()
+    if sp is not None:  # the ellipsoid holds as many points as the box: scale by (box / ball)**(1/d)
+        ball = math.pi ** (d / 2) / math.gamma(d / 2 + 1)
+        wo *= (2.0**d / ball) ** (1.0 / d)
+    wo[0] *= aspect ** ((d - 1) / d)  # aspect:1, same volume
+    wo[1:] /= aspect ** (1 / d)
+    angles = 2 * math.pi * torch.rand(n_angles(d), K, generator=torch.Generator().manual_seed(1))
+    return x, c, w, m, gy, sp, wo, angles
+
+
+def _oriented_worker(case, threads, repeats):
+    """The oriented case and its axis-aligned one, interleaved per repeat, through the public
+    functions (op layer and autograd included; the oriented one builds U from w and angles)."""
+    import numba
+    import torch
+
+    numba.set_num_threads(threads)
+    torch.set_num_threads(threads)
+    from wandering._engine import _numba_engine, bump_sum, oriented_bump_sum
+    from wandering._geometry import cutoffs, ellipsoid_halfwidths
+    from wandering._rotation import precision_transforms, rotations
+
+    x, c, w, m, gy, sp, wo, angles = _oriented_inputs(case)
+    n, d = x.shape
+    K = c.shape[1]
+    R = rotations(angles, d)
+    U, r2 = precision_transforms(R, wo), cutoffs(wo, sp)
+    half = ellipsoid_halfwidths(R, wo, r2)
+    pairs_axis = _pairs(x, c, w, sp)
+    out = {"_pairs_axis": pairs_axis}
+    if sp is None:
+        out["_pairs"] = n * K
+    else:
+        old = _numba_engine._CULL_FRACTION
+        _numba_engine._CULL_FRACTION = math.inf
+        try:
+            out["_pairs"] = _numba_engine.oriented_pair_count(x, c, U, r2, half)
+            plan = _numba_engine.make_plan(x, c, half, oriented=(U, r2))[1]
+            box = _numba_engine.make_plan(x, c, half)[1]  # the same bumps registered by their boxes
+            from wandering._geometry import support_halfwidths
+
+            axis_plan = _numba_engine.make_plan(x, c, support_halfwidths(w, sp))[1]
+        finally:
+            _numba_engine._CULL_FRACTION = old
+        out["_candidates"] = {
+            "oriented, by ellipsoid": plan.ncand / out["_pairs"],
+            "oriented, by bounding box": box.ncand / out["_pairs"],
+            "axis-aligned, by box": axis_plan.ncand / pairs_axis,
+        }
+    ps = [t.clone().requires_grad_() for t in (c, w, m)]
+    po = [t.clone().requires_grad_() for t in (c, wo, m, angles)]
+
+    def axis_step(r):
+        for t in ps:
+            t.grad = None
+        t0 = time.perf_counter()
+        bump_sum(x, *ps, support_p=sp).backward(gy)
+        return time.perf_counter() - t0
+
+    def oriented_step(r):
+        for t in po:
+            t.grad = None
+        t0 = time.perf_counter()
+        oriented_bump_sum(x, po[0], po[1], po[2], po[3], support_p=sp).backward(gy)
+        return time.perf_counter() - t0
+
+    axis_step(0), oriented_step(0)  # warm-up: compile-cache load, binning, plans
+    ta, to = [], []
+    for r in range(repeats):
+        ta.append(axis_step(r))
+        to.append(oriented_step(r))
+    out["oriented"] = _stats(to)
+    out["axis-aligned"] = _stats(ta)
+    out["_cost_ratio"] = statistics.median([(a / out["_pairs"]) / (b / pairs_axis) for a, b in zip(to, ta)])
+    return out
+
+
 def _train_worker(repeats, fused=False, zero_engine=False):
     """A whole training step of the seed author's development problem, split into the engine's
     forward+backward and the rest (``fused``: Adam's one-kernel step instead of its default).
@@ -459,6 +563,8 @@ def main(argv=None) -> int:
         kind, case, threads = args.worker
         if kind == "rss":
             res = _rss_worker(case, int(threads))
+        elif case in ORIENTED_CASES:
+            res = _oriented_worker(case, int(threads), repeats)
         else:
             res = _worker(case, int(threads), repeats, args.quick, args.baseline_dir, not args.no_per_bump)
         print(json.dumps(res))
@@ -476,6 +582,17 @@ def main(argv=None) -> int:
             head = f"{case:12s} threads={nt}"
             if "failed" in res:
                 print(f"{head} FAILED: {res['failed']}", flush=True)
+                continue
+            if case in ORIENTED_CASES:
+                pairs, pairs_axis, ratio = res.pop("_pairs"), res.pop("_pairs_axis"), res.pop("_cost_ratio")
+                cands = res.pop("_candidates", None)
+                print(f"{head} in-support pairs: oriented {pairs:.4g}, axis-aligned {pairs_axis:.4g}", flush=True)
+                for eng, r in res.items():
+                    pp = pairs if eng == "oriented" else pairs_axis
+                    print(f"    {eng:16s} {_ms(r)}  {r['median_s'] / pp * 1e9:.3g} ns per in-support pair (fwd+bwd)")
+                print(f"    cost per in-support pair, oriented / axis-aligned (median of paired ratios): {ratio:.2f}")
+                if cands:
+                    print("    candidates per in-support pair: " + ", ".join(f"{k} {v:.2f}" for k, v in cands.items()))
                 continue
             if case == "train":
                 for opt_name, r in res.items():

@@ -401,7 +401,8 @@ def test_backward_reuses_the_forward_dense_decision_only_when_valid(monkeypatch)
 
 
 
-_FRESH_VS_CACHED = """
+_FRESH_VS_CACHED = {
+    "axis": """
 import hashlib, torch, wandering
 out = []
 for sp in (None, 0.01):
@@ -413,10 +414,30 @@ for sp in (None, 0.01):
     y.square().sum().backward()
     out.append(b"".join(t.numpy().tobytes() for t in (y.detach(), f.c.grad, f.w.grad, f.m.grad)))
 print(hashlib.sha1(b"".join(out)).hexdigest())
-"""
+""",
+    # Oriented bumps, d = 2 and 3 (their own kernels), P = 1 and 2, grad x too.
+    "oriented": """
+import hashlib, torch, wandering
+out = []
+for d, P, sp in ((3, None, None), (3, None, 0.01), (2, 2, 0.01)):
+    g = torch.Generator().manual_seed(0)
+    K = 100
+    f = wandering.OrientedSumOfBumpFcns(
+        torch.rand(d, K, generator=g), 0.02 + 0.05 * torch.rand(d, K, generator=g),
+        torch.randn(K, *(() if P is None else (P,)), generator=g), angles=6 * torch.rand(d * (d - 1) // 2, K, generator=g),
+        support_p=sp, backend="numba")
+    x = torch.rand(20000, d, generator=g).requires_grad_()
+    y = f(x)
+    y.square().sum().backward()
+    ts = (y.detach(), x.grad, f.c.grad, f.w.grad, f.m.grad, f.angles.grad)
+    out.append(b"".join(t.numpy().tobytes() for t in ts))
+print(hashlib.sha1(b"".join(out)).hexdigest())
+""",
+}
 
 
-def test_results_are_the_same_right_after_a_compile_and_from_the_disk_cache(tmp_path):
+@pytest.mark.parametrize("kind", ["axis", "oriented"])
+def test_results_are_the_same_right_after_a_compile_and_from_the_disk_cache(tmp_path, kind):
     """The first process compiles the kernels, the second loads them from Numba's disk cache:
     both must give the same bits (grad m once differed, in the dense and the culled path)."""
     import os
@@ -425,7 +446,7 @@ def test_results_are_the_same_right_after_a_compile_and_from_the_disk_cache(tmp_
 
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path), PYTHONHASHSEED="0")
     runs = [
-        subprocess.run([sys.executable, "-c", _FRESH_VS_CACHED], capture_output=True, text=True, env=env, timeout=600)
+        subprocess.run([sys.executable, "-c", _FRESH_VS_CACHED[kind]], capture_output=True, text=True, env=env, timeout=600)
         for _ in range(2)
     ]
     for r in runs:

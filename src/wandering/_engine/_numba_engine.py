@@ -1,11 +1,13 @@
 """CPU engine on the Numba kernels: dense fused sum and grid-culled sum, P outputs.
 
-Implements the engine contract of ``_registry``: plain functions on detached
-tensors, no autograd here (the op layer owns it). Backward recomputes the pairs.
+Implements the engine contract of ``_registry``, axis-aligned bumps (``_kernels``) and
+oriented ones (``_kernels_oriented``): plain functions on detached tensors, no autograd
+here (the op layer owns it). Backward recomputes the pairs.
 
-The culled path bins the points on a grid (cached per x, by value) and registers
-the bumps in the grid rows their support boxes reach (cached per binning and the
-values of c and half), so the forward and backward of one step share both.
+The culled path bins the points on a grid (cached per x, by value; the same binning
+serves both kinds of bump) and registers the bumps in the grid rows their support
+boxes (oriented: ellipsoids) reach (cached per binning and the values of c and half,
+and U and r2), so the forward and backward of one step share both.
 
 Work is split into a fixed number of partitions that depends on the problem only;
 partial gradient sums are reduced in partition order, so results are bitwise the
@@ -22,6 +24,7 @@ import numpy as np
 import torch
 
 from . import _kernels
+from . import _kernels_oriented as _ko
 
 # Target points per grid cell; a bump then visits ~(box/h + 1)**3 cells.
 _POINTS_PER_CELL = 16
@@ -111,7 +114,8 @@ class _Binning:
     inv_h: np.ndarray
     ncell: np.ndarray
     x_copy: torch.Tensor  # the binned values: writes through x.data do not bump x._version
-    # Recent plans: (c copy, half copy, cull fraction, plan or None when culling does not pay).
+    # Recent plans: (c copy, half copy, cull fraction, oriented key (U, r2 copies) or None,
+    # plan or None when culling does not pay).
     plans: list = field(default_factory=list)
 
 
@@ -210,6 +214,17 @@ def _register(b: _Binning, c: torch.Tensor, half: torch.Tensor, n: int, K: int) 
     return _Plan(row_start, reg_k, reg_p0, reg_p1, cost, int(maxrow), int(maxseg), int(ncand))
 
 
+def _register_oriented(b: _Binning, c, half, U, r2, n: int, K: int) -> _Plan | None:
+    eps = float(torch.finfo(c.dtype).eps)
+    row_start, reg_k, reg_p0, reg_p1, ncand = _ko.register_ellipsoids(
+        _np(c), _np(U), _np(r2), _np(half), b.gdim, b.lo, b.inv_h, b.ncell, b.start, eps
+    )
+    if ncand > _CULL_FRACTION * n * K:
+        return None
+    cost, maxrow, maxseg = _kernels.row_costs(b.row_pts, row_start, reg_p0, reg_p1)
+    return _Plan(row_start, reg_k, reg_p0, reg_p1, cost, int(maxrow), int(maxseg), int(ncand))
+
+
 def _box_fraction(xn: np.ndarray, cn: np.ndarray, hn: np.ndarray) -> float:
     """Estimated candidate fraction of the grid path for uniform data over x's bounding box:
     per bump, the box widened by a cell and clipped to the bounding box, in the first
@@ -227,14 +242,16 @@ def _box_fraction(xn: np.ndarray, cn: np.ndarray, hn: np.ndarray) -> float:
 _dense_key: tuple | None = None
 
 
-def _dense_test_key(x, c, w, half) -> tuple | None:
+def _dense_test_key(x, c, w, half, r2=None) -> tuple | None:
     # _x_key of each, lighter (one dtype for all, per the contract): this runs twice a step.
-    # hz is a function of w and half, so the four pin the test's inputs.
+    # hz is a function of w and half, so the four pin the test's inputs. Oriented bumps pass
+    # U as w, and r2.
     try:
-        return (
+        key = (
             x.dtype, x.data_ptr(), x._version, x.shape, x.stride(), c.data_ptr(), c._version, c.shape, c.stride(),
             w.data_ptr(), w._version, w.shape, w.stride(), half.data_ptr(), half._version, half.shape, half.stride(),
         )  # fmt: skip
+        return key if r2 is None else (*key, r2.data_ptr(), r2._version, r2.shape)
     except RuntimeError:  # an inference tensor has no version counter (and no backward): no key
         return None
 
@@ -247,12 +264,14 @@ def make_plan(
     half_finite: bool | None = None,
     arrays: tuple | None = None,
     key: tuple | None = None,
+    oriented: tuple | None = None,
 ) -> tuple[_Binning, _Plan] | None:
     """Binning and grid plan for the culled sum, or None where culling does not pay (dense).
 
     ``arrays``: x, c, half as numpy arrays, when the caller has them. ``key``: the call's
     :func:`_dense_test_key`, so that a backward (``trust_forward``) reuses its forward's
-    small-problem decision instead of testing again."""
+    small-problem decision instead of testing again. ``oriented``: (U, r2) of oriented
+    bumps, registered by their ellipsoids (else the boxes of half)."""
     global _dense_key
     n = x.shape[0]
     K = c.shape[1]
@@ -269,30 +288,40 @@ def make_plan(
             return None
     b = get_binning(x, trust_forward)
     frac = _CULL_FRACTION
-    for cc, hc, fc, plan in b.plans:
+    for cc, hc, fc, oc, plan in b.plans:
         if fc == frac and cc.shape == c.shape and torch.equal(cc, c) and torch.equal(hc, half):
-            return None if plan is None else (b, plan)
-    plan = _register(b, c, half, n, K)
+            if oc is None if oriented is None else (oc is not None and _same(oc, oriented)):
+                return None if plan is None else (b, plan)
+    if oriented is None:
+        plan = _register(b, c, half, n, K)
+    else:
+        plan = _register_oriented(b, c, half, *oriented, n, K)
     if len(b.plans) >= _PLAN_CACHE_MAX:
         b.plans.pop(0)
-    b.plans.append((c.clone(), half.clone(), frac, plan))
+    ocopy = None if oriented is None else tuple(t.clone() for t in oriented)
+    b.plans.append((c.clone(), half.clone(), frac, ocopy, plan))
     return None if plan is None else (b, plan)
 
 
-def _n_parts(units: int, d: int, K: int, P: int) -> int:
-    """Partitions for ``units`` blocks or rows: a function of the problem size only."""
-    per_part = 8 * (2 * d + P) * max(K, 1)
+def _same(a: tuple, b: tuple) -> bool:
+    return all(s.shape == t.shape and torch.equal(s, t) for s, t in zip(a, b))
+
+
+def _n_parts(units: int, d: int, K: int, P: int, width: int | None = None) -> int:
+    """Partitions for ``units`` blocks or rows: a function of the problem size only.
+    ``width``: float64 partials per bump (default 2d + P, the axis kernels')."""
+    per_part = 8 * ((2 * d + P) if width is None else width) * max(K, 1)
     by_memory = max(_MIN_PARTS, _PART_BYTES // per_part)
     return int(max(1, min(_MAX_PARTS, units, by_memory)))
 
 
-def _dense_parts(n: int, d: int, K: int, P: int) -> int:
-    return _n_parts((n + _kernels._B - 1) // _kernels._B, d, K, P)
+def _dense_parts(n: int, d: int, K: int, P: int, width: int | None = None, block: int = _kernels._B) -> int:
+    return _n_parts((n + block - 1) // block, d, K, P, width)
 
 
-def _bounds(plan: _Plan, d: int, K: int, P: int) -> np.ndarray:
+def _bounds(plan: _Plan, d: int, K: int, P: int, width: int | None = None) -> np.ndarray:
     nrows = plan.row_start.shape[0] - 1
-    return _kernels.partition_bounds(plan.cost, _n_parts(nrows, d, K, P))
+    return _kernels.partition_bounds(plan.cost, _n_parts(nrows, d, K, P, width))
 
 
 def _prepare(x, c, w, m, half, cull, trust_forward=False):
@@ -380,4 +409,102 @@ def pair_count(x, c, half) -> int | None:
     with _threads_capped():
         return int(
             _kernels.culled_pair_count(b.xs, _np(c), _np(half), plan.row_start, plan.reg_k, plan.reg_p0, plan.reg_p1, bounds)
+        )
+
+
+# ---------------------------------------------------------------- oriented bumps
+def _moment_count(d: int) -> int:
+    """Float64 moments per bump in the oriented backward: S1 (d) and S2's upper triangle."""
+    return d + d * (d + 1) // 2
+
+
+def _oriented_prepare(x, c, U, m, r2, half, cull, trust_forward=False):
+    """Kernel arrays (x, c, U, r2, m), and the binning and plan when the culled path runs."""
+    xn, cn, Un, r2n, mn = _np(x), _np(c), _np(U), _np(r2), _np(m)
+    bp = None
+    if cull:
+        hn = _np(half)
+        key = _dense_test_key(x, c, U, half, r2) if x.shape[0] * c.shape[1] < _SMALL_GRID else None
+        bp = make_plan(x, c, half, trust_forward, bool(np.isfinite(hn).all()), (xn, cn, hn), key, (U, r2))
+    b, plan = (None, None) if bp is None else bp
+    return b, plan, xn, cn, Un, r2n, mn
+
+
+def _oriented_work(n: int, d: int, K: int, P: int, plan: _Plan | None) -> float:
+    # An oriented pair costs about (d + 1) / 4 axis-aligned ones more (its d^2 multiply-adds).
+    return _work(n, K, P, plan) * (1.0 + d / 4.0)
+
+
+def oriented_forward(x, c, U, m, r2, half, cull):
+    """y (n, P) of oriented bumps (see the contract in ``_registry``)."""
+    n, d = x.shape
+    K, P = m.shape
+    if n == 0 or K == 0 or P == 0:
+        return torch.zeros((n, P), dtype=x.dtype)
+    b, plan, xn, cn, Un, r2n, mn = _oriented_prepare(x, c, U, m, r2, half, cull)
+    y = torch.empty((n, P), dtype=x.dtype)
+    width = _moment_count(d) + P
+    with _threads_capped(_oriented_work(n, d, K, P, plan)):
+        if plan is None:
+            _ko.dense_forward(xn, cn, Un, r2n, mn, y.numpy(), _dense_parts(n, d, K, P, width, _ko._BO))
+            return y
+        bounds = _bounds(plan, d, K, P, width)
+        args = (b.row_pts, plan.row_start, plan.reg_k, plan.reg_p0, plan.reg_p1, bounds, plan.maxrow, plan.maxseg)
+        _ko.culled_forward(b.xs, b.perm, cn, Un, r2n, mn, *args, y.numpy())
+    return y
+
+
+def oriented_backward(gy, x, c, U, m, r2, half, cull, need_x):
+    """Gradients of sum(gy * y): (gx or None, gc, gU, gm), in the inputs' dtype."""
+    n, d = x.shape
+    K, P = m.shape
+    if n == 0 or K == 0 or P == 0:
+        gx = torch.zeros((n, d), dtype=x.dtype) if need_x else None
+        return gx, torch.zeros((d, K), dtype=c.dtype), torch.zeros((d, d, K), dtype=U.dtype), torch.zeros((K, P), dtype=m.dtype)
+    b, plan, xn, cn, Un, r2n, mn = _oriented_prepare(x, c, U, m, r2, half, cull, trust_forward=True)
+    g = _np(gy.to(x.dtype))
+    gx = torch.empty((n, d) if need_x else (0, d), dtype=x.dtype)
+    # A = U^T U per bump (float64): grad x's v = 2 t A diff.
+    A = _ko.gram(Un) if need_x else np.empty((d, d, 0))
+    nq = _moment_count(d)
+    width = nq + P
+    with _threads_capped(2 * _oriented_work(n, d, K, P, plan)):
+        if plan is None:
+            npart = _dense_parts(n, d, K, P, width, _ko._BO)
+            ps, pm = np.zeros((npart, K, nq)), np.zeros((npart, K, P))
+            _ko.dense_backward(xn, cn, Un, A, r2n, mn, g, gx.numpy(), need_x, ps, pm, npart)
+        else:
+            bounds = _bounds(plan, d, K, P, width)
+            npart = bounds.shape[0] - 1
+            ps, pm = np.zeros((npart, K, nq)), np.zeros((npart, K, P))
+            args = (b.row_pts, plan.row_start, plan.reg_k, plan.reg_p0, plan.reg_p1, bounds, plan.maxrow, plan.maxseg)
+            gs = np.empty_like(g)
+            _kernels.to_sorted(g, b.rank, gs, npart)
+            _ko.culled_backward(b.xs, b.perm, cn, Un, A, r2n, mn, gs, *args, gx.numpy(), need_x, ps, pm)
+    # Fixed-order reduction of the partials, then U applied once per bump (float64).
+    gc, gU = _ko.finish_gradients(Un, _kernels.sum_parts(ps))
+    gm = _kernels.sum_parts(pm).astype(mn.dtype)
+    return (
+        (gx if need_x else None), torch.from_numpy(gc.astype(cn.dtype)), torch.from_numpy(gU.astype(Un.dtype)),
+        torch.from_numpy(gm),
+    )  # fmt: skip
+
+
+def oriented_pair_count(x, c, U, r2, half, culled: bool = True) -> int | None:
+    """Test instrumentation: pairs that count, by the kernels' own arithmetic, among the
+    culled path's candidates (None when it would run dense), or (``culled`` False) among
+    all n * K pairs."""
+    if not culled:
+        return int(_ko.dense_pair_count(_np(x), _np(c), _np(U), _np(r2)))
+    bp = make_plan(x, c, half, oriented=(U, r2))
+    if bp is None:
+        return None
+    b, plan = bp
+    d, K = c.shape
+    bounds = _bounds(plan, d, K, 1, _moment_count(d) + 1)
+    with _threads_capped():
+        return int(
+            _ko.culled_pair_count(
+                b.xs, _np(c), _np(U), _np(r2), plan.row_start, plan.reg_k, plan.reg_p0, plan.reg_p1, bounds, plan.maxseg
+            )
         )
