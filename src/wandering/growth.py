@@ -5,8 +5,8 @@ with fewer bumps than its budget, and at intervals the bumps under which the squ
 residual is largest are split in two, so bumps multiply where the target has detail
 and the early steps, with fewer bumps, cost less. Optionally dead bumps (negligible
 |m|, or no point in their support) are removed first. K changes, so every parameter
-with a bump axis (c, w, m, the angles of oriented bumps) is rebuilt, in place on the
-same ``Parameter`` objects (an optimizer holding them stays valid), and the
+with a bump axis (c, w, m, the angles of oriented bumps) is replaced by a new
+``Parameter``, in the module and in the optimizer given, and the
 optimizer's per-entry state is carried over for the bumps that stay as they were and
 zeroed for exactly the split and new ones::
 
@@ -30,9 +30,9 @@ the parameters, the points and the residual alone: bitwise reproducible, resumab
 once the per-bump sums are summed over ranks (``all_reduce``, at events only).
 
 Under DDP, K changing means the ``DistributedDataParallel`` wrapper's buckets no
-longer fit the parameters: build a new wrapper around the same module after an event
-that changed K (:meth:`Growth.step_post` returns the change). The optimizer keeps
-working, as the ``Parameter`` objects are the same.
+longer fit the parameters (and hold the old ones): build a new wrapper around the same
+module after an event that changed K (:meth:`Growth.step_post` returns the change). The
+optimizer given to the event keeps working: its groups and state hold the new parameters.
 """
 
 from __future__ import annotations
@@ -62,11 +62,6 @@ def _as_int(value: Any, name: str, minimum: int) -> int:
 _BUMP_PARAMS = (("c", 1), ("w", 1), ("m", 0), ("angles", 1))
 
 
-def _bump_params(module: torch.nn.Module) -> list[tuple[torch.nn.Parameter, int]]:
-    return [(getattr(module, name), dim) for name, dim in _BUMP_PARAMS if isinstance(getattr(module, name, None),
-                                                                                     torch.nn.Parameter)]
-
-
 def resize_bumps(
     module: torch.nn.Module,
     optimizer: torch.optim.Optimizer | None,
@@ -76,9 +71,10 @@ def resize_bumps(
 ) -> None:
     """Keeps the bumps ``keep`` (in that order), appends ``new`` ones, and rewrites the optimizer state.
 
-    Every parameter with a bump axis (c, w, m, angles) gets ``cat(p[keep], new[name])`` along
-    that axis, assigned to the same ``Parameter`` object (its gradient is dropped). The
-    optimizer's per-entry state tensors (those shaped like the parameter: Adam's exp_avg,
+    Every parameter with a bump axis (c, w, m, angles) is replaced by a new ``Parameter`` holding
+    ``cat(p[keep], new[name])`` along that axis (no gradient yet), in the module and in the
+    optimizer's parameter groups; other references to the old ones (another optimizer, a
+    ``DistributedDataParallel`` wrapper) are not updated. The optimizer's per-entry state tensors (those shaped like the parameter: Adam's exp_avg,
     exp_avg_sq, ...) are cut the same way, with zeros for the new bumps and for the kept
     positions ``reset`` (indices into the new layout); scalar state (Adam's step) is left alone.
 
@@ -90,31 +86,39 @@ def resize_bumps(
             every bump parameter must be given, or none (nothing appended).
         reset: LongTensor of positions in the new layout whose optimizer state is zeroed.
     """
-    params = _bump_params(module)
     names = [name for name, _ in _BUMP_PARAMS if isinstance(getattr(module, name, None), torch.nn.Parameter)]
     new = dict(new or {})
     if new and set(new) != set(names):
         raise ValueError(f"new must give all of {names} or none, but got {sorted(new)}")
     keep = keep.to(torch.int64)
-    for (param, dim), name in zip(params, names):
+    dims = dict(_BUMP_PARAMS)
+    for name in names:
+        param, dim = getattr(module, name), dims[name]
         dev_keep = keep.to(param.device)
         parts = [param.detach().index_select(dim, dev_keep)]
         if new:
             parts.append(new[name].to(dtype=param.dtype, device=param.device))
-        data = torch.cat(parts, dim=dim)
-        state = optimizer.state.get(param) if optimizer is not None else None
-        if state:
-            for key, value in list(state.items()):
-                if isinstance(value, torch.Tensor) and value.shape == param.shape:
-                    kept = value.index_select(dim, dev_keep.to(value.device))
-                    shape = list(value.shape)
-                    shape[dim] = data.shape[dim] - kept.shape[dim]
-                    grown = torch.cat([kept, kept.new_zeros(shape)], dim=dim)
-                    if reset is not None and reset.numel():
-                        grown.index_fill_(dim, reset.to(grown.device), 0)
-                    state[key] = grown
-        param.grad = None
-        param.data = data
+        fresh = torch.nn.Parameter(torch.cat(parts, dim=dim), requires_grad=param.requires_grad)
+        # A new Parameter, not ``param.data = ...``: autograd keeps the old shape in the leaf's
+        # gradient accumulator for as long as a graph that used it is alive.
+        setattr(module, name, fresh)
+        if optimizer is None:
+            continue
+        for group in optimizer.param_groups:
+            group["params"] = [fresh if p is param else p for p in group["params"]]
+        state = optimizer.state.pop(param, None)
+        if not state:
+            continue
+        for key, value in list(state.items()):
+            if isinstance(value, torch.Tensor) and value.shape == param.shape:
+                kept = value.index_select(dim, dev_keep.to(value.device))
+                shape = list(value.shape)
+                shape[dim] = fresh.shape[dim] - kept.shape[dim]
+                grown = torch.cat([kept, kept.new_zeros(shape)], dim=dim)
+                if reset is not None and reset.numel():
+                    grown.index_fill_(dim, reset.to(grown.device), 0)
+                state[key] = grown
+        optimizer.state[fresh] = state
 
 
 def bump_statistics(module: WanderingModule, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
