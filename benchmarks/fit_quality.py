@@ -1,4 +1,4 @@
-"""Fit quality: BumpRegressor against budget-matched baselines on real 2-D data.
+"""Fit quality: BumpRegressor against budget-matched baselines on real 2-D data, and on few points in 10-D.
 
 Every method sees the same 90/10 split of the same sampled points and is scored on
 the held-out 10%: R^2, RMSE (in the data's units), its number of parameters and its
@@ -9,6 +9,12 @@ wall time (fit + predict). Datasets ship inside matplotlib (nothing is downloade
 - mri:        ``s1045.ima.gz`` (256 x 256 uint16 big-endian MRI slice)
 - photo:      ``grace_hopper.jpg`` (600 x 512, converted to grayscale)
 - demo:       the README demo's synthetic target (``wandering.demo.demo_target``)
+- diabetes:   scikit-learn's ``load_diabetes`` (442 patients, d = 10, ships with scikit-learn):
+  few points in many dimensions. Its default budgets are ``auto`` (BumpRegressor's default
+  ``n_bumps="auto"``: 4 bumps for the 398 training points), 16, 64 and 256.
+
+A budget ``auto`` is the bump count ``n_bumps="auto"`` resolves to on the training points
+(``wandering.regressor.auto_n_bumps``); the bump methods then run with ``n_bumps="auto"``.
 
 Methods, at a budget of K bumps:
 
@@ -17,16 +23,23 @@ Methods, at a budget of K bumps:
 - ``grid-ls``: ridge least squares on a fixed g x g grid of Gaussians, g^2 ~ K
   (width and ridge picked on a validation split of the training points).
 - ``grid-ls-params``: the same with (2d+1)K Gaussians: the bump model's parameter count.
-- ``rbf-K``: ``scipy.interpolate.RBFInterpolator`` through K training points (thin-plate spline).
-- ``rbf-all``: ``RBFInterpolator`` on all training points, ``neighbors=50``: the
-  interpolation reference (not budget-matched).
+- ``bump-oriented``: ``BumpRegressor(n_bumps=K, shape="oriented")``: rotated bumps, each with
+  d(d-1)/2 angles more.
+- ``grid-ls-oriented-params``: the grid with (2d + d(d-1)/2 + 1)K Gaussians: the oriented
+  model's parameter count.
+- ``rbf-K``: ``scipy.interpolate.RBFInterpolator`` through K training points (thin-plate spline;
+  at least d + 1).
+- ``rbf-all``: ``RBFInterpolator`` on all training points, ``neighbors=50`` (all of them up to
+  5,000 points): the interpolation reference (not budget-matched).
 - ``mlp``: ``sklearn.neural_network.MLPRegressor``, two hidden layers sized to about
   (2d+1)K parameters.
 - ``adam-dense``: a plain Adam fit of K dense bumps (``SumOfBumpFcns``, exact sum, no
   noise, no culling, no relocation, no least squares), k-means start, as many steps.
+- ``linear``: ``sklearn.linear_model.LinearRegression`` (context, not budget-matched).
 
     python benchmarks/fit_quality.py --quick
     python benchmarks/fit_quality.py --datasets elevation mri --budgets 256 --methods bump grid-ls
+    python benchmarks/fit_quality.py --datasets diabetes
 """
 
 from __future__ import annotations
@@ -37,6 +50,7 @@ import math
 import os
 import sys
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -44,11 +58,15 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "src"))
 
-from wandering import BumpRegressor, SumOfBumpFcns  # noqa: E402
+from wandering import BumpRegressor, FitQualityWarning, SumOfBumpFcns  # noqa: E402
+from wandering.regressor import auto_n_bumps  # noqa: E402
 from wandering._lstsq import solve_magnitudes  # noqa: E402
 
-DATASETS = ("elevation", "topography", "mri", "photo", "demo")
-METHODS = ("bump", "bump-norelocate", "grid-ls", "grid-ls-params", "rbf-K", "rbf-all", "mlp", "adam-dense")
+DATASETS = ("elevation", "topography", "mri", "photo", "demo", "diabetes")
+METHODS = ("bump", "bump-norelocate", "grid-ls", "grid-ls-params", "rbf-K", "rbf-all", "mlp", "adam-dense", "linear")
+ONCE = ("rbf-all", "linear")  # not budget-matched: once per dataset
+DEFAULT_BUDGETS = {"diabetes": ["auto", 16, 64, 256]}  # every other dataset: 64, 256, 1024
+MAX_GRID = 1 << 14  # grid-ls: more Gaussians than this (g**d in many dimensions) is not run
 
 
 # ---------------------------------------------------------------- data
@@ -66,6 +84,11 @@ def load(name: str, n_points: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
         _, x, y = demo_target(seed, n_points)
         return x, y
+    if name == "diabetes":
+        from sklearn.datasets import load_diabetes
+
+        x, y = load_diabetes(return_X_y=True)
+        return x.astype(np.float64), y.astype(np.float64)
     if name == "elevation":
         img = np.asarray(cbook.get_sample_data("jacksboro_fault_dem.npz")["elevation"], dtype=np.float64)
     elif name == "topography":
@@ -131,6 +154,8 @@ def grid_ls(x_tr, y_tr, x_te, n_bumps, seed):
     xu, xv = _unit(x_tr, x_te)
     d = x_tr.shape[1]
     c, g = _grid_centres(n_bumps, d)
+    if c.shape[1] > MAX_GRID:
+        return None, c.shape[1] + 1
     perm = np.random.default_rng(seed + 2).permutation(len(xu))
     n_val = len(xu) // 5
     va, tr = perm[:n_val], perm[n_val:]
@@ -149,9 +174,10 @@ def rbf_k(x_tr, y_tr, x_te, n_bumps, seed):
     from scipy.interpolate import RBFInterpolator
 
     xu, xv = _unit(x_tr, x_te)
-    pick = np.random.default_rng(seed + 3).choice(len(xu), size=min(n_bumps, len(xu)), replace=False)
-    f = RBFInterpolator(xu[pick], y_tr[pick], kernel="thin_plate_spline")
     d = x_tr.shape[1]
+    size = min(max(n_bumps, d + 1), len(xu))  # its linear term needs d + 1 points
+    pick = np.random.default_rng(seed + 3).choice(len(xu), size=size, replace=False)
+    f = RBFInterpolator(xu[pick], y_tr[pick], kernel="thin_plate_spline")
     return f(xv), (d + 1) * len(pick) + d + 1
 
 
@@ -159,7 +185,9 @@ def rbf_all(x_tr, y_tr, x_te, n_bumps, seed):
     from scipy.interpolate import RBFInterpolator
 
     xu, xv = _unit(x_tr, x_te)
-    f = RBFInterpolator(xu, y_tr, neighbors=50, kernel="thin_plate_spline")
+    # 50 neighbours on the large 2-D sets; a small set (diabetes: a binary column leaves some
+    # neighbourhoods without full rank for the linear term) is interpolated globally.
+    f = RBFInterpolator(xu, y_tr, neighbors=50 if len(xu) > 5000 else None, kernel="thin_plate_spline")
     return f(xv), (x_tr.shape[1] + 1) * len(xu)
 
 
@@ -208,6 +236,19 @@ def adam_dense(x_tr, y_tr, x_te, n_bumps, seed, steps=2000, lr=0.01):
     return pred * sd + mu, (2 * d + 1) * n_bumps + 1
 
 
+def linear(x_tr, y_tr, x_te, n_bumps, seed):
+    from sklearn.linear_model import LinearRegression
+
+    return LinearRegression().fit(x_tr, y_tr).predict(x_te), x_tr.shape[1] + 1
+
+
+def grid_ls_oriented_params(x_tr, y_tr, x_te, n_bumps, seed):
+    """The grid with as many Gaussians as an oriented bump model with one output has numbers:
+    (2d + d(d-1)/2 + 1) K (centres, scales, angles, magnitudes)."""
+    d = x_tr.shape[1]
+    return grid_ls(x_tr, y_tr, x_te, (2 * d + d * (d - 1) // 2 + 1) * n_bumps, seed)
+
+
 def bump(x_tr, y_tr, x_te, n_bumps, seed, **kw):
     est = BumpRegressor(n_bumps, random_state=seed, **kw).fit(x_tr, y_tr)
     return est.predict(x_te), est.n_params_
@@ -222,7 +263,16 @@ RUNNERS = {
     "rbf-all": lambda *a, extra=None: rbf_all(*a),
     "mlp": lambda *a, extra=None: mlp(*a),
     "adam-dense": lambda *a, extra=None: adam_dense(*a),
+    "linear": lambda *a, extra=None: linear(*a),
+    "bump-oriented": lambda *a, extra=None: bump(*a, **{**(extra or {}), "shape": "oriented"}),
+    "grid-ls-oriented-params": lambda *a, extra=None: grid_ls_oriented_params(*a),
 }
+METHODS = (*METHODS, "bump-oriented", "grid-ls-oriented-params")
+
+
+def _budget(text: str):
+    """A --budgets entry: a bump count, or 'auto' (BumpRegressor's n_bumps='auto')."""
+    return "auto" if text == "auto" else int(text)
 
 
 def _parse_set(items):
@@ -244,7 +294,8 @@ def _parse_set(items):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
-    ap.add_argument("--budgets", nargs="+", type=int, default=[64, 256, 1024])
+    ap.add_argument("--budgets", nargs="+", type=_budget, default=None,
+                    help="bump counts or 'auto' (default: 64 256 1024; diabetes: auto 16 64 256)")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--points", type=int, default=20000, help="points sampled per dataset (before the split)")
     ap.add_argument("--seed", type=int, default=0)
@@ -254,40 +305,67 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.quick:
         a.points = min(a.points, 5000)
-        a.budgets = [b for b in a.budgets if b <= 256] or [64]
+
+    def budgets(ds):
+        given = a.budgets or DEFAULT_BUDGETS.get(ds, [64, 256, 1024])
+        if a.quick:
+            return [b for b in given if b == "auto" or b <= 256] or [64]
+        return given
     extra = _parse_set(a.set)
     rows = []
     print(f"threads: torch {torch.get_num_threads()}; load average {os.getloadavg()[0]:.2f} at start; "
           f"extra settings {extra}", flush=True)
-    hdr = f"{'dataset':<11}{'K':>5}  {'method':<16}{'R2':>8}{'RMSE':>11}{'params':>9}{'seconds':>9}"
+    hdr = f"{'dataset':<11}{'K':>7}  {'method':<24}{'R2':>8}{'RMSE':>11}{'params':>9}{'seconds':>9}"
     print(hdr, flush=True)
     for ds in a.datasets:
         x, y = load(ds, a.points, a.seed)
         tr, te = split(len(x), a.seed)
-        for k in a.budgets:
+        for k in budgets(ds):
+            label = k
+            if k == "auto":
+                k_auto = auto_n_bumps(len(tr), x.shape[1])
+                label = f"auto:{k_auto}"
             for meth in a.methods:
-                if meth == "rbf-all" and k != a.budgets[0]:
-                    continue  # not budget-matched: once per dataset
+                if meth in ONCE and k != budgets(ds)[0]:
+                    continue
+                size = k_auto if k == "auto" and not meth.startswith("bump") else k
                 t0 = time.perf_counter()
-                pred, n_par = RUNNERS[meth](x[tr], y[tr], x[te], k, a.seed, extra=extra)
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", FitQualityWarning)
+                    pred, n_par = RUNNERS[meth](x[tr], y[tr], x[te], size, a.seed, extra=extra)
                 secs = time.perf_counter() - t0
+                warned = any(issubclass(w.category, FitQualityWarning) for w in caught)
+                if pred is None:
+                    print(f"{ds:<11}{label!s:>7}  {meth:<16}{'n/a':>8}  (a grid of {n_par - 1} Gaussians)", flush=True)
+                    continue
                 res = y[te] - pred
                 r2 = 1 - float((res ** 2).sum() / ((y[te] - y[te].mean()) ** 2).sum())
                 rmse = float(np.sqrt((res ** 2).mean()))
-                rows.append((ds, k if meth != "rbf-all" else "all", meth, r2, rmse, n_par, secs))
-                print(f"{ds:<11}{rows[-1][1]!s:>5}  {meth:<16}{r2:>8.4f}{rmse:>11.4g}{n_par:>9}{secs:>9.1f}",
-                      flush=True)
+                rows.append((ds, label if meth not in ONCE else "-", meth, r2, rmse, n_par, secs, warned))
+                print(f"{ds:<11}{rows[-1][1]!s:>7}  {meth:<24}{r2:>8.4f}{rmse:>11.4g}{n_par:>9}{secs:>9.1f}"
+                      f"{'  FitQualityWarning' if warned else ''}", flush=True)
     if a.markdown:
         print("\n| dataset | K | method | held-out R² | RMSE | params | seconds |\n|---|---:|---|---:|---:|---:|---:|")
         for r in rows:
-            print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.4f} | {r[4]:.4g} | {r[5]} | {r[6]:.1f} |")
+            print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.4f}{' (warned)' if r[7] else ''} | {r[4]:.4g} | {r[5]} | "
+                  f"{r[6]:.1f} |")
     if "bump" in a.methods and "bump-norelocate" in a.methods:
         print("\nrelocation gain (R2 with - without):")
         for ds in a.datasets:
-            for k in a.budgets:
+            for k in sorted({r[1] for r in rows if r[0] == ds and r[1] != "-"}, key=str):
                 got = {r[2]: r[3] for r in rows if r[0] == ds and r[1] == k}
                 if "bump" in got and "bump-norelocate" in got:
                     print(f"  {ds:<11} K={k:<5} {got['bump'] - got['bump-norelocate']:+.4f}")
+    others = [m for m in ("bump", "grid-ls-oriented-params") if m in a.methods]
+    if "bump-oriented" in a.methods and others:
+        print("\noriented gain (R2 of bump-oriented minus the other's; grid-ls-oriented-params has as many numbers):")
+        for ds in a.datasets:
+            for k in a.budgets:
+                got = {r[2]: r[3] for r in rows if r[0] == ds and r[1] == k}
+                diffs = [f"{m} {got['bump-oriented'] - got[m]:+.4f}" for m in ("bump", "grid-ls-oriented-params")
+                         if m in got]
+                if diffs:
+                    print(f"  {ds:<11} K={k:<5} " + "   ".join(diffs))
     return 0
 
 

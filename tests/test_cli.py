@@ -178,6 +178,83 @@ def test_predict_csv_without_value_column_and_reordered(tmp_path, capsys):
     np.testing.assert_allclose(v[:, 2], v_ref[:, 2])
 
 
+@pytest.fixture(scope="module")
+def fitted_abc(tmp_path_factory):
+    """A model fitted on coordinates named a, b, c (value 'val'), its training points and a reference prediction."""
+    tmp = tmp_path_factory.mktemp("abc")
+    x, y = smooth_data(200, 3)
+    data = write_csv(tmp / "d.csv", ["a", "b", "c", "val"], np.column_stack([x, y]).tolist())
+    assert main(["fit", data, "--out", str(tmp / "fit"), *FAST, "--no-plot"]) == 0
+    model = str(tmp / "fit" / "model.pt")
+    ref = write_csv(tmp / "ref.csv", ["a", "b", "c"], x[:6].tolist())
+    assert main(["predict", model, ref, "-o", str(tmp / "ref_pred.csv")]) == 0
+    return model, x[:6], read_out(tmp / "ref_pred.csv")[1][:, -1]
+
+
+def test_predict_never_takes_another_column_for_a_missing_coordinate(tmp_path, capsys, fitted_abc):
+    """Model on a, b, c; a file with a, b and some v: refused, naming c, whatever the column count."""
+    model, x, _ = fitted_abc
+    p = str(tmp_path / "p.csv")
+    v = np.arange(len(x), dtype=float)[:, None]
+    cases = {
+        ("a", "b", "v"): "no column 'c'",  # as many columns as the model has coordinates
+        ("a", "b", "v", "val"): "no column 'c'",  # one more: a value column after them
+        ("v", "b"): "no columns 'a', 'c'",
+        ("p", "q", "r"): "no columns 'a', 'b', 'c'",  # none of the model's names
+    }
+    for header, pattern in cases.items():
+        rows = np.column_stack([x, v, v])[:, : len(header)]
+        msg = run_err(capsys, ["predict", model, write_csv(tmp_path / "q.csv", header, rows.tolist()), "-o", p])
+        assert pattern in msg and "--x-cols" in msg, (header, msg)
+        assert "a, b, c" in msg, msg  # the model's coordinates are named
+    assert not os.path.exists(p)
+
+
+def test_predict_maps_columns_by_name_or_as_told(tmp_path, capsys, fitted_abc):
+    model, x, ref = fitted_abc
+    # Reordered, with extra columns before and after: by name.
+    q = write_csv(tmp_path / "q.csv", ["id", "c", "note", "a", "b"],
+                  [[i, r[2], "t", r[0], r[1]] for i, r in enumerate(x.tolist())])
+    assert main(["predict", model, q, "-o", str(tmp_path / "p.csv")]) == 0
+    with open(tmp_path / "p.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["id", "c", "note", "a", "b", "val_pred"]
+    np.testing.assert_allclose([float(r[-1]) for r in rows[1:]], ref, rtol=1e-6)
+    # --x-cols says which column is which coordinate, in the model's order: taken as told.
+    q = write_csv(tmp_path / "q2.csv", ["a", "b", "depth"], x.tolist())
+    assert main(["predict", model, q, "-o", str(tmp_path / "p2.csv"), "--x-cols", "a,b,depth"]) == 0
+    np.testing.assert_allclose(read_out(tmp_path / "p2.csv")[1][:, -1], ref, rtol=1e-6)
+    # ... but a model coordinate's own name in another place is a mistake, not a wish.
+    q = write_csv(tmp_path / "q3.csv", ["a", "b", "c"], x.tolist())
+    msg = run_err(capsys, ["predict", model, q, "-o", str(tmp_path / "p3.csv"), "--x-cols", "b,a,c"])
+    assert "'b'" in msg and "a, b, c" in msg, msg
+    assert not (tmp_path / "p3.csv").exists()
+
+
+def test_predict_with_a_model_fitted_without_names(tmp_path, capsys):
+    """A model fitted on .npz (coordinates x0, x1): a CSV's columns are taken by position, with a note,
+    unless the CSV uses some of the names x0, x1 (then all are needed)."""
+    x, y = smooth_data(200, 2)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    out = tmp_path / "fit"
+    assert main(["fit", str(tmp_path / "d.npz"), "--out", str(out), *FAST, "--no-plot"]) == 0
+    model = str(out / "model.pt")
+    assert main(["predict", model, write_csv(tmp_path / "ref.csv", ["x0", "x1"], x[:5].tolist()),
+                 "-o", str(tmp_path / "ref_pred.csv")]) == 0
+    ref = read_out(tmp_path / "ref_pred.csv")[1][:, -1]
+    capsys.readouterr()
+    q = write_csv(tmp_path / "q.csv", ["lon", "lat", "val"], np.column_stack([x[:5], y[:5]]).tolist())
+    assert main(["predict", model, q, "-o", str(tmp_path / "p.csv")]) == 0
+    err = capsys.readouterr().err
+    assert "fitted without column names" in err and "lon, lat" in err, err
+    header, vals = read_out(tmp_path / "p.csv")
+    assert header == ["lon", "lat", "val", "y_pred"]
+    np.testing.assert_allclose(vals[:, -1], ref, rtol=1e-6)
+    q = write_csv(tmp_path / "q2.csv", ["x0", "v"], x[:5].tolist())
+    msg = run_err(capsys, ["predict", model, q, "-o", str(tmp_path / "p2.csv")])
+    assert "no column 'x1'" in msg, msg
+
+
 def test_round_trip_npz(tmp_path, capsys):
     x, y = smooth_data(300, 2)
     np.savez(tmp_path / "d.npz", x=x, y=y)
@@ -729,6 +806,55 @@ def test_help_does_not_import_torch(argv):
     assert "usage: wandering" in r.stdout
 
 
+def test_bad_data_files_are_refused_before_torch_is_imported(tmp_path, fitted):
+    """A missing, empty, unreadable or headerless-by-mistake file, or a missing column, is one line at once:
+    torch (seconds to import) is not loaded for it."""
+    _, good, model = fitted
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    blank = tmp_path / "blank.csv"
+    blank.write_text("\n\n")
+    npz = tmp_path / "empty.npz"
+    npz.write_bytes(b"")
+    notzip = tmp_path / "text.npz"
+    notzip.write_text("a,b\n1,2\n")
+    folder = tmp_path / "folder.csv"
+    folder.mkdir()
+    out = str(tmp_path / "o")
+    p = str(tmp_path / "p.csv")
+    cases = [
+        (["fit", str(tmp_path / "missing.csv"), "--out", out], "no such file"),
+        (["fit", str(empty), "--out", out], "empty file"),
+        (["fit", str(blank), "--out", out], "empty file"),
+        (["fit", str(npz), "--out", out], "empty file"),
+        (["fit", str(notzip), "--out", out], "not a readable .npz file"),
+        (["fit", str(folder), "--out", out], "is a directory"),
+        (["fit", good, "--out", out, "--y-col", "zzz"], "no column 'zzz'"),
+        (["fit", good, "--out", out, "--x-cols", "c0,nope"], "no column 'nope'"),
+        (["predict", model, str(tmp_path / "missing.csv"), "-o", p], "no such file"),
+        (["predict", model, str(empty), "-o", p], "empty file"),
+        (["predict", str(tmp_path / "nope.pt"), good, "-o", p], "no such file"),
+        (["predict", str(empty), good, "-o", p], "not a wandering model checkpoint"),
+    ]
+    script = (
+        "import json, sys\n"
+        "from wandering.cli import main\n"
+        "out = []\n"
+        f"for argv in {[argv for argv, _ in cases]!r}:\n"
+        "    code = main(argv)\n"
+        "    out.append([code, 'torch' in sys.modules])\n"
+        "print('RESULT', json.dumps(out))\n"
+    )
+    r = run_python(script)
+    assert r.returncode == 0, r.stderr
+    results = json.loads(r.stdout.split("RESULT", 1)[1])
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == len(cases), r.stderr  # one line each
+    for (argv, pattern), (code, torch_loaded), line in zip(cases, results, lines):
+        assert code == 2 and line.startswith("wandering: error:") and pattern in line, (argv, line)
+        assert not torch_loaded, (argv, line)
+
+
 def test_ctrl_c_while_importing_torch_is_one_line(tmp_path, fitted):
     """KeyboardInterrupt raised inside `import torch` (as Ctrl-C at start-up would): exit 130, no traceback."""
     _, good, _ = fitted
@@ -768,7 +894,7 @@ def test_fit_settings_defaults_are_bump_regressors():
     s = FitSettings()
     same = {"bumps": "n_bumps", "steps": "steps", "lr_position": "lr_position", "lr_magnitude": "lr_magnitude",
             "c_grad_std": "c_grad_std", "w_grad_std": "w_grad_std", "m_grad_gain": "m_grad_gain",
-            "support_p": "support_p", "relocate": "relocate"}
+            "support_p": "support_p", "relocate": "relocate", "shape": "shape", "lr_angle": "lr_angle"}
     for ours, theirs in same.items():
         assert getattr(s, ours) == reg[theirs].default, ours
     assert s.batch is None and reg["batch"].default == "auto"
@@ -798,6 +924,34 @@ def test_fit_command_is_the_regressor_on_the_training_rows(tmp_path, capsys):
     assert m["r2"] == pytest.approx(ref.score(x[hold], y[hold]), rel=1e-6)
 
 
+def test_fit_default_bump_count_follows_the_data(tmp_path, capsys):
+    """--bumps defaults to auto, BumpRegressor's rule on the training rows: 180 rows in 3-D -> 6 bumps."""
+    from wandering.regressor import auto_n_bumps
+
+    x, y = smooth_data(200, 3)
+    data = write_csv(tmp_path / "d.csv", ["a", "b", "c", "v"], np.column_stack([x, y]).tolist())
+    for name, extra in (("default", []), ("auto", ["--bumps", "auto"])):
+        assert main(["fit", data, "--out", str(tmp_path / name), "--steps", "30", "--quiet", "--no-plot", *extra]) == 0
+        m = json.loads((tmp_path / name / "metrics.json").read_text())
+        assert m["bumps"] == auto_n_bumps(m["n_train"], 3) == 6, m
+        assert torch.load(tmp_path / name / "model.pt", weights_only=True)["n_bumps"] == 6
+    msg = run_err(capsys, ["fit", data, "--out", str(tmp_path / "o"), "--bumps", "many"])
+    assert "--bumps must be a positive integer or 'auto', but got 'many'" in msg
+
+
+def test_fit_worse_than_a_constant_says_so_in_one_line(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    x, y = rng.uniform(size=(330, 5)), rng.normal(size=330)  # nothing to fit
+    data = write_csv(tmp_path / "noise.csv", ["a", "b", "c", "d", "e", "v"], np.column_stack([x, y]).tolist())
+    assert main(["fit", data, "--out", str(tmp_path / "o"), "--bumps", "64", "--steps", "100", "--quiet"]) == 0
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith("wandering: warning: BumpRegressor predicts its validation split "
+                                               "worse than a constant: validation R^2 -"), err
+    m = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert m["validation_r2"] < 0 and f"validation R^2 {m['validation_r2']:.3g} " in err[0]
+    assert "n_bumps='auto' picks" in err[0]
+
+
 def test_old_lr_option_sets_both_rates():
     from wandering._fit_recipe import regressor_for
     from wandering._fit_settings import FitSettings
@@ -806,6 +960,10 @@ def test_old_lr_option_sets_both_rates():
     assert reg.lr_magnitude == 0.02 and reg.lr_position == pytest.approx(0.02 * 64 ** 0.5)  # 0.02 of the box
     reg = regressor_for(FitSettings(bumps=64), d=2)
     assert (reg.lr_position, reg.lr_magnitude) == (0.1, 0.01)
+    reg = regressor_for(FitSettings(lr=0.02), d=2, n=1000)  # auto: 1000 // 20 = 50 bumps
+    assert reg.n_bumps == "auto" and reg.lr_position == pytest.approx(0.02 * 50 ** 0.5)
+    with pytest.raises(ValueError, match="needs n"):
+        regressor_for(FitSettings(lr=0.02), d=2)
 
 
 @pytest.mark.parametrize("bad", ["0", "-3", "many", "1.5"])

@@ -26,11 +26,15 @@ def _data(n=800, seed=0):
     return x, y
 
 
-def test_check_estimator():
+# Oriented fits are several times slower on the tiny problems of the checks (rotations of up to
+# d = 10 dimensions): fewer steps, the same checks.
+@pytest.mark.parametrize("n_bumps, shape, steps", [(8, "axis", 20), ("auto", "axis", 20), (8, "oriented", 5)])
+def test_check_estimator(n_bumps, shape, steps):
     pytest.importorskip("sklearn")
     from sklearn.utils.estimator_checks import check_estimator
 
-    results = check_estimator(BumpRegressor(n_bumps=8, steps=20, random_state=0), on_fail=None)
+    est = BumpRegressor(n_bumps=n_bumps, steps=steps, shape=shape, random_state=0)
+    results = check_estimator(est, on_fail=None)
     failed = [(r["check_name"], repr(r["exception"])) for r in results if r["status"] == "failed"]
     assert not failed, failed
     assert len(results) > 40
@@ -138,6 +142,10 @@ def test_fit_input_errors(X, y, exc, match):
         (dict(early_stopping="yes"), TypeError, "early_stopping must be a bool, but got str"),
         (dict(validation_every=0), ValueError, "validation_every must be >= 1, but got 0"),
         (dict(validation_every=2.5), TypeError, "validation_every must be an int, but got float"),
+        (dict(shape="round"), ValueError, r"shape must be one of \('axis', 'oriented'\), but got 'round'"),
+        (dict(shape=None), ValueError, "shape must be one of"),
+        (dict(lr_angle=-0.1), ValueError, r"lr_angle must be in \[0, inf\), but got -0.1"),
+        (dict(lr_angle="fast"), TypeError, "lr_angle must be a number, but got str"),
     ],
 )
 def test_parameter_errors(params, exc, match):
@@ -300,3 +308,184 @@ def test_the_polish_ridge_is_no_smaller_than_the_start():
     x, y = _noisy(400)
     est = BumpRegressor(n_bumps=64, steps=100, lr_position=0.5, random_state=0).fit(x, y)
     assert est.ridge_[1] >= est.ridge_[0]
+
+
+# ---------------------------------------------------------------- few points: the bump count and the fit's verdict
+def test_auto_bump_count_keeps_four_points_per_parameter():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from wandering.regressor import auto_n_bumps
+
+    assert BumpRegressor().get_params()["n_bumps"] == "auto"
+    # diabetes (d = 10): 398 points -> 4 bumps; 2-D benchmark sizes keep the old 256
+    assert auto_n_bumps(398, 10) == 4 and auto_n_bumps(353, 10) == 4
+    assert auto_n_bumps(5120, 2) == 256 and auto_n_bumps(5119, 2) == 255 and auto_n_bumps(18000, 2) == 256
+    assert auto_n_bumps(10, 3) == 1 and auto_n_bumps(1, 1) == 1
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.integers(1, 10**7), st.integers(1, 64))
+    def check(n, d):
+        k = auto_n_bumps(n, d)
+        per_output = (2 * d + 1) * k
+        assert 1 <= k <= 256
+        if n >= 4 * (2 * d + 1):
+            assert 4 * per_output <= n  # at most a quarter of the points
+        if 1 < k < 256:
+            assert 4 * (per_output + 2 * d + 1) > n  # the most bumps that keep it so
+
+    check()
+
+
+def test_default_bump_count_on_few_points_in_many_dimensions():
+    """load_diabetes (d = 10): the defaults fitted 256 bumps (5,377 parameters) on 398 points."""
+    sklearn = pytest.importorskip("sklearn")
+    from sklearn.datasets import load_diabetes
+
+    del sklearn
+    x, y = load_diabetes(return_X_y=True)
+    perm = np.random.default_rng(1).permutation(len(x))
+    te, tr = perm[: len(x) // 10], perm[len(x) // 10 :]
+    est = BumpRegressor(steps=300, random_state=0).fit(x[tr], y[tr])
+    assert est.n_bumps == "auto" and est.n_bumps_ == 4  # the parameter is left as given
+    assert est.n_params_ == 4 * 21 + 1 and est.n_params_ * 4 <= len(tr)
+    assert est.score(x[te], y[te]) > 0.4  # linear regression: 0.59 on this split
+
+
+def _pure_noise(n=300, d=5, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.uniform(size=(n, d)), rng.normal(size=n)
+
+
+def test_a_fit_worse_than_a_constant_says_so():
+    from wandering import FitQualityWarning
+
+    x, y = _pure_noise()
+    with pytest.warns(FitQualityWarning, match="worse than a constant") as caught:
+        est = BumpRegressor(64, steps=200, random_state=0).fit(x, y)
+    msg = str(caught[0].message)
+    assert est.validation_score_ < 0 and f"validation R^2 {est.validation_score_:.3g} on 30 held-out points" in msg
+    assert "705 parameters, 300 points in 5-D" in msg and "n_bumps='auto' picks 6" in msg
+    assert "\n" not in msg and caught[0].filename == __file__  # points at the caller's fit
+    # several outputs: the one that is noise is named
+    x2, y2 = _data(100)
+    both = np.column_stack([y2, np.random.default_rng(1).normal(size=100)])
+    with pytest.warns(FitQualityWarning, match="below 0 for output 1 of 2"):
+        BumpRegressor(64, steps=100, random_state=0).fit(x2, both)
+
+
+def test_a_good_fit_is_silent_and_scores_its_validation_split():
+    import warnings
+
+    from wandering import FitQualityWarning
+
+    x, y = _data()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FitQualityWarning)
+        est = BumpRegressor(**FAST).fit(x, y)  # enough points per parameter
+        few = BumpRegressor(64, steps=100, random_state=0).fit(x[:100], y[:100])  # fewer points than parameters
+    assert est.validation_score_ > 0.9 and few.validation_score_ > 0.5
+    assert BumpRegressor(**FAST, ridge=1e-6).fit(x, y).validation_score_ is None  # no split, no figure
+
+
+@pytest.mark.filterwarnings("ignore::wandering.FitQualityWarning")  # shuffled validation values fit badly
+def test_with_few_points_the_validation_points_stay_unseen_until_the_polish(monkeypatch):
+    """Fewer points than parameters: the placement and Adam use the 90% only, so the validation
+    score is honest. Shuffling the values among the validation points leaves the centres and
+    widths as they were (up to the rounding of the standardisation); among other points it does not.
+    (The validation points pick the ridge, their one use before the polish: here it has one choice.)"""
+    import wandering.regressor
+
+    monkeypatch.setattr(wandering.regressor, "RIDGE_GRID", (1e-3,))
+    x, y = _data(120)
+    kw = dict(n_bumps=32, steps=60, random_state=5)  # 32 * 5 + 1 = 161 parameters > 120 points
+    val = np.sort(np.random.default_rng(5).permutation(len(x))[: len(x) // 10])  # drawn first
+    fit = np.setdiff1d(np.arange(len(x)), val)
+
+    def centres_widths(values):
+        est = BumpRegressor(**kw).fit(x, values)
+        return est, torch.cat([est.module_.bumps.c, est.module_.bumps.w]).detach()
+
+    ref, cw = centres_widths(y)
+    y_val = y.copy()
+    y_val[val] = y[val][::-1]
+    other, cw_val = centres_widths(y_val)
+    torch.testing.assert_close(cw_val, cw, rtol=1e-4, atol=1e-5)
+    assert other.validation_score_ != ref.validation_score_
+    y_fit = y.copy()
+    y_fit[fit[: len(val)]] = y[fit[: len(val)]][::-1]
+    _, cw_fit = centres_widths(y_fit)
+    assert float((cw_fit - cw).abs().max()) > 1e-3
+# ---------------------------------------------------------------- oriented bumps
+def _ridge_data(n=900, seed=0):
+    """An oblique ridge: what one rotated bump fits and axis-aligned ones need many for."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, 1, size=(n, 2))
+    y = np.exp(-(((x[:, 0] - x[:, 1]) / 0.08) ** 2)) + 0.3 * x[:, 0]
+    return x, y
+
+
+def test_oriented_fit_trains_the_angles():
+    from wandering import SlowOrientedSumOfBumpFcns, SlowSumOfBumpFcns
+
+    assert BumpRegressor().shape == "axis"  # the default, for now
+    x, y = _ridge_data(400)
+    kw = dict(n_bumps=8, steps=60, random_state=0)
+    est = BumpRegressor(**kw, shape="oriented").fit(x, y)
+    bumps = est.module_.bumps
+    assert isinstance(bumps, SlowOrientedSumOfBumpFcns)
+    assert bumps.angles.shape == (1, 8) and float(bumps.angles.detach().abs().max()) > 0.1
+    assert est.n_params_ == (2 * 2 + 1 + 1) * 8 + 1  # c, w, one angle and m per bump, and the offset
+    axis = BumpRegressor(**kw).fit(x, y)
+    assert isinstance(axis.module_.bumps, SlowSumOfBumpFcns) and axis.n_params_ == 5 * 8 + 1
+    assert est.score(x, y) > axis.score(x, y) + 0.1, (est.score(x, y), axis.score(x, y))  # 0.99 against 0.70
+    # no angle rate: the angles stay exactly at their start, 0
+    still = BumpRegressor(**kw, shape="oriented", lr_angle=0.0).fit(x, y)
+    assert not still.module_.bumps.angles.any()
+
+
+def test_oriented_start_is_the_axis_aligned_start_solved_on_the_ellipsoids():
+    from wandering._lstsq import solve_magnitudes
+
+    x, y = _ridge_data(400)
+    # nothing moves (all rates 0, no polish): the fitted model is the start
+    frozen = dict(n_bumps=10, steps=1, lr_position=0.0, lr_magnitude=0.0, lr_angle=0.0, polish=False, random_state=2)
+    ax = BumpRegressor(**frozen).fit(x, y).module_
+    est = BumpRegressor(**frozen, shape="oriented").fit(x, y)
+    bumps = est.module_.bumps
+    for name in ("c", "w"):  # the same placement and widths
+        assert torch.equal(getattr(ax.bumps, name), getattr(bumps, name)), name
+    assert not bumps.angles.any()
+    # the magnitudes are the exact ridge solve of the oriented design (the ellipsoids inside the boxes)
+    xt = torch.as_tensor((x - est.x_lo_) / est.x_scale_, dtype=torch.float32)
+    yt = torch.as_tensor((y - est.y_mean_[0]) / est.y_std_[0], dtype=torch.float32)
+    m, b = solve_magnitudes(xt, yt, bumps.c, bumps.w, 0.01, est.ridge_[0], angles=bumps.angles)
+    torch.testing.assert_close(bumps.m.detach(), m.float())
+    torch.testing.assert_close(est.module_.offset.detach(), b.float())
+    m_box, _ = solve_magnitudes(xt, yt, bumps.c, bumps.w, 0.01, est.ridge_[0])
+    assert not torch.allclose(m_box, m)
+
+
+@pytest.mark.parametrize("d, P", [(1, None), (3, 2)])
+def test_oriented_fit_dimensions_outputs_and_determinism(d, P):
+    rng = np.random.default_rng(d)
+    x = rng.uniform(-1, 1, size=(500, d))
+    y = np.sin(2 * x.sum(1)) + x[:, 0]
+    if P is not None:
+        y = np.stack([y, np.cos(3 * x[:, -1])], axis=1)
+    kw = dict(n_bumps=10, steps=40, shape="oriented", random_state=0)
+    a = BumpRegressor(**kw).fit(x, y)
+    assert a.module_.bumps.angles.shape == (d * (d - 1) // 2, 10)
+    assert a.n_params_ == (2 * d + d * (d - 1) // 2 + (P or 1)) * 10 + (P or 1)
+    assert a.predict(x).shape == ((500,) if P is None else (500, P))
+    assert a.score(x, y) > 0.5
+    np.testing.assert_array_equal(a.predict(x), BumpRegressor(**kw).fit(x, y).predict(x))
+
+
+def test_oriented_fit_relocates_and_stops_early():
+    x, y = _data(400)
+    kw = dict(n_bumps=32, steps=60, relocate_every=10, relocate_max_fraction=0.5, relocate_min_rel_m=0.2,
+              shape="oriented", random_state=0)
+    est = BumpRegressor(relocate=True, early_stopping=True, validation_every=20, **kw).fit(x, y)
+    assert est.relocated_ > 0 and est.best_step_ is not None
+    assert est.score(x, y) > 0.95

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import datetime
+import math
 import os
 
 import pytest
@@ -11,7 +12,11 @@ import torch
 import torch.distributed as dist
 
 from _spawn import free_port, spawn
-from wandering import SlowSumOfBumpFcns
+from wandering import (
+    SlowOrientedSumOfBumpFcns, SlowSumOfBumpFcns, bump_sum_reference, oriented_bump_sum_reference,
+)
+from wandering._rotation import rotations
+from wandering.relocation import _phi
 from wandering.training import Relocation, attach
 
 D, K = 2, 24
@@ -24,15 +29,20 @@ def _data(n=600, seed=0):
     return x, y
 
 
-def _model(P=None, seed=0):
+def _model(P=None, seed=0, oriented=False):
     torch.manual_seed(seed)
     c = torch.rand(D, K, dtype=torch.float64)
     c[0, :4] = 3.0  # four bumps far right of the data: empty boxes
     shape = (K,) if P is None else (K, P)
     m = torch.sign(torch.randn(shape, dtype=torch.float64)) * (0.5 + torch.rand(shape, dtype=torch.float64))
     m[4:7] = 1e-4  # three bumps with negligible magnitude
-    return SlowSumOfBumpFcns(c, torch.full((D, K), 0.1, dtype=torch.float64), m,
-                             torch.tensor([[-1.0, 4.0]] * D), torch.tensor([[0.01, 1.0]] * D), backend="reference")
+    args = (c, torch.full((D, K), 0.1, dtype=torch.float64), m, torch.tensor([[-1.0, 4.0]] * D),
+            torch.tensor([[0.01, 1.0]] * D))
+    if not oriented:
+        return SlowSumOfBumpFcns(*args, backend="reference")
+    args[1][0] = 0.2  # elongated, at random angles
+    angles = (2 * torch.rand(1, K, dtype=torch.float64) - 1) * 3.0
+    return SlowOrientedSumOfBumpFcns(*args, angles=angles, backend="reference")
 
 
 def _warm(model, x, y, steps=5):
@@ -45,10 +55,11 @@ def _warm(model, x, y, steps=5):
     return opt
 
 
+@pytest.mark.parametrize("oriented", [False, True])
 @pytest.mark.parametrize("P", [None, 3])
-def test_only_dead_bumps_move_and_exactly_their_optimizer_state_is_reset(P):
+def test_only_dead_bumps_move_and_exactly_their_optimizer_state_is_reset(P, oriented):
     x, y = _data()
-    model = _model(P)
+    model = _model(P, oriented=oriented)
     opt = _warm(model, x, y)
     with torch.no_grad():  # the warm-up moved magnitudes a little: re-kill the small ones
         model.m[4:7] = 1e-4
@@ -63,13 +74,17 @@ def test_only_dead_bumps_move_and_exactly_their_optimizer_state_is_reset(P):
     moved = reloc.relocate(model, opt, x, resid)
     assert moved.tolist() == list(range(7))
     keep = torch.arange(7, K)
-    for name, dim in (("c", 1), ("w", 1), ("m", 0)):
+    params = (("c", 1), ("w", 1), ("m", 0)) + ((("angles", 1),) if oriented else ())
+    for name, dim in params:
         now, old = getattr(model, name).detach(), before[name]
         assert torch.equal(now.index_select(dim, keep), old.index_select(dim, keep)), name
         assert not torch.equal(now.index_select(dim, moved), old.index_select(dim, moved)), name
     assert torch.all(model.w[:, :7] == 0.08)
+    if oriented:
+        assert torch.all(model.angles[:, :7] == 0)  # a moved bump starts axis-aligned
     assert bool(((model.c[:, :7] >= 0) & (model.c[:, :7] <= 1)).all())  # moved onto data points
-    for p, dim in ((model.c, 1), (model.w, 1), (model.m, 0)):
+    for name, dim in params:
+        p = getattr(model, name)
         for key, val in opt.state[p].items():
             old = state_before[id(p)][key]
             if val.shape == p.shape:
@@ -81,6 +96,36 @@ def test_only_dead_bumps_move_and_exactly_their_optimizer_state_is_reset(P):
     err_before = float((resid ** 2).mean())
     err_after = float((((y if P is None else y[:, None]) - model(x).detach()) ** 2).mean())
     assert err_after < err_before
+
+
+def test_oriented_occupancy_is_the_ellipsoid_not_its_box():
+    # a thin bump along the diagonal; the only points lie in its bounding box, across the diagonal
+    c = torch.tensor([[0.5, 0.9], [0.5, 0.1]], dtype=torch.float64)
+    w = torch.tensor([[0.4, 0.1], [0.02, 0.1]], dtype=torch.float64)
+    x = torch.tensor([[0.8, 0.2], [0.2, 0.8], [0.75, 0.3], [0.9, 0.1]], dtype=torch.float64)
+    for angle, empty in ((math.pi / 4, True), (-math.pi / 4, False)):
+        mod = SlowOrientedSumOfBumpFcns(c, w, torch.ones(2, dtype=torch.float64),
+                                        angles=torch.tensor([[angle, 0.0]], dtype=torch.float64))
+        dead = Relocation(min_rel_m=0.0).dead(mod, x)
+        assert dead.tolist() == [empty, False]
+
+
+@pytest.mark.parametrize("support_p", [None, 0.3, 1e-4])
+def test_one_bump_values_are_the_reference_sums(support_p):
+    gen = torch.Generator().manual_seed(4)
+    for d in (1, 2, 3):
+        x = torch.rand(300, d, generator=gen, dtype=torch.float64)
+        c = torch.rand(d, 1, generator=gen, dtype=torch.float64)
+        w = 0.05 + 0.3 * torch.rand(d, 1, generator=gen, dtype=torch.float64)
+        angles = torch.randn(d * (d - 1) // 2, 1, generator=gen, dtype=torch.float64)
+        one = torch.ones(1, dtype=torch.float64)
+        ref = oriented_bump_sum_reference(x, c, w, one, angles, support_p)
+        got = _phi(x, c[:, 0], w[:, 0], support_p, rotations(angles, d)[:, :, 0])
+        torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-14)
+        got = _phi(x, c[:, 0], w[:, 0], support_p)  # no axes: the axis-aligned bump and its box
+        torch.testing.assert_close(got, bump_sum_reference(x, c, w, one, support_p), rtol=1e-12, atol=1e-14)
+    assert not _phi(x, c[:, 0], torch.tensor([0.1, 0.0, 0.2], dtype=torch.float64), 0.01, torch.eye(3,
+                    dtype=torch.float64)).any()  # a zero scale counts nowhere
 
 
 def test_max_fraction_caps_and_prefers_empty_boxes():
@@ -110,12 +155,20 @@ def _loop(model, reloc, x, y, steps, opt=None, start=0):
     return opt
 
 
-def test_bitwise_reproducible_and_resumable(tmp_path):
+def _noisy_model(oriented, seed=0):
+    model = _model(seed=seed, oriented=oriented)
+    model.c_grad_std = 0.01
+    if oriented:
+        model.angle_grad_std = 0.05
+    return model
+
+
+@pytest.mark.parametrize("oriented", [False, True])
+def test_bitwise_reproducible_and_resumable(tmp_path, oriented):
     x, y = _data()
     runs = []
     for _ in range(2):
-        model = _model()
-        model.c_grad_std = 0.01
+        model = _noisy_model(oriented)
         reloc = Relocation(every=4, max_fraction=0.5, n_sample=256)
         _loop(model, reloc, x, y, 24)
         runs.append({k: v.clone() for k, v in model.state_dict().items()})
@@ -124,15 +177,13 @@ def test_bitwise_reproducible_and_resumable(tmp_path):
         assert torch.equal(runs[0][k], runs[1][k]), k
 
     # interrupted at step 10, saved, rebuilt in another "process" (other global RNG), resumed
-    model = _model()
-    model.c_grad_std = 0.01
+    model = _noisy_model(oriented)
     reloc = Relocation(every=4, max_fraction=0.5, n_sample=256)
     opt = _loop(model, reloc, x, y, 10)
     torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "reloc": reloc.state_dict()}, tmp_path / "ck.pt")
     torch.manual_seed(1234)
     ck = torch.load(tmp_path / "ck.pt", weights_only=True)
-    model2 = _model(seed=99)
-    model2.c_grad_std = 0.01
+    model2 = _noisy_model(oriented, seed=99)
     model2.load_state_dict(ck["model"])
     opt2 = torch.optim.Adam(model2.parameters(), lr=0.01)
     opt2.load_state_dict(ck["opt"])
@@ -170,7 +221,7 @@ WORLD = 2
 TIMEOUT_S = 120
 
 
-def _ddp_worker(rank: int, port: int, outdir: str) -> None:
+def _ddp_worker(rank: int, port: int, outdir: str, oriented: bool) -> None:
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     torch.set_num_threads(1)
@@ -178,7 +229,7 @@ def _ddp_worker(rank: int, port: int, outdir: str) -> None:
     try:
         torch.manual_seed(100 + rank)  # different modules and global generators per rank
         torch.rand(1 + 5 * rank)
-        model = _model(seed=100 + rank)
+        model = _model(seed=100 + rank, oriented=oriented)
         seed = int(model.noise_seed)
         x, y = _data()
         xr, yr = x.chunk(WORLD)[rank], y.chunk(WORLD)[rank]
@@ -200,8 +251,9 @@ def _ddp_worker(rank: int, port: int, outdir: str) -> None:
 
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
-def test_ddp_ranks_relocate_identically(tmp_path):
-    spawn(_ddp_worker, (free_port(), str(tmp_path)), WORLD, TIMEOUT_S)
+@pytest.mark.parametrize("oriented", [False, True])
+def test_ddp_ranks_relocate_identically(tmp_path, oriented):
+    spawn(_ddp_worker, (free_port(), str(tmp_path), oriented), WORLD, TIMEOUT_S)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD))
     assert r0["seed"] != r1["seed"]  # the ranks built different modules; DDP's broadcast made them one
     assert r0["moved"] == r1["moved"] and r0["moved"] > 0

@@ -28,6 +28,7 @@ _EXPORTS = {
     "attach": ".training",
     "WanderingHooks": ".training",
     "BumpRegressor": ".regressor",
+    "FitQualityWarning": ".regressor",
 }
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "attach",
     "WanderingHooks",
     "BumpRegressor",
+    "FitQualityWarning",
     "__version__",
 ]
 

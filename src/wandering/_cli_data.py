@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import os
 import sys
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,6 +71,27 @@ def _check_readable(path: str) -> None:
         raise CliError(f"{path}: cannot be read (permission denied)")
 
 
+def check_data_file(path: str, x_cols: str | None = None, y_col: str | None = None,
+                    y_cols: str | None = None) -> None:
+    """The checks of :func:`read_table` that need no parsing: the column options, the file
+    (exists, is readable, is not empty), an .npz's zip signature, a CSV's header row and
+    the columns the options name in it. Standard library only, so that ``fit`` and
+    ``predict`` refuse a wrong file in a moment, before torch is imported (seconds).
+    """
+    y_names = value_names(y_col, y_cols)
+    x_names = _split_names(x_cols)
+    _check_readable(path)
+    if path.lower().endswith(".npz"):
+        if os.path.getsize(path) == 0:
+            raise CliError(f"{path}: empty file (an .npz archive with arrays x and y is expected)")
+        if not zipfile.is_zipfile(path):
+            raise CliError(f"{path}: not a readable .npz file (not a zip archive)")
+        return
+    header, headerless = _csv_header(path)
+    if not headerless:  # a headerless file's names depend on the model (predict); read_table checks them
+        _check_named_columns(path, header, x_names, y_names)
+
+
 def read_table(
     path: str,
     x_cols: str | None = None,
@@ -83,8 +105,9 @@ def read_table(
 
     Column rules for CSV: ``--x-cols`` and ``--y-col``/``--y-cols`` pick by name;
     otherwise the last column is the value and the rest are coordinates. For
-    predict, ``default_x`` (the checkpoint's coordinate names) is used when all of
-    them are present, and a table with exactly ``n_dims`` columns is all coordinates.
+    predict, ``default_x`` (the checkpoint's coordinate names) picks the coordinates
+    by name; by position only where the names cannot say (see ``_model_coordinates``);
+    ``--x-cols`` names the columns that feed the model's coordinates, in its order.
     For .npz, y may be (n,) or (n, P); the column options do not apply.
     """
     y_names = value_names(y_col, y_cols)  # checked before the file is read
@@ -159,9 +182,9 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _read_csv(path, x_names, y_names, need_y, default_x, n_dims) -> Table:
-    pd = require("pandas")
-    try:  # the header row, as the csv module splits it (quotes included)
+def _csv_header(path: str) -> tuple[list[str], bool]:
+    """The first row, as the csv module splits it (quotes included), and whether it is data (all numbers)."""
+    try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             first = next(csv.reader(f), None)
     except (OSError, UnicodeDecodeError, csv.Error) as e:
@@ -170,24 +193,19 @@ def _read_csv(path, x_names, y_names, need_y, default_x, n_dims) -> Table:
         raise CliError(f"{path}: empty file (a CSV with a header row is expected)")
     header = [h.strip() for h in first]
     headerless = all(h and _is_number(h) for h in header)
-    if headerless:  # its first row is data: x0, x1, ..., and the last column y
-        c = len(header)
-        all_x = not need_y and n_dims == c
-        header = [f"x{j}" for j in range(c if all_x else c - 1)] + ([] if all_x else ["y"])
-        print(f"wandering: note: {path}: the first row is all numbers, so it is data, not a header; "
-              f"the columns are named {', '.join(header)}", file=sys.stderr)
+    if not headerless:
+        _check_unique(path, header)
+    return header, headerless
+
+
+def _check_unique(path: str, header: list[str]) -> None:
     twice = sorted({h for h in header if header.count(h) > 1})
     if twice:
         raise CliError(f"{path}: the header has more than one column named {twice[0]!r}; rename one")
-    try:
-        frame = pd.read_csv(
-            path, header=None if headerless else 0, names=header, index_col=False, encoding="utf-8-sig",
-            keep_default_na=False, na_values=[""], skipinitialspace=True,
-        )
-    except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError) as e:
-        reason = " ".join(str(e).split())  # one line
-        raise CliError(f"{path}: cannot be read as CSV ({reason})") from None
-    first_row = 1 if headerless else 2  # file line of the frame's row 0, for messages
+
+
+def _check_named_columns(path: str, header: list[str], x_names, y_names) -> None:
+    """Every column the options name is in the header, and none is both a coordinate and a value."""
     for name in (x_names or []) + (y_names or []):
         if name not in header:
             raise CliError(f"{path}: no column {name!r} (columns: {', '.join(header)})")
@@ -198,6 +216,31 @@ def _read_csv(path, x_names, y_names, need_y, default_x, n_dims) -> Table:
         if both:
             raise CliError(f"{path}: column {both[0]!r} is in both --x-cols and --y-cols")
 
+
+def _read_csv(path, x_names, y_names, need_y, default_x, n_dims) -> Table:
+    pd = require("pandas")
+    header, headerless = _csv_header(path)
+    if headerless:  # its first row is data: x0, x1, ..., and the last column y
+        c = len(header)
+        all_x = not need_y and n_dims == c
+        header = [f"x{j}" for j in range(c if all_x else c - 1)] + ([] if all_x else ["y"])
+        as_model = ""
+        if not need_y and x_names is None and default_x and not _generated(default_x) and c in (n_dims, n_dims + 1):
+            as_model = f" (read as the model's coordinates {', '.join(default_x)}, in this order)"
+        print(f"wandering: note: {path}: the first row is all numbers, so it is data, not a header; "
+              f"the columns are named {', '.join(header)}{as_model}", file=sys.stderr)
+    _check_unique(path, header)
+    try:
+        frame = pd.read_csv(
+            path, header=None if headerless else 0, names=header, index_col=False, encoding="utf-8-sig",
+            keep_default_na=False, na_values=[""], skipinitialspace=True,
+        )
+    except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError) as e:
+        reason = " ".join(str(e).split())  # one line
+        raise CliError(f"{path}: cannot be read as CSV ({reason})") from None
+    first_row = 1 if headerless else 2  # file line of the frame's row 0, for messages
+    _check_named_columns(path, header, x_names, y_names)
+
     if need_y:
         if y_names is None:
             if x_names is not None and header[-1] in x_names:
@@ -205,17 +248,9 @@ def _read_csv(path, x_names, y_names, need_y, default_x, n_dims) -> Table:
             y_names = [header[-1]]
         x_names = x_names or [h for h in header if h not in y_names]
     elif x_names is None:
-        if default_x and all(n in header for n in default_x):
-            x_names = list(default_x)
-        elif n_dims is not None and len(header) == n_dims:
-            x_names = list(header)
-        elif n_dims is not None and len(header) == n_dims + 1:
-            x_names = header[:-1]
-        else:
-            raise CliError(
-                f"{path}: cannot tell which columns are coordinates; the model needs {n_dims} "
-                f"({', '.join(default_x or [])}); give --x-cols"
-            )
+        x_names = _model_coordinates(path, header, headerless, default_x, n_dims)
+    elif default_x:
+        _check_order(x_names, default_x)
     if not x_names:
         shown = ", ".join(repr(n) for n in y_names or [])
         plural = "s" if len(y_names or []) > 1 else ""
@@ -231,6 +266,55 @@ def _read_csv(path, x_names, y_names, need_y, default_x, n_dims) -> Table:
             y = y[:, 0]
     columns = [frame[h].to_numpy() for h in header]
     return Table(x, y, list(x_names), list(y_names or []), header, columns)
+
+
+def _generated(names: list[str]) -> bool:
+    """Whether a model's coordinate names are the generated x0, x1, ... (fitted on .npz or a file without a header)."""
+    return names == [f"x{j}" for j in range(len(names))]
+
+
+def _model_coordinates(path: str, header: list[str], headerless: bool, default_x, n_dims) -> list[str]:
+    """The columns predict reads as the model's coordinates when --x-cols is not given.
+
+    By name when the file has every one of the model's coordinate names (in any order,
+    among other columns). By position (the first ``n_dims`` of ``n_dims`` or ``n_dims + 1``
+    columns) only when the names cannot say: a file without a header, or a model fitted
+    without names (x0, x1, ...) on a file that uses none of them. Anything else is
+    refused: taking another column for a missing coordinate would predict silently wrong.
+    """
+    names = list(default_x or [])
+    if names and all(n in header for n in names):
+        return names
+    missing = [n for n in names if n not in header]
+    nameless = not names or _generated(names)
+    if headerless or (nameless and len(missing) == len(names)):
+        if n_dims is None or len(header) not in (n_dims, n_dims + 1):
+            raise CliError(f"{path}: cannot tell which columns are coordinates; the model needs {n_dims} "
+                           f"({', '.join(names)}) and the file has {len(header)} columns; give --x-cols")
+        if not headerless:
+            print(f"wandering: note: {path}: the model was fitted without column names ({', '.join(names)}); "
+                  f"the columns {', '.join(header[:n_dims])} are taken as them, in this order", file=sys.stderr)
+        return header[:n_dims]
+    plural = "s" if len(missing) > 1 else ""
+    raise CliError(f"{path}: no column{plural} {', '.join(repr(n) for n in missing)} (the model's coordinates are "
+                   f"{', '.join(names)}; the file has {_listed(header)}); give --x-cols to say which columns "
+                   f"hold them, in that order")
+
+
+def _listed(names: list[str], most: int = 12) -> str:
+    """Column names for a one-line message: the first ``most`` and how many in all."""
+    if len(names) <= most:
+        return ", ".join(names)
+    return f"{', '.join(names[:most])}, ... ({len(names)} columns)"
+
+
+def _check_order(x_names: list[str], model_names: list[str]) -> None:
+    """--x-cols feeds the model's coordinates in order; a coordinate's own name in another place is a mistake."""
+    for i, name in enumerate(x_names):
+        if name in model_names and model_names.index(name) != i:
+            raise CliError(f"--x-cols: {name!r} is the model's coordinate {model_names.index(name) + 1} of "
+                           f"{len(model_names)} ({', '.join(model_names)}), but is given in place {i + 1}; "
+                           f"list the columns in the model's order")
 
 
 def _numbers(frame, names: list[str], path: str, first_row: int) -> np.ndarray:

@@ -9,6 +9,7 @@ with its checkpoint dict (:mod:`wandering.checkpoint`) and the metrics;
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,7 +18,7 @@ import torch
 from . import checkpoint
 from ._cli_errors import CliError, require
 from ._fit_settings import FitSettings
-from .regressor import BumpRegressor
+from .regressor import BumpRegressor, FitQualityWarning, auto_n_bumps
 
 __all__ = ["FitSettings", "FitResult", "fit_arrays", "predict_arrays", "regressor_for", "pick_device", "MIN_ROWS"]
 
@@ -47,31 +48,37 @@ class FitResult:
     hold_idx: np.ndarray
     paths: np.ndarray | None = None  # (T, d, K) in data coordinates
     losses: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)  # the regressor's FitQualityWarning messages
 
     @property
     def model(self) -> torch.nn.Module:
-        """The fitted torch module (``.bumps`` is the SlowSumOfBumpFcns), on the unit box."""
+        """The fitted torch module (``.bumps``: the bump sum, axis-aligned or oriented), on the unit box."""
         return self.regressor.module_
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         return predict_arrays(self.regressor, x)
 
 
-def regressor_for(s: FitSettings, d: int, callback=None) -> BumpRegressor:
+def regressor_for(s: FitSettings, d: int, callback=None, n: int | None = None) -> BumpRegressor:
     """The BumpRegressor that the command's settings describe.
 
     ``--lr`` (one Adam rate for every parameter, in unit-box and standardised units, as
-    the command had before it used BumpRegressor) sets both of the regressor's rates.
+    the command had before it used BumpRegressor) sets both of the regressor's rates;
+    with ``bumps="auto"`` that needs ``n``, the number of training points.
     """
     lr_position, lr_magnitude = s.lr_position, s.lr_magnitude
     if s.lr is not None:
-        lr_position = s.lr * s.bumps ** (1.0 / d)  # the regressor counts it in bump spacings
+        if s.bumps == "auto" and n is None:
+            raise ValueError("regressor_for: bumps='auto' with lr needs n, the number of training points")
+        k = auto_n_bumps(n, d, s.shape) if s.bumps == "auto" else s.bumps
+        lr_position = s.lr * k ** (1.0 / d)  # the regressor counts it in bump spacings
         lr_magnitude = s.lr
     return BumpRegressor(
         s.bumps, steps=s.steps, batch="auto" if s.batch is None else s.batch, lr_position=lr_position,
         lr_magnitude=lr_magnitude, c_grad_std=s.c_grad_std, w_grad_std=s.w_grad_std, m_grad_gain=s.m_grad_gain,
         support_p=s.support_p, bounds=s.bounds, relocate=s.relocate, random_state=s.seed, device=s.device,
         progress=s.progress, callback=callback,
+        shape=s.shape, lr_angle=s.lr_angle,
     )
 
 
@@ -121,8 +128,16 @@ def fit_arrays(
             paths.append(model.bumps.c.detach().cpu().numpy().copy())
         return False
 
-    reg = regressor_for(s, d, callback=record if paths is not None else None)
-    reg.fit(x[train_idx], y[train_idx])
+    reg = regressor_for(s, d, callback=record if paths is not None else None, n=len(train_idx))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", FitQualityWarning)
+        reg.fit(x[train_idx], y[train_idx])
+    quality = []
+    for w in caught:  # the fit's own verdict is returned for the command to print; others pass on
+        if issubclass(w.category, FitQualityWarning):
+            quality.append(str(w.message))
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
     reg.callback = None  # a closure over this fit's lists: not part of the fitted estimator
     if paths is not None:
         paths.append(reg.module_.bumps.c.detach().cpu().numpy().copy())
@@ -147,7 +162,9 @@ def fit_arrays(
         "n_train": int(len(train_idx)),
         "n_holdout": int(len(hold_idx)),
         "d": int(d),
-        "bumps": int(s.bumps),
+        "bumps": int(reg.n_bumps_),
+        "shape": s.shape,
+        "validation_r2": reg.validation_score_,
         "steps": int(len(losses)),
         "final_loss": losses[-1] if losses else None,
         "device": str(reg.module_.offset.device),
@@ -159,7 +176,7 @@ def fit_arrays(
         metrics["outputs"] = per
     if paths is not None:
         paths = np.stack(paths) * reg.x_scale_[None, :, None] + reg.x_lo_[None, :, None]
-    return FitResult(reg, ckpt, metrics, train_idx, hold_idx, paths, losses)
+    return FitResult(reg, ckpt, metrics, train_idx, hold_idx, paths, losses, quality)
 
 
 def predict_arrays(reg: BumpRegressor, x: np.ndarray, chunk: int = 1_000_000) -> np.ndarray:

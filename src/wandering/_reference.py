@@ -42,7 +42,11 @@ def bump_sum_reference(
         support_p: If given, a bump contributes exactly 0 outside its support box.
 
     Returns:
-        y of shape (n_smps,) for m of shape (K,), else (n_smps, P).
+        y of shape (n_smps,) for m of shape (K,), else (n_smps, P), in the inputs' dtype.
+
+    Raises:
+        RuntimeError: (from torch) shapes that do not broadcast, or tensors on different devices.
+            This oracle checks nothing itself: :func:`wandering.bump_sum` checks its arguments.
 
     Pairs whose value underflows to 0, or that lie outside the support, are
     masked before dividing by w, so no gradient of any order is NaN.
@@ -73,6 +77,22 @@ def oriented_bump_sum_reference(
     with R_k the rotation of ``angles[:, k]`` (``wandering._rotation.rotations``). With
     ``support_p``, bump k counts at point i only where ``|z_ik|^2 < -ln(support_p)``; a bump
     with a zero scale counts nowhere. Materialises (n_smps, d, K): small problems only.
+
+    Args:
+        x: Points, shape (n_smps, d).
+        c: Centres, shape (d, K), one column per bump.
+        w: Scales along each bump's principal axes, shape (d, K).
+        m: Magnitudes, shape (K,) or (K, P) for P functions sharing c, w and the angles.
+        angles: Rotation angles, shape (d(d-1)/2, K); None: all 0 (axis-aligned bumps).
+        support_p: If given, a bump contributes exactly 0 outside its support ellipsoid.
+
+    Returns:
+        y of shape (n_smps,) for m of shape (K,), else (n_smps, P), in the inputs' dtype.
+
+    Raises:
+        RuntimeError: (from torch) shapes that do not broadcast, or tensors on different devices.
+            This oracle checks nothing itself: :func:`wandering.oriented_bump_sum` checks its
+            arguments.
     """
     d, K = c.shape
     if angles is None:

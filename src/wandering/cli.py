@@ -18,7 +18,7 @@ import sys
 import time
 
 from ._cli_errors import CliError, require
-from ._fit_settings import FitSettings
+from ._fit_settings import SHAPES, FitSettings
 from .checkpoint import FORMAT_TAG
 
 __all__ = ["main", "FORMAT_TAG"]
@@ -153,13 +153,26 @@ def _batch(text: str) -> int | None:
     return value
 
 
+def _bumps(text) -> int | str:
+    """--bumps: 'auto' or a positive integer (an int default passes through)."""
+    if isinstance(text, int):
+        return text
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise CliError(f"--bumps must be a positive integer or 'auto', but got {text!r}") from None
+
+
 def _settings(a: argparse.Namespace, d: int) -> FitSettings:
-    for name in ("bumps", "steps"):
-        if getattr(a, name) <= 0:
-            raise CliError(f"--{name} must be a positive integer, but got {getattr(a, name)}")
+    if a.bumps != "auto" and a.bumps <= 0:
+        raise CliError(f"--bumps must be a positive integer or 'auto', but got {a.bumps}")
+    if a.steps <= 0:
+        raise CliError(f"--steps must be a positive integer, but got {a.steps}")
     if a.lr is not None and not (a.lr > 0 and math.isfinite(a.lr)):
         raise CliError(f"--lr must be > 0, but got {a.lr}")
-    for name in ("lr_position", "lr_magnitude", "c_grad_std", "w_grad_std", "m_grad_gain"):
+    for name in ("lr_position", "lr_magnitude", "lr_angle", "c_grad_std", "w_grad_std", "m_grad_gain"):
         v = getattr(a, name)
         if not (v >= 0 and math.isfinite(v)):
             raise CliError(f"--{name.replace('_', '-')} must be >= 0, but got {v}")
@@ -172,6 +185,7 @@ def _settings(a: argparse.Namespace, d: int) -> FitSettings:
         batch=_batch(a.batch), c_grad_std=a.c_grad_std, w_grad_std=a.w_grad_std, m_grad_gain=a.m_grad_gain,
         support_p=a.support_p, relocate=a.relocate, holdout=a.holdout, seed=a.seed,
         bounds=_parse_bounds(a.bounds, d), device=a.device, progress=not a.quiet,
+        shape=a.shape, lr_angle=a.lr_angle,
     )
 
 
@@ -204,7 +218,9 @@ def _check_query(x, ckpt: dict, names: list[str], path: str) -> None:
 
 
 def _cmd_fit(a: argparse.Namespace) -> int:
-    from ._cli_data import read_table
+    from ._cli_data import check_data_file, read_table
+
+    check_data_file(a.data, a.x_cols, a.y_col, a.y_cols)  # a wrong file is one line at once, before torch
     from ._fit_recipe import MIN_ROWS, fit_arrays, pick_device
 
     pick_device(a.device)  # fail before reading a large file
@@ -222,6 +238,8 @@ def _cmd_fit(a: argparse.Namespace) -> int:
     multi = table.y.ndim == 2
     res = fit_arrays(table.x, table.y, s, table.x_names, table.y_names if multi else table.y_name)
     res.metrics["data"] = os.path.abspath(a.data)
+    for message in res.warnings:  # after the progress bar, before the results
+        print(f"wandering: warning: {message}", file=sys.stderr)
     _remove(stale)
     _save_model(res.ckpt, os.path.join(a.out, "model.pt"))
     _write_json(res.metrics, os.path.join(a.out, "metrics.json"))
@@ -260,7 +278,14 @@ def _cmd_predict(a: argparse.Namespace) -> int:
     if folder and not os.path.isdir(folder):
         raise CliError(f"-o {a.output}: no folder {folder}")
     _check_writable(folder, f"-o {a.output}")
-    from ._cli_data import read_table, write_predictions
+    from . import checkpoint
+    from ._cli_data import check_data_file, read_table, write_predictions
+
+    try:  # wrong files are one line at once, before torch is imported
+        checkpoint.check_file(a.model)
+    except checkpoint.CheckpointError as e:
+        raise CliError(str(e)) from None
+    check_data_file(a.data, a.x_cols, a.y_col)
     from ._fit_recipe import predict_arrays
     from .checkpoint import output_names
 
@@ -319,6 +344,8 @@ def _cmd_demo(a: argparse.Namespace) -> int:
     res = fit_arrays(x, y, s, ["x0", "x1"], "y")
     from ._cli_plots import plot_demo
 
+    for message in res.warnings:
+        print(f"wandering: warning: {message}", file=sys.stderr)
     plot_demo(os.path.join(a.out, "demo.png"), f, x, y, res, res.predict)
     res.metrics["seconds_warmup"] = warm
     res.metrics["seconds_total"] = time.perf_counter() - t0
@@ -342,12 +369,17 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_fit_options(p: argparse.ArgumentParser, defaults: FitSettings, hidden: bool = False) -> None:
     h = (lambda text: argparse.SUPPRESS) if hidden else (lambda text: text + " (default: %(default)s)")  # noqa: E731
-    p.add_argument("--bumps", type=int, default=defaults.bumps, metavar="K", help=h("number of bumps"))
+    p.add_argument("--bumps", type=_bumps, default=defaults.bumps, metavar="K",
+                   help=h("number of bumps, or auto: training points / (4 (2d + 1)), at most 256"))
     p.add_argument("--steps", type=int, default=defaults.steps, metavar="S", help=h("optimizer steps"))
     p.add_argument("--lr-position", type=float, default=defaults.lr_position,
                    help=h("Adam learning rate of centres and widths, in bump spacings"))
     p.add_argument("--lr-magnitude", type=float, default=defaults.lr_magnitude,
                    help=h("Adam learning rate of magnitudes and offset (standardised target)"))
+    p.add_argument("--shape", choices=SHAPES, default=defaults.shape,
+                   help=h("bump shape: axis-aligned, or oriented (rotated ellipsoids, full covariance)"))
+    p.add_argument("--lr-angle", type=float, default=defaults.lr_angle,
+                   help=h("Adam learning rate of the oriented bumps' rotation angles, in radians"))
     p.add_argument("--lr", type=float, default=None,
                    help=argparse.SUPPRESS if hidden else "one Adam learning rate for every parameter (unit box and "
                    "standardised target; replaces --lr-position and --lr-magnitude)")

@@ -144,10 +144,12 @@ class _BumpModule(WanderingModule):
     # -- shape facts -------------------------------------------------------
     @property
     def n_dims(self) -> int:
+        """d, the dimension of the input points."""
         return int(self.c.shape[0])
 
     @property
     def n_bumps(self) -> int:
+        """K, the number of bumps (1 for :class:`BumpFcn`)."""
         return 1 if self.c.dim() == 1 else int(self.c.shape[1])
 
     @property
@@ -212,7 +214,16 @@ class _BumpModule(WanderingModule):
         noise has the same size under Adam as under SGD. Draws are keyed by
         ``(noise_seed, param_noise_step)``; ``param_noise_step`` is its own int64 buffer,
         so gradient noise keeps the same sequence whether or not parameter noise is used. Does not bound: call
-        :meth:`bound` afterwards.
+        :meth:`bound` afterwards (:func:`wandering.perturb_params` does both for a whole model).
+
+        Args:
+            c_std: Std of the noise added to every entry of c, in c's units.
+            w_std: Std of the noise added to every entry of w.
+            m_std: Std of the noise added to every entry of m (whatever m's shape).
+
+        Raises:
+            TypeError: a std that is not a number.
+            ValueError: a std that is negative or not finite.
         """
         stds = [
             (self.c, _checks.check_nonneg(c_std, "c_std"), _noise.STREAM_C_PARAM),
@@ -285,25 +296,28 @@ class BumpFcn(_BumpModule):
 
     Args:
         c: Initial centre, shape (d,).
-        w: Initial widths, shape (d,), all > 0.
-        m: Initial magnitude (a float, or a one-element tensor).
+        w: Initial widths, shape (d,), nonzero (only w**2 and |w| matter, so a negative
+            width is the same bump as its absolute value).
+        m: Initial magnitude: a float or a one-element tensor (one output), or shape (P,)
+            for P outputs.
         c_bounds: Bounds for c, shape (2, d): row 0 lower, row 1 upper. None: unbounded.
         w_bounds: Bounds for w, shape (2, d). None: unbounded.
         c_grad_std: Std of the noise added to c's gradient by :meth:`pert_grads`.
         w_grad_std: Std of the noise added to w's gradient.
         m_grad_gain: :meth:`pert_grads` subtracts ``m_grad_gain * m`` from m's gradient.
         support_p: Fraction of the peak at which the support box ends, in (0, 1).
+        backend: (keyword-only) Engine name (see :func:`wandering.bump_sum`), "auto" by default.
         device: Device of the parameters (default: c's).
         dtype: Floating dtype of the parameters (default: c's if floating, else the default dtype).
 
     Shape:
-        - Input: (n_smps, d)
-        - Output: (n_smps,)
+        - Input: (n_smps, d), the parameters' dtype and device
+        - Output: (n_smps,), or (n_smps, P) for m of shape (P,)
 
     Raises:
-        ValueError: bad shapes, widths <= 0, bounds with lower > upper, support_p outside (0, 1),
-            negative noise settings.
-        TypeError: arguments that are not numbers or tensors.
+        ValueError: bad shapes, zero widths, non-finite values, bounds with lower > upper or NaN,
+            support_p outside (0, 1), negative noise settings, an unknown backend name.
+        TypeError: arguments that are not numbers or tensors, a non-floating dtype.
 
     Example:
         >>> f = BumpFcn(torch.zeros(2), torch.ones(2), 1.0)
@@ -358,6 +372,15 @@ class BumpFcn(_BumpModule):
             small_output: If False, return y of shape (n_smps,). If True, return a tuple
                 ``(indices, values)``: the indices (int64, shape (n_in,)) of the points inside the
                 support box and the bump's values there (shape (n_in,)).
+
+        Returns:
+            y of shape (n_smps,) ((n_smps, P) for P outputs) in the parameters' dtype, or
+            ``(indices, values)`` with ``small_output=True``.
+
+        Raises:
+            TypeError: x is not a tensor.
+            ValueError: x is not (n_smps, d), has another dtype or device than the module, or
+                holds NaN or +-inf.
         """
         x = _checks.check_input(x, self.n_dims, self.c.dtype, self.c.device)
         m = self.m if self._n_outputs is None else self.m[None, :]  # (1,) or (1, P)
@@ -386,10 +409,15 @@ class _SumModule(_BumpModule):
         """Computes output from input.
 
         Args:
-            x: Input of shape (n_smps, d).
+            x: Input of shape (n_smps, d), in the parameters' dtype and on their device.
 
         Returns:
-            y of shape (n_smps,).
+            y of shape (n_smps,), or (n_smps, P) for m of shape (K, P), in the parameters' dtype.
+
+        Raises:
+            TypeError: x is not a tensor.
+            ValueError: x is not (n_smps, d), has another dtype or device than the module, or
+                holds NaN or +-inf.
         """
         x = _checks.check_input(x, self.n_dims, self.c.dtype, self.c.device)
         # Parameters were validated at construction and x just now: skip the functional API's checks.
@@ -406,8 +434,8 @@ class SumOfBumpFcns(_SumModule):
 
     Args:
         c: Initial centres, shape (d, K); each column is one bump's centre.
-        w: Initial widths, shape (d, K), all > 0.
-        m: Initial magnitudes, shape (K,).
+        w: Initial widths, shape (d, K), nonzero (only w**2 and |w| matter).
+        m: Initial magnitudes, shape (K,), or (K, P) for P outputs that share the bumps.
         c_bounds: Bounds for c, shape (d, 2): column 0 lower, column 1 upper, shared by all bumps.
             None: unbounded.
         w_bounds: Bounds for w, shape (d, 2). None: unbounded.
@@ -419,8 +447,13 @@ class SumOfBumpFcns(_SumModule):
         device, dtype: Factory kwargs as in ``torch.nn.Linear``.
 
     Shape:
-        - Input: (n_smps, d)
-        - Output: (n_smps,)
+        - Input: (n_smps, d), the parameters' dtype and device
+        - Output: (n_smps,), or (n_smps, P) for m of shape (K, P)
+
+    Raises:
+        ValueError: bad shapes, zero widths, non-finite values, bounds with lower > upper or NaN,
+            support_p outside (0, 1), negative noise settings, an unknown backend name.
+        TypeError: arguments that are not numbers or tensors, a non-floating dtype.
 
     Example:
         >>> f = SumOfBumpFcns(torch.rand(2, 8), torch.full((2, 8), 0.3), torch.ones(8), None, None)
@@ -460,8 +493,8 @@ class SlowSumOfBumpFcns(_SumModule):
 
     Args:
         c: Initial centres, shape (d, K); each column is one bump's centre.
-        w: Initial widths, shape (d, K), all > 0.
-        m: Initial magnitudes, shape (K,).
+        w: Initial widths, shape (d, K), nonzero (only w**2 and |w| matter).
+        m: Initial magnitudes, shape (K,), or (K, P) for P outputs that share the bumps.
         c_bounds: Bounds for c, shape (d, 2): column 0 lower, column 1 upper. None: unbounded.
         w_bounds: Bounds for w, shape (d, 2). None: unbounded.
         c_grad_std: Std of the noise added to c's gradient by :meth:`pert_grads`.
@@ -472,8 +505,19 @@ class SlowSumOfBumpFcns(_SumModule):
         device, dtype: Factory kwargs as in ``torch.nn.Linear``.
 
     Shape:
-        - Input: (n_smps, d)
-        - Output: (n_smps,)
+        - Input: (n_smps, d), the parameters' dtype and device
+        - Output: (n_smps,), or (n_smps, P) for m of shape (K, P)
+
+    Raises:
+        ValueError: bad shapes, zero widths, non-finite values, bounds with lower > upper or NaN,
+            support_p outside (0, 1), negative noise settings, an unknown backend name.
+        TypeError: arguments that are not numbers or tensors, a non-floating dtype.
+
+    Example:
+        >>> f = SlowSumOfBumpFcns(torch.rand(2, 8), torch.full((2, 8), 0.3), torch.ones(8, 3),
+        ...                       torch.tensor([[0.0, 1.0]] * 2), torch.tensor([[0.02, 0.5]] * 2))
+        >>> f(torch.rand(5, 2)).shape
+        torch.Size([5, 3])
     """
 
     def __init__(

@@ -56,7 +56,17 @@ class _OrientedSumModule(_SumModule):
     ) -> None:
         """Adds keyed N(0, std**2) noise to the parameters themselves (angles too), in place.
 
-        See :meth:`wandering.modules.SlowSumOfBumpFcns.perturb_params`; ``angle_std`` is in radians.
+        As :meth:`wandering.SlowSumOfBumpFcns.perturb_params`, plus the angles. Does not bound.
+
+        Args:
+            c_std: Std of the noise added to every entry of c, in c's units.
+            w_std: Std of the noise added to every scale.
+            m_std: Std of the noise added to every entry of m.
+            angle_std: Std of the noise added to every angle, in radians.
+
+        Raises:
+            TypeError: a std that is not a number.
+            ValueError: a std that is negative or not finite.
         """
         self._add_param_noise([
             (self.c, _checks.check_nonneg(c_std, "c_std"), _noise.STREAM_C_PARAM),
@@ -69,21 +79,36 @@ class _OrientedSumModule(_SumModule):
         """Computes output from input.
 
         Args:
-            x: Input of shape (n_smps, d).
+            x: Input of shape (n_smps, d), in the parameters' dtype and on their device.
 
         Returns:
-            y of shape (n_smps,), or (n_smps, P) for m of shape (K, P).
+            y of shape (n_smps,), or (n_smps, P) for m of shape (K, P), in the parameters' dtype.
+
+        Raises:
+            TypeError: x is not a tensor.
+            ValueError: x is not (n_smps, d), has another dtype or device than the module, or
+                x or a parameter holds NaN or +-inf.
         """
         x = _checks.check_input(x, self.n_dims, self.c.dtype, self.c.device)
         return evaluate_oriented_checked(x, self.c, self.w, self.m, self.angles, self.support_p, self.backend)
 
     def axes(self) -> torch.Tensor:
-        """Principal axes R (d, d, K), detached: ``R[:, a, k]`` is bump k's axis a (scale ``w[a, k]``)."""
+        """The bumps' principal axes.
+
+        Returns:
+            R of shape (d, d, K), detached, in the parameters' dtype: ``R[:, a, k]`` is bump
+            k's unit axis a, along which its scale is ``w[a, k]``.
+        """
         with torch.no_grad():
             return rotations(self.angles, self.n_dims)
 
     def covariances(self) -> torch.Tensor:
-        """Covariances (d, d, K) of the bumps as Gaussians, ``R diag(w^2 / 2) R^T``, detached."""
+        """The bumps' covariances as Gaussians.
+
+        Returns:
+            Sigma of shape (d, d, K), detached: ``Sigma[:, :, k] = R_k diag(w_k**2 / 2) R_k^T``,
+            so bump k is ``m_k exp(-(x - c_k)^T Sigma_k^-1 (x - c_k) / 2)``.
+        """
         R = self.axes()
         with torch.no_grad():
             return torch.einsum("jak,ak,lak->jlk", R, self.w * self.w / 2.0, R)

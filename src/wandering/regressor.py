@@ -8,10 +8,12 @@ small stand-in provides ``get_params``/``set_params``/``score`` and the same che
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 import numbers
 import time
+import warnings
 from typing import Any, Callable
 
 import numpy as np
@@ -19,8 +21,10 @@ import torch
 
 from . import _noise
 from ._engine import ENGINES
+from ._fit_settings import DEFAULT_SHAPE, SHAPES
 from ._lstsq import RIDGE_GRID, solve_magnitudes, solve_magnitudes_cv
 from .modules import SlowSumOfBumpFcns
+from .oriented import SlowOrientedSumOfBumpFcns
 from .relocation import Relocation
 from .training import attach
 
@@ -77,11 +81,39 @@ except ImportError:  # pragma: no cover - exercised in an environment without sk
             return _r2(np.asarray(y, dtype=np.float64), self.predict(X), sample_weight)
 
 
-__all__ = ["BumpRegressor", "NotFittedError", "HAVE_SKLEARN"]
+__all__ = ["BumpRegressor", "FitQualityWarning", "NotFittedError", "HAVE_SKLEARN", "auto_n_bumps"]
 
 _WIDTH_LO = 0.1  # widths bounded to [0.1, 4] times the bump spacing,
 _WIDTH_LO_POINTS = 1.0  # and below by this many point spacings n**(-1/d): a narrower bump fits single points
 _TRAIN_RIDGE = 1.0  # Adam minimises the MSE plus this times the start's ridge penalty on the magnitudes
+_AUTO_MAX_BUMPS = 256  # n_bumps="auto": at most this many bumps,
+_AUTO_POINTS_PER_PARAMETER = 4  # and at least this many points per parameter of one output ((2d + 1) K)
+
+
+class FitQualityWarning(UserWarning):
+    """A fitted BumpRegressor predicts its own validation split worse than a constant."""
+
+
+def auto_n_bumps(n_points: int, n_dims: int, shape: str = "axis") -> int:
+    """The bump count ``n_bumps="auto"`` resolves to: as many bumps as leave at least 4 points
+    per parameter of one output, ``(2d + 1) K`` (a centre and a width per dimension and a
+    magnitude per bump; oriented bumps add their d(d-1)/2 angles), and at most 256; at least 1.
+
+    Args:
+        n_points: n, the points the regressor is fitted on.
+        n_dims: d, their dimension.
+        shape: "axis" or "oriented", as ``BumpRegressor(shape=...)``.
+
+    Returns:
+        K = min(256, max(1, n // (4 q))) with q = 2d + 1 (+ d(d-1)/2 oriented) numbers per bump.
+    """
+    per_bump = _AUTO_POINTS_PER_PARAMETER * _numbers_per_bump(n_dims, shape)
+    return int(min(_AUTO_MAX_BUMPS, max(1, n_points // per_bump)))
+
+
+def _numbers_per_bump(d: int, shape: str) -> int:
+    """Trainable numbers of one bump with one output: centre, scales (and angles), magnitude."""
+    return 2 * d + 1 + (d * (d - 1) // 2 if shape == "oriented" else 0)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -157,13 +189,17 @@ def _validate_plain(est, X, y=None, reset=True):
 class _BumpModel(torch.nn.Module):
     """The fitted function on the unit box and the standardised target: bump sum + offset."""
 
-    def __init__(self, bumps: SlowSumOfBumpFcns, offset: torch.Tensor) -> None:
+    def __init__(self, bumps: SlowSumOfBumpFcns | SlowOrientedSumOfBumpFcns, offset: torch.Tensor) -> None:
         super().__init__()
         self.bumps = bumps
         self.offset = torch.nn.Parameter(offset)
 
     def forward(self, xu: torch.Tensor) -> torch.Tensor:
         return self.bumps(xu) + self.offset
+
+
+def _is_oriented(bumps: torch.nn.Module) -> bool:
+    return isinstance(bumps, SlowOrientedSumOfBumpFcns)
 
 
 def _seed_from(random_state: Any) -> int:
@@ -218,18 +254,39 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
     residual is large during the first part of the fit), and a final exact least-squares
     solve polishes the magnitudes with a ridge no smaller than the start's.
 
+    With ``ridge="auto"``, ``polish`` and at least 50 points, the fit measures itself on
+    the ridge's held-out 10%: ``validation_score_`` is the R^2 there of the final centres
+    and widths with magnitudes solved on the other 90%, against the constant (the 90%'s
+    mean). When the points are fewer than each output's parameters ``(2d + 1) K + 1``,
+    the placement and Adam use the 90% only, so that those points stay unseen until the
+    polish (their one earlier use: picking the start's ridge); otherwise (the fit is then
+    as it was without the measure) the moving centres and widths have fitted them too and
+    the figure is optimistic. A validation R^2 below 0 (worse than the constant) issues a
+    :class:`FitQualityWarning` with the figures.
+
     Args:
-        n_bumps: K, the number of bumps.
+        n_bumps: K, the number of bumps, or "auto": ``auto_n_bumps`` of the training
+            points, ``min(256, n // (4 (2d + 1)))`` (at least 1), so that each output's
+            ``(2d + 1) K`` parameters stay at most a quarter of the points (256 for 2-D data
+            from 5,120 points on; 4 for 398 points in 10-D).
         steps: Optimizer steps.
         batch: Points per step. None or "auto": every training point when there are at
             most ``2**17`` (full batch), else ``2**16`` sampled per step; an int fixes it.
         lr_position: Adam learning rate of centres and widths, in units of the bump spacing.
         lr_magnitude: Adam learning rate of magnitudes and offset (standardised target units).
+        lr_angle: Adam learning rate of the oriented bumps' rotation angles, in radians (shape
+            "oriented" only). 0.1 rad per step turns the tip of a bump one spacing long by about
+            the centres' 0.1 spacings per step; of 0.01..1 it was the most even on
+            benchmarks/fit_quality.py (elevation, topography, K=256, split seeds 0 and 1).
         lr_final: The cosine decay ends at this fraction of each learning rate.
         width: Initial widths, in units of the bump spacing.
         init: "variation" (k-means weighted by the squared residual of a first fit, plus the
             density) or "kmeans" (plain k-means of the inputs).
-        support_p: Each bump counts only inside its support box (see the modules).
+        support_p: Each bump counts only inside its support box (ellipsoid, for oriented bumps;
+            see the modules).
+        shape: "axis" (axis-aligned bumps, ``SlowSumOfBumpFcns``) or "oriented" (full-covariance
+            bumps, ``SlowOrientedSumOfBumpFcns``: each also learns d(d-1)/2 rotation angles,
+            starting at 0, the axis-aligned start).
         c_grad_std, w_grad_std, m_grad_gain: Gradient noise (in unit-box coordinates), as in
             ``SlowSumOfBumpFcns``. Default 0: relocation does the moving.
         bounds: Box for the centres in data units, (d, 2) with columns lower and upper;
@@ -255,14 +312,19 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
             0.9323 without on topography, and training on 10% fewer points cost elevation
             0.0007..0.0008 held-out R^2.
         validation_every: Steps between validation checks of early stopping.
+
         random_state: None, an int, or a numpy RandomState/Generator.
         device: Torch device of the fit ("cpu", "cuda", ...).
         progress: Show a tqdm progress bar (when tqdm is installed).
         callback: ``callback(step, loss, model)`` after every step; a True return stops the fit.
 
     Attributes:
-        module_: The fitted ``_BumpModel`` (``module_.bumps`` is the ``SlowSumOfBumpFcns``,
-            ``module_.offset`` its offset), working on unit-box inputs and standardised targets.
+        n_bumps_: K as fitted (``n_bumps``, or what "auto" resolved to).
+        validation_score_: R^2 on the validation split, averaged over outputs (see above);
+            None when there is none.
+        module_: The fitted ``_BumpModel`` (``module_.bumps`` is the ``SlowSumOfBumpFcns``, or
+            ``SlowOrientedSumOfBumpFcns`` for shape "oriented"; ``module_.offset`` its offset),
+            working on unit-box inputs and standardised targets.
         n_features_in_: d.
         n_outputs_: P (1 for a 1-D target).
         x_lo_, x_scale_: The input map ``(X - x_lo_) / x_scale_``.
@@ -273,20 +335,36 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
             from (0, ...) before the first step; else empty.
         best_step_: With early stopping, the steps taken by the kept parameters; else None.
         fit_seconds_: Wall time of the fit.
+
+    Raises:
+        TypeError, ValueError: bad settings, when :meth:`fit` is called (the constructor only
+            stores them, as scikit-learn asks); see :meth:`fit`.
+
+    Example:
+        >>> import numpy as np
+        >>> X = np.random.default_rng(0).uniform(size=(500, 2))
+        >>> reg = BumpRegressor(n_bumps=16, steps=20, random_state=0).fit(X, np.sin(4 * X[:, 0]))
+        >>> reg.predict(X[:3]).shape, reg.n_params_
+        ((3,), 81)
+
+    Also ``score(X, y)`` (R^2, averaged over outputs), ``get_params`` and ``set_params``,
+    scikit-learn's.
     """
 
     def __init__(
         self,
-        n_bumps: int = 256,
+        n_bumps: Any = "auto",
         *,
         steps: int = 2000,
         batch: Any = "auto",
         lr_position: float = 0.1,
         lr_magnitude: float = 0.01,
+        lr_angle: float = 0.1,
         lr_final: float = 0.05,
         width: float = 0.7,
         init: str = "variation",
         support_p: float = 0.01,
+        shape: str = DEFAULT_SHAPE,
         c_grad_std: float = 0.0,
         w_grad_std: float = 0.0,
         m_grad_gain: float = 0.0,
@@ -310,10 +388,12 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
         self.batch = batch
         self.lr_position = lr_position
         self.lr_magnitude = lr_magnitude
+        self.lr_angle = lr_angle
         self.lr_final = lr_final
         self.width = width
         self.init = init
         self.support_p = support_p
+        self.shape = shape
         self.c_grad_std = c_grad_std
         self.w_grad_std = w_grad_std
         self.m_grad_gain = m_grad_gain
@@ -362,6 +442,8 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
     def _checked_params(self, d: int) -> dict:
         def pos_int(name):
             v = getattr(self, name)
+            if name == "n_bumps" and isinstance(v, str):
+                raise ValueError(f"n_bumps must be 'auto' or an int >= 1, but got {v!r}")
             if isinstance(v, bool) or not isinstance(v, numbers.Integral):
                 raise TypeError(f"{name} must be an int, but got {type(v).__name__}")
             if v < 1:
@@ -380,12 +462,13 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
             return v
 
         p = {
-            "n_bumps": pos_int("n_bumps"),
+            "n_bumps": "auto" if isinstance(self.n_bumps, str) and self.n_bumps == "auto" else pos_int("n_bumps"),
             "steps": pos_int("steps"),
             "relocate_every": pos_int("relocate_every"),
             "validation_every": pos_int("validation_every"),
             "lr_position": pos_float("lr_position", allow_zero=True),
             "lr_magnitude": pos_float("lr_magnitude", allow_zero=True),
+            "lr_angle": pos_float("lr_angle", allow_zero=True),
             "lr_final": pos_float("lr_final", allow_zero=True, upper=1.0),
             "width": pos_float("width"),
             "c_grad_std": pos_float("c_grad_std", allow_zero=True),
@@ -400,6 +483,8 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
         }
         if p["support_p"] >= 1.0:
             raise ValueError(f"support_p must be in (0, 1), but got {p['support_p']}")
+        if not (isinstance(self.shape, str) and self.shape in SHAPES):
+            raise ValueError(f"shape must be one of {SHAPES}, but got {self.shape!r}")
         if self.init not in ("variation", "kmeans"):
             raise ValueError(f"init must be 'variation' or 'kmeans', but got {self.init!r}")
         for name in ("relocate", "polish", "progress", "early_stopping"):
@@ -429,7 +514,23 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
 
     # ---------------------------------------------------------------- fit
     def fit(self, X, y):
-        """Fits the bump sum to X (n, d) and y (n,) or (n, P). Returns self."""
+        """Fits the bump sum to the points X and their values y (from scratch, every call).
+
+        Args:
+            X: Points, array-like of shape (n, d): numpy, a torch tensor, lists.
+            y: Values, shape (n,) for one output or (n, P) for P outputs sharing the bumps.
+
+        Returns:
+            self, fitted (the attributes ending in ``_``).
+
+        Raises:
+            ValueError: X or y of the wrong shape, with NaN or infinity, or of different
+                lengths; a setting out of range (a count < 1, a rate < 0, ``support_p``
+                outside (0, 1), ``bounds`` not finite (d, 2) with lower <= upper, an unknown ``init``
+                or ``batch``, a device name torch does not know).
+            TypeError: sparse or non-numeric data; a setting of the wrong type (a float
+                ``n_bumps``, a non-bool flag, a non-callable ``callback``).
+        """
         X, y = self._validate(X, y, reset=True)
         n, d = X.shape
         p = self._checked_params(d)
@@ -456,7 +557,8 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
         if P == 1:
             yu = yu[:, 0]  # one output: the single-output module (m of shape (K,))
 
-        K = p["n_bumps"]
+        K = auto_n_bumps(n, d, self.shape) if p["n_bumps"] == "auto" else p["n_bumps"]
+        self.n_bumps_ = K
         spacing = K ** (-1.0 / d)
         w0 = p["width"] * spacing
         if p["bounds"] is None:
@@ -468,35 +570,48 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
 
         xt = torch.as_tensor(xu, dtype=dtype, device=dev)
         yt = torch.as_tensor(yu, dtype=dtype, device=dev)
-        cent = self._init_centres(xu, yu, xt, yt, K, w0, p, rng)
+        # With ridge="auto" and the polish, the fit measures itself on a held-out 10%
+        # (validation_score_). With fewer points than each output's parameters, nothing may
+        # see those points before that measure (neither the placement nor Adam) for it to
+        # be honest: the split is then drawn first. Otherwise it is drawn after the placement
+        # and Adam trains on every point, as without the measure.
+        wants_split = p["ridge"] == "auto" or self.early_stopping
+        few = p["ridge"] == "auto" and self.polish and 50 <= n < _numbers_per_bump(d, self.shape) * K + 1
+        val_mask = self._validation_mask(n, rng, dev) if few else None
+        if few:
+            fit_np = ~val_mask.cpu().numpy()
+            cent = self._init_centres(xu[fit_np], yu[fit_np], xt[~val_mask], yt[~val_mask], K, w0, p, rng)
+        else:
+            cent = self._init_centres(xu, yu, xt, yt, K, w0, p, rng)
         cent = np.clip(cent, c_bounds[:, 0], c_bounds[:, 1])
 
+        # Oriented bumps start with angles 0: the axis-aligned start.
+        kind = SlowOrientedSumOfBumpFcns if self.shape == "oriented" else SlowSumOfBumpFcns
         with torch.random.fork_rng(devices=[]):  # the module's seed draw must not touch global state
-            bumps = SlowSumOfBumpFcns(
+            bumps = kind(
                 torch.as_tensor(cent.T, dtype=dtype), torch.full((d, K), w0, dtype=dtype),
                 torch.zeros((K,) if P == 1 else (K, P), dtype=dtype),
                 torch.as_tensor(c_bounds, dtype=dtype), torch.as_tensor(w_bounds, dtype=dtype),
                 p["c_grad_std"], p["w_grad_std"], p["m_grad_gain"], p["support_p"], device=dev,
             )
         bumps.noise_seed.fill_(_noise.mix_key(seed, 0, 99) >> 1)
-        val_mask = None
-        if p["ridge"] == "auto" or self.early_stopping:
-            val_mask = torch.zeros(n, dtype=torch.bool, device=dev)
-            if n >= 50:
-                val_mask[torch.as_tensor(rng.permutation(n)[: n // 10], device=dev)] = True
-        # Early stopping trains on the other 90% and keeps the validation points unseen until
-        # the final solve.
-        es_mask = val_mask if self.early_stopping and val_mask is not None and bool(val_mask.any()) else None
+        if wants_split and val_mask is None:
+            val_mask = self._validation_mask(n, rng, dev)
+        split = val_mask is not None and bool(val_mask.any())
+        # Early stopping (and a fit of few points) trains on the other 90% and keeps the
+        # validation points unseen until the final solve.
+        held_out = val_mask if split and (self.early_stopping or few) else None
         self.ridge_ = []
-        m0, b0 = self._solve(xt, yt, bumps, p, val_mask, refit_all=es_mask is None)
+        m0, b0 = self._solve(xt, yt, bumps, p, val_mask, refit_all=held_out is None)
         with torch.no_grad():
             bumps.m.copy_(m0.to(dtype))
         model = _BumpModel(bumps, b0.to(dtype=dtype, device=dev).clone())
 
-        losses = self._train(model, xt, yt, p, spacing, w0, seed, es_mask)
+        losses = self._train(model, xt, yt, p, spacing, w0, seed, held_out, keep_best=self.early_stopping)
 
+        self._validation = None  # set by the polish's solve
         if self.polish:
-            floor = self.ridge_[0] if es_mask is None and self.ridge_ else None  # see the ridge argument
+            floor = self.ridge_[0] if held_out is None and self.ridge_ else None  # see the ridge argument
             m1, b1 = self._solve(xt, yt, bumps, p, val_mask, floor=floor)
             with torch.no_grad():
                 bumps.m.copy_(m1.to(dtype))
@@ -504,22 +619,66 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
         model.eval()
         self.module_ = model
         self.loss_curve_ = losses
+        self.validation_score_ = None
+        if self._validation is not None:
+            r2 = self._validation
+            self.validation_score_ = float(np.mean(r2))
+            if (r2 < 0).any():
+                self._warn_worse_than_constant(r2, n, d, K, P, int(val_mask.sum()), held_out is not None)
         self.fit_seconds_ = time.perf_counter() - t_start
         return self
 
+    def _warn_worse_than_constant(self, r2: np.ndarray, n: int, d: int, K: int, P: int, n_val: int,
+                                  unseen: bool) -> None:
+        """The FitQualityWarning: one line with the validation R^2 and the size of the problem."""
+        if P == 1:
+            what = f"validation R^2 {r2[0]:.3g}"
+        else:
+            bad = np.flatnonzero(r2 < 0)
+            what = (f"validation R^2 below 0 for output{'s' if len(bad) > 1 else ''} "
+                    f"{', '.join(str(int(j)) for j in bad)} of {P} (lowest {r2.min():.3g})")
+        n_par = self.n_params_
+        seen = "" if unseen else ", though the moving bumps had fitted them too"
+        auto = auto_n_bumps(n, d, self.shape)
+        advice = (f"fewer bumps may help (n_bumps='auto' picks {auto} here)" if K > auto
+                  else "the points may hold too little signal for it, or be too few")
+        warnings.warn(
+            f"BumpRegressor predicts its validation split worse than a constant: {what} on {n_val} held-out "
+            f"points{seen} ({K} bumps, {n_par:,} parameters, {n:,} points in {d}-D); {advice}",
+            FitQualityWarning, stacklevel=3,
+        )
+
+    @staticmethod
+    def _validation_mask(n: int, rng: np.random.Generator, dev) -> torch.Tensor:
+        """A random 10% of the n points (none below 50 points): the ridge's validation points."""
+        val_mask = torch.zeros(n, dtype=torch.bool, device=dev)
+        if n >= 50:
+            val_mask[torch.as_tensor(rng.permutation(n)[: n // 10], device=dev)] = True
+        return val_mask
+
     def _solve(self, xt, yt, bumps, p, val_mask, refit_all=True, floor=None):
+        """Magnitudes and offset for the current centres and widths; appends the ridge to ``ridge_``.
+        With the ridge picked on ``val_mask``, ``_validation`` becomes the (P,) R^2 there of the
+        solution on the other points, against their mean."""
+        angles = getattr(bumps, "angles", None)  # oriented bumps: their ellipsoids' design
         if val_mask is None or not bool(val_mask.any()):
             ridge = 1e-6 if p["ridge"] == "auto" else p["ridge"]
-            m, b = solve_magnitudes(xt, yt, bumps.c, bumps.w, p["support_p"], ridge)
+            m, b = solve_magnitudes(xt, yt, bumps.c, bumps.w, p["support_p"], ridge, angles=angles)
         elif p["ridge"] != "auto":  # a fixed ridge; early stopping: solved on the fit part only
             ridge = p["ridge"]
             if not refit_all:
                 xt, yt = xt[~val_mask], yt[~val_mask]
-            m, b = solve_magnitudes(xt, yt, bumps.c, bumps.w, p["support_p"], ridge)
+            m, b = solve_magnitudes(xt, yt, bumps.c, bumps.w, p["support_p"], ridge, angles=angles)
         else:
             grid = RIDGE_GRID if floor is None else [r for r in RIDGE_GRID if r >= floor] or [floor]
-            m, b, ridge = solve_magnitudes_cv(xt, yt, bumps.c, bumps.w, p["support_p"], val_mask,
-                                              ridges=grid, refit_all=refit_all)
+            m, b, ridge, sse = solve_magnitudes_cv(xt, yt, bumps.c, bumps.w, p["support_p"], val_mask,
+                                                   ridges=grid, refit_all=refit_all, return_sse=True,
+                                                   angles=angles)
+            y_fit = yt[~val_mask].double().reshape(int((~val_mask).sum()), -1)
+            y_val = yt[val_mask].double().reshape(int(val_mask.sum()), -1)
+            sse_const = ((y_val - y_fit.mean(0)) ** 2).sum(0).cpu().numpy()  # the constant fitted on the 90%
+            with np.errstate(divide="ignore", invalid="ignore"):
+                self._validation = np.where(sse_const > 0, 1.0 - sse / sse_const, 0.0)
         self.ridge_.append(ridge)
         return m, b
 
@@ -544,12 +703,15 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
         wts = r2 / max(r2.mean(), 1e-300) + 1.0
         return _weighted_kmeans(xs, K, wts, rng, iters=10)
 
-    def _train(self, model: _BumpModel, xt, yt, p, spacing, w0, seed, val_mask=None) -> list[float]:
+    def _train(self, model: _BumpModel, xt, yt, p, spacing, w0, seed, val_mask=None,
+               keep_best: bool = False) -> list[float]:
+        """Adam on the points outside ``val_mask`` (all when None); ``keep_best``: early stopping on the others."""
         bumps = model.bumps
         steps = p["steps"]
         xv = yv = None
         if val_mask is not None:
-            xv, yv = xt[val_mask], yt[val_mask]
+            if keep_best:
+                xv, yv = xt[val_mask], yt[val_mask]
             xt, yt = xt[~val_mask], yt[~val_mask]
         n = len(xt)
         batch = p["batch"]
@@ -561,6 +723,8 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
             {"params": [bumps.c, bumps.w], "lr": lr_pos},
             {"params": [bumps.m, model.offset], "lr": p["lr_magnitude"]},
         ]
+        if _is_oriented(bumps):
+            groups.append({"params": [bumps.angles], "lr": p["lr_angle"]})  # radians: no spacing
         opt = torch.optim.Adam(groups)
         base = [g["lr"] for g in opt.param_groups]
         hooks = attach(opt, bumps)
@@ -649,14 +813,33 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
 
     # ---------------------------------------------------------------- predict
     def predict(self, X) -> np.ndarray:
-        """Predictions (n,) for a 1-D target, (n, P) for a 2-D one, in the target's units."""
+        """Evaluates the fitted sum at new points.
+
+        Args:
+            X: Points, array-like of shape (n, d), d as in :meth:`fit`.
+
+        Returns:
+            A float64 numpy array of shape (n,) for a 1-D target, (n, P) for a 2-D one, in the
+            target's units.
+
+        Raises:
+            NotFittedError: before :meth:`fit` (scikit-learn's, a ValueError and AttributeError).
+            ValueError: X of the wrong shape or number of columns, or with NaN or infinity.
+        """
         self._check_fitted()
         X = self._validate(X, reset=False)
         model = self.module_
         bumps = model.bumps
         dev, dtype = bumps.c.device, bumps.c.dtype
         # A fixed engine: the result for a point must not depend on which other points came along.
-        backend = "numba" if dev.type == "cpu" and ENGINES["numba"].available else "torch"
+        numba = ENGINES["numba"]
+        per_point = dev.type == "cpu" and numba.available and (numba.orients or not _is_oriented(bumps))
+        if not per_point and dev.type == "cpu":
+            # The torch engine's matrix products round differently for different numbers of points;
+            # in float64 the difference (~1e-16) is far below the float32 model's own rounding.
+            model = copy.deepcopy(model).double()
+            bumps, dtype = model.bumps, torch.float64
+        backend = "numba" if per_point else "torch"
         saved = bumps.backend
         bumps.backend = backend
         out = []
@@ -673,7 +856,8 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
 
     @property
     def n_params_(self) -> int:
-        """Trainable numbers of the fitted model: (2d + P) K + P."""
+        """The number of trainable numbers in the fitted model, (2d + P) K + P, plus d(d-1)/2
+        angles per bump when oriented."""
         self._check_fitted()
         return sum(int(t.numel()) for t in self.module_.parameters())
 
@@ -691,4 +875,5 @@ def _restored(module: _BumpModel, x_lo, x_scale, y_mean, y_std, y_ndim: int, **p
     reg.y_mean_ = np.asarray(y_mean, dtype=np.float64).reshape(reg.n_outputs_)
     reg.y_std_ = np.asarray(y_std, dtype=np.float64).reshape(reg.n_outputs_)
     reg.loss_curve_, reg.relocated_, reg.fit_seconds_ = [], 0, 0.0
+    reg.n_bumps_, reg.validation_score_ = int(module.bumps.c.shape[1]), None
     return reg

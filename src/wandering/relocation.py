@@ -1,12 +1,13 @@
 """Relocating dead bumps to where the error is (in the spirit of 3DGS-MCMC and Image-GS).
 
 A bump is *dead* when its magnitude is negligible (|m|, the largest over outputs,
-below ``min_rel_m`` times the largest bump's) or when its support box holds none of
-the points it is shown. Gradients cannot revive it: an empty box has exactly zero
-data gradient, and a tiny magnitude makes the centre and width gradients tiny.
-:class:`Relocation` moves each dead bump to a point sampled with probability
-proportional to the squared residual, resets its width, sets its magnitude from the
-residual there, and resets its optimizer state, at intervals early in a fit::
+below ``min_rel_m`` times the largest bump's) or when its support (the box of an
+axis-aligned bump, the ellipsoid of an oriented one) holds none of the points it is
+shown. Gradients cannot revive it: an empty support has exactly zero data gradient,
+and a tiny magnitude makes the centre and width gradients tiny. :class:`Relocation`
+moves each dead bump to a point sampled with probability proportional to the squared
+residual, resets its width (and an oriented bump's angles to 0), sets its magnitude
+from the residual there, and resets its optimizer state, at intervals early in a fit::
 
     reloc = Relocation(every=100, stop=1000)
     for step in range(steps):
@@ -43,8 +44,9 @@ import torch
 
 from . import _noise
 from ._checks import check_nonneg
-from ._engine import bump_sum
+from ._engine import bump_sum, oriented_bump_sum
 from ._geometry import support_halfwidths
+from ._rotation import rotations
 from .modules import WanderingModule
 
 __all__ = ["Relocation"]
@@ -62,8 +64,9 @@ class Relocation:
     """Moves dead bumps of a bump sum to where the squared residual is large.
 
     Args:
-        module: The bump sum to act on (a ``SumOfBumpFcns``/``SlowSumOfBumpFcns`` or any
-            wandering module with c, w of shape (d, K)). None: found in the model passed to
+        module: The bump sum to act on (a ``SumOfBumpFcns``/``SlowSumOfBumpFcns``, an oriented
+            one, or any wandering module with c, w of shape (d, K) and, if oriented, ``angles``
+            of shape (d(d-1)/2, K)). None: found in the model passed to
             :meth:`step_post`, which must then hold exactly one.
         every: Steps between relocation events.
         start: First step at which :meth:`step_post` relocates (default ``every``).
@@ -85,6 +88,12 @@ class Relocation:
         counter: Relocation events so far (the draws' counter; saved by :meth:`state_dict`).
         last_moved: Indices of the bumps the last event moved (a LongTensor).
         history: ``(step, n_moved)`` for every event of this object (not saved).
+
+    Raises:
+        TypeError: ``module`` not a module or None; a count or seed that is not an int.
+        ValueError: ``every`` or ``n_sample`` < 1, ``start``/``stop``/``seed`` < 0,
+            ``min_rel_m`` negative, ``max_fraction`` outside [0, 1], an unknown ``distributed``.
+            (``width`` is checked when a bump moves.)
     """
 
     def __init__(
@@ -123,10 +132,25 @@ class Relocation:
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict:
-        """The relocation counter (and seed, if one was given): all a resumed fit needs."""
+        """The relocation counter (and seed, if one was given): all a resumed fit needs.
+
+        Returns:
+            ``{"counter": int, "seed": int or None}``.
+        """
         return {"counter": int(self.counter), "seed": self.seed}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restores :meth:`state_dict`'s counter (and seed), so the next events draw as an
+        uninterrupted fit's would.
+
+        Args:
+            state: A dict from :meth:`state_dict`.
+
+        Raises:
+            ValueError: ``state`` is not a dict with a ``"counter"``, or its counter or seed is
+                negative.
+            TypeError, ValueError: (from ``int()``) a counter or seed that is not a number.
+        """
         if not isinstance(state, dict) or "counter" not in state:
             raise ValueError("state must be a dict from Relocation.state_dict(), with a 'counter'")
         self.counter = _as_int(int(state["counter"]), "counter", 0)
@@ -141,7 +165,17 @@ class Relocation:
 
     # ---------------------------------------------------------------- hooks
     def due(self, step: int) -> bool:
-        """Whether :meth:`step_post` relocates at this step."""
+        """Whether :meth:`step_post` relocates at this step.
+
+        Args:
+            step: The step just taken (0-based).
+
+        Returns:
+            True at ``start``, ``start + every``, ... before ``stop``.
+
+        Raises:
+            TypeError: (from Python) ``step`` is not a number.
+        """
         if step < self.start or (self.stop is not None and step >= self.stop):
             return False
         return (step - self.start) % self.every == 0
@@ -165,6 +199,9 @@ class Relocation:
 
         Returns:
             The number of bumps moved (0 when not due).
+
+        Raises:
+            TypeError, ValueError: as :meth:`relocate`, at the steps that are due.
         """
         if not self.due(step):
             return 0
@@ -196,16 +233,33 @@ class Relocation:
         return dist.get_rank(), dist.get_world_size()
 
     def dead(self, module: WanderingModule, x: torch.Tensor) -> torch.Tensor:
-        """Boolean (K,): which bumps count as dead for the points ``x`` (collective under DDP)."""
+        """Which bumps count as dead for these points (a collective under DDP: call on every rank).
+
+        Args:
+            module: The bump sum, with c and w of shape (d, K).
+            x: Points, (n, d), in the module's dtype and on its device.
+
+        Returns:
+            A bool tensor (K,): True where |m| (max over outputs) is below ``min_rel_m`` times
+            the largest, or the bump's support box holds none of ``x``.
+
+        Raises:
+            TypeError, ValueError: as :func:`wandering.bump_sum` for a bad ``x``.
+        """
         occupancy = self._occupancy(module, x)
         return self._dead_from(module, occupancy)
 
     def _occupancy(self, module: WanderingModule, x: torch.Tensor) -> torch.Tensor:
-        # d(sum of outputs)/dm_k = sum over points of phi_k: > 0 exactly when the box holds a point.
+        # d(sum of outputs)/dm_k = sum over points of phi_k: > 0 exactly when the support holds a point.
         ones = torch.ones(module.n_bumps, dtype=module.c.dtype, device=module.c.device, requires_grad=True)
+        angles = _angles(module)
         with torch.enable_grad():
-            out = bump_sum(x, module.c.detach(), module.w.detach(), ones, support_p=module.support_p,
-                           backend=module.backend)
+            if angles is None:
+                out = bump_sum(x, module.c.detach(), module.w.detach(), ones, support_p=module.support_p,
+                               backend=module.backend)
+            else:
+                out = oriented_bump_sum(x, module.c.detach(), module.w.detach(), ones, angles.detach(),
+                                        support_p=module.support_p, backend=module.backend)
             (occ,) = torch.autograd.grad(out.sum(), ones)
         rank, world = self._world()
         if world > 1:
@@ -228,12 +282,29 @@ class Relocation:
         x: torch.Tensor,
         residual: torch.Tensor,
     ) -> torch.Tensor:
-        """Relocates the dead bumps now (whatever the step). Returns the moved indices.
+        """Relocates the dead bumps now (whatever the step).
 
         Advances :attr:`counter` by one whether or not a bump moved.
+
+        Args:
+            model: The bump-sum module, or a model holding exactly one (DDP wrappers too).
+            optimizer: The optimizer whose state for the moved entries is zeroed (None: none).
+            x: The points, (n, d), in the bump sum's own coordinates.
+            residual: target - prediction at those points, (n,) or (n, P) like the module's m.
+
+        Returns:
+            The indices of the moved bumps, a sorted int64 tensor (empty when none moved).
+
+        Raises:
+            TypeError: x or residual is not a tensor; model is not a module.
+            ValueError: x not (n, d); residual not (n,) or (n, P) with the module's P; a model
+                without exactly one bump sum; a ``width`` that is not nonzero and finite; a DDP
+                rank with no points.
+            RuntimeError: ``distributed=True`` without an initialised process group of
+                several ranks.
         """
         mod = self._find_module(model)
-        c_p, w_p, m_p = mod.c, mod.w, mod.m
+        c_p, w_p, m_p, a_p = mod.c, mod.w, mod.m, _angles(mod)
         dtype, device = c_p.dtype, c_p.device
         if not isinstance(x, torch.Tensor) or not isinstance(residual, torch.Tensor):
             raise TypeError("x and residual must be torch.Tensors")
@@ -276,10 +347,16 @@ class Relocation:
             c64, w64 = c_p.detach().double().cpu(), w_p.detach().double().cpu()
             m64 = m_p.detach().double().cpu().reshape(K, -1)
             sp = mod.support_p
+            # Oriented bumps (d > 1) count inside ellipsoids: the old ones with their axes, the
+            # moved ones axis-aligned (angles 0). In 1-D the ellipsoid is the box.
+            ellipsoids = a_p is not None and d > 1
+            R64 = rotations(a_p.detach().double().cpu(), d) if ellipsoids else None
+            eye = torch.eye(d, dtype=torch.float64) if ellipsoids else None
 
             # Removing the dead bumps adds their old contribution back to the residual.
             for k in idx.tolist():
-                rc += _phi(xc64, c64[:, k], w64[:, k], sp)[:, None] * m64[k][None, :]
+                R = R64[:, :, k] if ellipsoids else None
+                rc += _phi(xc64, c64[:, k], w64[:, k], sp, R)[:, None] * m64[k][None, :]
 
             new_w = self._new_width(w64, dead, d)
             gen = _noise.keyed_generator(seed, counter, _noise.STREAM_RELOCATE_PICK)
@@ -295,7 +372,7 @@ class Relocation:
                 else:
                     pick = min(int(u[j] * len(xc64)), len(xc64) - 1)
                 centre = xc64[pick]
-                phi = _phi(xc64, centre, new_w, sp)
+                phi = _phi(xc64, centre, new_w, sp, eye)
                 # the magnitude that best fits the residual with this one bump (phi = 1 at its centre)
                 mag = (phi[:, None] * rc).sum(0) / (phi * phi).sum().clamp_min(1.0)
                 rc -= phi[:, None] * mag[None, :]
@@ -307,9 +384,13 @@ class Relocation:
             w_p.index_copy_(1, dev_idx, new_w[:, None].expand(d, idx.numel()).to(dtype=dtype, device=device))
             m_new = new_m.to(dtype=dtype, device=device)
             m_p.index_copy_(0, dev_idx, m_new[:, 0] if m_p.dim() == 1 else m_new)
+            reset = [(c_p, 1), (w_p, 1), (m_p, 0)]
+            if a_p is not None:
+                a_p.index_fill_(1, dev_idx, 0.0)
+                reset.append((a_p, 1))
             mod.bound()
             if optimizer is not None:
-                reset_optimizer_entries(optimizer, ((c_p, 1), (w_p, 1), (m_p, 0)), dev_idx)
+                reset_optimizer_entries(optimizer, reset, dev_idx)
         return idx
 
     def _candidates(self, x, r, seed, counter, rank, world):
@@ -349,13 +430,30 @@ class Relocation:
         return width.clone()
 
 
-def _phi(x64: torch.Tensor, centre: torch.Tensor, width: torch.Tensor, support_p: float | None) -> torch.Tensor:
-    """One bump's values at the points x64 (n, d), culled as the modules cull."""
+def _angles(module: torch.nn.Module) -> torch.nn.Parameter | None:
+    """An oriented module's angles parameter; None for an axis-aligned one."""
+    angles = getattr(module, "angles", None)
+    return angles if isinstance(angles, torch.nn.Parameter) else None
+
+
+def _phi(
+    x64: torch.Tensor, centre: torch.Tensor, width: torch.Tensor, support_p: float | None,
+    axes: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One bump's values at the points x64 (n, d), culled as the modules cull: in its box, or, with
+    ``axes`` (its rotation R, (d, d)), in its ellipsoid ``|diag(1/w) R^T (x - c)|^2 < -ln(support_p)``."""
     diff = x64 - centre[None, :]
-    z = diff / width[None, :]
-    val = torch.exp(-(z * z).sum(dim=1))
-    half = support_halfwidths(width[:, None], support_p)[:, 0]
-    return val * (diff.abs() < half[None, :]).all(dim=1)
+    if axes is None:
+        z = diff / width[None, :]
+        val = torch.exp(-(z * z).sum(dim=1))
+        half = support_halfwidths(width[:, None], support_p)[:, 0]
+        return val * (diff.abs() < half[None, :]).all(dim=1)
+    if not bool((width != 0).all()):
+        return torch.zeros(len(x64), dtype=x64.dtype)  # a zero scale counts nowhere
+    z = (diff @ axes) / width[None, :]
+    s = (z * z).sum(dim=1)
+    inside = s < (-math.log(support_p) if support_p is not None else math.inf)
+    return torch.exp(-s) * inside
 
 
 def reset_optimizer_entries(

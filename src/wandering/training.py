@@ -49,8 +49,14 @@ def _iter_wandering(model: torch.nn.Module) -> Iterator[WanderingModule]:
 
 
 def wandering_modules(model: torch.nn.Module) -> list[WanderingModule]:
-    """Every :class:`WanderingModule` in ``model``'s tree (``model`` itself included), in
+    """Every :class:`~wandering.WanderingModule` in ``model``'s tree (``model`` itself included), in
     ``model.modules()`` order, each once. User subclasses count.
+
+    Args:
+        model: Any module tree; DDP wrappers and ``torch.compile`` results are looked through.
+
+    Returns:
+        A list of the wandering modules (empty when there are none).
 
     Raises:
         TypeError: ``model`` is not a ``torch.nn.Module``.
@@ -80,6 +86,9 @@ def perturb_grads(model: torch.nn.Module) -> int:
     """Calls ``pert_grads()`` on every wandering module in ``model``. Call after ``backward()``
     (after the last micro-batch, after ``scaler.unscale_``) and before ``optimizer.step()``.
 
+    Args:
+        model: Any module tree holding wandering modules (DDP wrappers and compiled models too).
+
     Returns:
         The number of modules perturbed.
 
@@ -95,6 +104,9 @@ def perturb_grads(model: torch.nn.Module) -> int:
 
 def bound_params(model: torch.nn.Module) -> int:
     """Calls ``bound()`` on every wandering module in ``model``. Call after ``optimizer.step()``.
+
+    Args:
+        model: Any module tree holding wandering modules (DDP wrappers and compiled models too).
 
     Returns:
         The number of modules bounded.
@@ -179,6 +191,13 @@ class WanderingHooks:
     """Handle returned by :func:`attach`: ``remove()`` detaches both hooks (idempotent).
     Also a context manager that removes them on exit.
 
+    Built by :func:`attach` (which checks everything), not by users.
+
+    Args:
+        handles: The optimizer's hook handles.
+        modules: The wandering modules the hooks act on.
+        optimizer: The hooked optimizer (held weakly).
+
     Attributes:
         modules: The wandering modules the hooks act on.
     """
@@ -189,6 +208,7 @@ class WanderingHooks:
         self.modules = modules
 
     def remove(self) -> None:
+        """Detaches both hooks and frees the modules to be attached again; a second call does nothing."""
         for handle in self._handles:
             handle.remove()
         self._handles = []
@@ -260,9 +280,15 @@ def attach(
             one of them is attached already; a std negative or not finite.
 
     Example:
+        >>> model = torch.nn.Sequential(SlowSumOfBumpFcns(torch.rand(2, 16), torch.full((2, 16), 0.2),
+        ...     torch.zeros(16), torch.tensor([[0.0, 1.0]] * 2), torch.tensor([[0.05, 0.5]] * 2), 1e-3, 1e-4))
+        >>> opt = torch.optim.Adam(model.parameters(), lr=0.02)
         >>> hooks = attach(opt, model)
-        >>> for x, y in data:
-        ...     opt.zero_grad(); loss_fn(model(x), y).backward(); opt.step()
+        >>> x = torch.rand(256, 2); y = x.sum(dim=1)
+        >>> for _ in range(5):
+        ...     opt.zero_grad(); ((model(x) - y) ** 2).mean().backward(); opt.step()
+        >>> int(model[0].noise_step)  # pert_grads ran before every step
+        5
         >>> hooks.remove()
     """
     if not isinstance(optimizer, torch.optim.Optimizer):
