@@ -42,12 +42,18 @@ def test_design_is_the_modules_culled_sum(seed, n, d, K, oriented, support_p):
     assert phi.nnz == int((ref > 0).sum())  # no stored zeros, no missing pairs
 
 
-def test_design_float32_points_and_zero_widths():
-    x, c, w, a, _ = _problem(3, 200, 2, 12, 1, dtype=torch.float32)
+@pytest.mark.parametrize("oriented", [False, True])
+def test_design_float32_points_pairs_as_the_float32_module_and_zero_widths(oriented):
+    x, c, w, a, _ = _problem(3, 2000, 2, 40, 1, dtype=torch.float32)
     w[:, 3] = 0.0  # a zero width: the bump counts nowhere
-    phi = sparse_design(x, c, w, 0.01)
-    ref = bump_sum(x.double(), c.double(), w.double(), torch.eye(12, dtype=torch.float64), support_p=0.01)
-    np.testing.assert_allclose(phi.toarray(), ref.numpy(), rtol=1e-12, atol=1e-15)
+    eye = torch.eye(40)
+    if oriented:
+        ref = oriented_bump_sum(x, c, w, eye, a, support_p=0.01, backend="reference")
+    else:
+        ref = bump_sum(x, c, w, eye, support_p=0.01, backend="reference")
+    phi = sparse_design(x, c, w, 0.01, angles=a if oriented else None)
+    np.testing.assert_array_equal(phi.toarray() > 0, ref.numpy() > 0)  # the same pairs, tested in float32
+    np.testing.assert_allclose(phi.toarray(), ref.numpy(), rtol=1e-5, atol=1e-7)
     assert phi[:, 3].nnz == 0
 
 
@@ -92,3 +98,28 @@ def test_sparse_design_refuses_an_exact_sum():
     x, c, w, _, _ = _problem(0, 10, 2, 3, 1)
     with pytest.raises(ValueError, match="support_p"):
         sparse_design(x, c, w, None)
+
+
+@pytest.mark.parametrize("oriented", [False, True])
+def test_lstsq_solves_switch_to_the_sparse_path_for_many_bumps(monkeypatch, oriented):
+    from wandering import _lstsq, _sparse_lstsq
+
+    x, c, w, a, y = _problem(5, 700, 2, 30, 2)
+    angles = a if oriented else None
+    val = torch.zeros(len(x), dtype=torch.bool)
+    val[::5] = True
+    dense = _lstsq.solve_magnitudes(x, y, c, w, 0.01, 1e-4, angles=angles)
+    dense_cv = _lstsq.solve_magnitudes_cv(x, y, c, w, 0.01, val, return_sse=True, angles=angles)
+    calls = []
+    real = _sparse_lstsq.sparse_design
+    monkeypatch.setattr(_sparse_lstsq, "sparse_design", lambda *args, **kw: calls.append(1) or real(*args, **kw))
+    monkeypatch.setattr(_lstsq, "_SPARSE_BUMPS", 30)
+    sparse = _lstsq.solve_magnitudes(x, y, c, w, 0.01, 1e-4, angles=angles)
+    sparse_cv = _lstsq.solve_magnitudes_cv(x, y, c, w, 0.01, val, return_sse=True, angles=angles)
+    assert len(calls) == 2
+    for u, v in zip(sparse + sparse_cv[:2], dense + dense_cv[:2]):
+        torch.testing.assert_close(u, v, rtol=1e-7, atol=1e-8)
+    assert sparse_cv[2] == dense_cv[2]
+    np.testing.assert_allclose(sparse_cv[3], dense_cv[3], rtol=1e-7)
+    exact = _lstsq.solve_magnitudes(x, y, c, w, None, 1e-4, angles=angles)  # an exact sum stays dense
+    assert len(calls) == 2 and exact[0].shape == dense[0].shape

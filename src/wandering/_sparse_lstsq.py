@@ -100,18 +100,19 @@ if _HAVE_NUMBA:
         return idx, val
 
 
-def _geometry(c, w, angles, support_p):
-    """Per-bump (K, d) centres and boxes, (K, d, d) transforms, (K,) cut-offs, float64."""
-    c, w = c.detach().double().cpu(), w.detach().double().cpu()
+def _geometry(c, w, angles, support_p, dtype):
+    """Per-bump (K, d) centres and boxes, (K, d, d) transforms, (K,) cut-offs, in ``dtype`` (the
+    points'), as the engines test pairs."""
+    c, w = c.detach().to(dtype).cpu(), w.detach().to(dtype).cpu()
     d, K = c.shape
     if angles is None or d == 1:
         iw = inverse_widths(w)
-        U = torch.zeros(K, d, d, dtype=torch.float64)
+        U = torch.zeros(K, d, d, dtype=dtype)
         U[:, torch.arange(d), torch.arange(d)] = iw.T
         half = support_halfwidths(w, support_p)
-        r2 = torch.full((K,), math.inf, dtype=torch.float64)
+        r2 = torch.full((K,), math.inf, dtype=dtype)
         return c.T.contiguous(), half.T.contiguous(), U, r2, False
-    R = rotations(angles.detach().double().cpu(), d)
+    R = rotations(angles.detach().to(dtype).cpu(), d)
     U = precision_transforms(R, w).permute(2, 0, 1).contiguous()
     r2 = cutoffs(w, support_p)
     half = ellipsoid_halfwidths(R, w, r2) * (1.0 + _BOX_MARGIN)
@@ -140,12 +141,16 @@ def sparse_design(x, c, w, support_p: float, angles=None):
         raise RuntimeError("sparse_design needs numba")
     if support_p is None:
         raise ValueError("support_p must be in (0, 1) for a sparse design, but got None (an exact sum is dense)")
-    xs = torch.as_tensor(x).detach().double().cpu().contiguous().numpy()
-    cs, hs, U, r2, ellipsoid = _geometry(torch.as_tensor(c), torch.as_tensor(w), angles, support_p)
+    xt = torch.as_tensor(x).detach().cpu()
+    if xt.dtype not in (torch.float32, torch.float64):
+        xt = xt.double()
+    xs = xt.contiguous().numpy()
+    cs, hs, U, r2, ellipsoid = _geometry(torch.as_tensor(c), torch.as_tensor(w), angles, support_p, xt.dtype)
     K = cs.shape[0]
     order = torch.argsort(cs[:, 0], stable=True)
     cs, hs, U, r2 = cs[order].contiguous(), hs[order].contiguous(), U[order].contiguous(), r2[order].contiguous()
-    hmax0 = float(hs[:, 0].max()) if K else 0.0
+    # The window is a prefilter: widened so that float32 rounding of x - c never hides a pair.
+    hmax0 = hs[:, 0].max().item() * (1.0 + 1e-5) if K else 0.0
     nchunks = max(1, min(64, len(xs) // 4096 + 1))
     args = (cs.numpy(), U.numpy(), hs.numpy(), r2.numpy(), np.ascontiguousarray(cs[:, 0].numpy()), hmax0, ellipsoid)
     counts = _count_pairs(xs, *args, nchunks)
@@ -196,11 +201,11 @@ def _solve_sparse(eqs, ridge):
 
 
 def _sse(eqs_val, yy, sol):
-    """Squared error of the solution on the points the equations came from (a quadratic form)."""
+    """Squared error per output (P,) of the solution on the points the equations came from
+    (a quadratic form: no pass over the points)."""
     G, B, s, n, t = eqs_val
     m, b = sol[:-1], sol[-1]
-    Gm = G @ m
-    return float((yy - 2 * (m * B).sum(0) - 2 * b * t + (m * Gm).sum(0) + 2 * b * (s @ m) + n * b * b).sum())
+    return yy - 2 * (m * B).sum(0) - 2 * b * t + (m * (G @ m)).sum(0) + 2 * b * (s @ m) + n * b * b
 
 
 def _split(sol, one):
@@ -210,7 +215,7 @@ def _split(sol, one):
     return m, b
 
 
-def solve_magnitudes_sparse(x, y, c, w, support_p: float, ridge: float = 1e-6, angles=None):
+def solve_magnitudes_sparse(x, y, c, w, support_p: float, ridge: float = 1e-6, *, angles=None):
     """Ridge least-squares magnitudes and offset, as :func:`wandering._lstsq.solve_magnitudes`,
     on a sparse design (memory O(pairs), not O(K^2)).
 
@@ -228,12 +233,13 @@ def solve_magnitudes_sparse(x, y, c, w, support_p: float, ridge: float = 1e-6, a
 
 
 def solve_magnitudes_sparse_cv(x, y, c, w, support_p: float, val_mask, ridges=RIDGE_GRID, refit_all=True,
-                               angles=None):
+                               return_sse=False, *, angles=None):
     """:func:`solve_magnitudes_sparse` with the ridge picked on the held-out points ``val_mask``,
     as :func:`wandering._lstsq.solve_magnitudes_cv`.
 
     Returns:
-        m, offset and the chosen relative ridge.
+        m, offset and the chosen relative ridge; with ``return_sse`` also the held-out points'
+        squared error per output at that ridge (numpy (P,), of the solution on the other points).
     """
     y2 = torch.as_tensor(y).detach().double().cpu().reshape(len(y), -1).numpy()
     val = torch.as_tensor(val_mask).cpu().numpy().astype(bool)
@@ -243,9 +249,12 @@ def solve_magnitudes_sparse_cv(x, y, c, w, support_p: float, val_mask, ridges=RI
     yy = (y2[val] ** 2).sum(0)
     best = None
     for r in ridges:
-        sse = _sse(held, yy, _solve_sparse(fit, r))
+        per_output = _sse(held, yy, _solve_sparse(fit, r))
+        sse = float(per_output.sum())
         if best is None or sse < best[0]:
-            best = (sse, r)
+            best = (sse, r, np.maximum(per_output, 0.0))
     sol = _solve_sparse(_add(fit, held) if refit_all else fit, best[1])
     m, b = _split(sol, torch.as_tensor(y).dim() == 1)
+    if return_sse:
+        return m, b, best[1], best[2]
     return m, b, best[1]

@@ -122,8 +122,11 @@ def resize_bumps(
 
 
 def bump_statistics(module: WanderingModule, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-    """Per-bump sums over the points: (K, 2) float64, column 0 ``sum_i phi_k(x_i)`` (0 exactly
-    when no point is in the bump's support) and column 1 ``sum_i phi_k(x_i) |r_i|^2``.
+    """Per-bump sums over the points: (K, 3) float64. Column 0 is ``sum_i phi_k(x_i)`` (0 exactly
+    when no point is in the bump's support), column 1 the error mass ``sum_i phi_k(x_i) |r_i|^2``,
+    column 2 ``sum_i phi_k(x_i)^2``, so that ``|m_k|^2`` times it is what removing bump k alone
+    would add to the sum of squared errors, less twice its correlation with the residual (0 where
+    the magnitudes fit).
 
     Args:
         module: The bump sum (oriented ones use their angles).
@@ -134,15 +137,21 @@ def bump_statistics(module: WanderingModule, x: torch.Tensor, residual: torch.Te
     K = c.shape[1]
     r2 = residual.detach().reshape(x.shape[0], -1).to(c.dtype).pow(2).sum(dim=1)
     probe = torch.ones(K, 2, dtype=c.dtype, device=c.device, requires_grad=True)
+    square = torch.ones(K, dtype=c.dtype, device=c.device, requires_grad=True)
     angles = getattr(module, "angles", None)
+    oriented = isinstance(angles, torch.Tensor)
+    sp = module.support_p
+    # phi^2 is the bump with scales / sqrt(2); its support cut-off at sp^2 is phi's at sp.
+    w2, sp2 = w / math.sqrt(2.0), (None if sp is None else sp * sp)
     with torch.enable_grad():
-        if isinstance(angles, torch.Tensor):
-            out = oriented_bump_sum(x, c, w, probe, angles.detach(), support_p=module.support_p,
-                                    backend=module.backend)
+        if oriented:
+            out = oriented_bump_sum(x, c, w, probe, angles.detach(), support_p=sp, backend=module.backend)
+            sq = oriented_bump_sum(x, c, w2, square, angles.detach(), support_p=sp2, backend=module.backend)
         else:
-            out = bump_sum(x, c, w, probe, support_p=module.support_p, backend=module.backend)
-        (stats,) = torch.autograd.grad(out[:, 0].sum() + (out[:, 1] * r2).sum(), probe)
-    return stats.double()
+            out = bump_sum(x, c, w, probe, support_p=sp, backend=module.backend)
+            sq = bump_sum(x, c, w2, square, support_p=sp2, backend=module.backend)
+        stats = torch.autograd.grad(out[:, 0].sum() + (out[:, 1] * r2).sum() + sq.sum(), (probe, square))
+    return torch.cat([stats[0], stats[1][:, None]], dim=1).double()
 
 
 class Growth:
@@ -160,6 +169,11 @@ class Growth:
             outputs) is below this fraction of the largest. 0 (default): none.
         prune_empty: At each event, before the split, remove the bumps with no point in their
             support (among the points of this event, on all ranks).
+        prune_fraction: At each event, before the split, remove this fraction of the bumps: those
+            whose removal costs least, ``|m_k|^2 sum_i phi_k(x_i)^2`` (see :func:`bump_statistics`;
+            ties: the lower index). With ``max_bumps`` = K the split then refills them where the
+            error is: K stays fixed and bumps move from where they do little to where the
+            residual is (in the spirit of 3DGS-MCMC's relocation).
         distributed: "auto", True or False: sum the per-bump statistics over DDP ranks (see the
             module docstring); False is right only when every rank passes the same points.
 
@@ -179,6 +193,7 @@ class Growth:
         fraction: float = 0.1,
         prune_min_rel_m: float = 0.0,
         prune_empty: bool = False,
+        prune_fraction: float = 0.0,
         distributed: Any = "auto",
     ) -> None:
         if module is not None and not isinstance(module, torch.nn.Module):
@@ -197,6 +212,9 @@ class Growth:
         if not isinstance(prune_empty, bool):
             raise TypeError(f"prune_empty must be a bool, but got {type(prune_empty).__name__}")
         self.prune_empty = prune_empty
+        self.prune_fraction = check_nonneg(prune_fraction, "prune_fraction")
+        if not self.prune_fraction < 1:
+            raise ValueError(f"prune_fraction must be in [0, 1), but got {prune_fraction}")
         if distributed not in ("auto", True, False):
             raise ValueError(f"distributed must be 'auto', True or False, but got {distributed!r}")
         self.distributed = distributed
@@ -217,6 +235,7 @@ class Growth:
         return (
             f"Growth(max_bumps={self.max_bumps}, every={self.every}, start={self.start}, stop={self.stop}, "
             f"fraction={self.fraction}, prune_min_rel_m={self.prune_min_rel_m}, prune_empty={self.prune_empty}, "
+            f"prune_fraction={self.prune_fraction}, "
             f"counter={self.counter})"
         )
 
@@ -301,7 +320,7 @@ class Growth:
         self.counter += 1
         x = x.detach().to(device=mod.c.device, dtype=mod.c.dtype)
         stats = self._reduce(bump_statistics(mod, x, residual)).cpu()
-        occupancy, mass = stats[:, 0], stats[:, 1]
+        occupancy, mass, square = stats[:, 0], stats[:, 1], stats[:, 2]
 
         with torch.no_grad():
             m = mod.m.detach().cpu()
@@ -311,6 +330,11 @@ class Growth:
                 dead |= occupancy == 0
             if self.prune_min_rel_m > 0 and K:
                 dead |= mabs < self.prune_min_rel_m * mabs.max()
+            n_cut = int(math.floor(self.prune_fraction * K))
+            if n_cut:
+                m2 = (m.double() ** 2).reshape(K, -1).sum(dim=1)
+                cost = torch.where(dead, torch.full_like(m2, -1.0), m2 * square)  # already dead: first
+                dead[torch.argsort(cost, stable=True)[:n_cut]] = True
             if bool(dead.all()):  # never remove every bump
                 dead[torch.argmax(mass)] = False
             alive = torch.nonzero(~dead).squeeze(1)
