@@ -8,8 +8,12 @@ each bump's support box, as the modules evaluate it) plus a column of ones.
 On the CPU the normal equations are accumulated by a Numba kernel that visits, for
 each point, only the bumps whose box can hold it (bumps sorted by their first
 coordinate, a window of the widest box), so the cost is O(n * pairs_per_point**2)
-and memory O(threads * K**2). Elsewhere (GPU, exact sums) the design is built in
+and memory O(chunks * K**2). Elsewhere (GPU, exact sums) the design is built in
 chunks of points and multiplied densely: O(n * K**2) work, O(chunk * K) memory.
+
+Both accumulate in float64 whatever the inputs' dtype (the design values are computed
+in it, then every product and sum is float64), and the kernel's chunks are fixed by
+the problem size, so the result is the same for any thread count.
 """
 
 from __future__ import annotations
@@ -22,7 +26,6 @@ import torch
 from ._geometry import support_halfwidths
 
 try:  # numba is a required dependency; the dense path still works without it
-    import numba
     from numba import njit, prange
 
     _HAVE_NUMBA = True
@@ -35,6 +38,18 @@ __all__ = ["normal_equations", "solve_magnitudes", "solve_magnitudes_cv", "RIDGE
 RIDGE_GRID = (1e-8, 1e-6, 1e-4, 1e-3, 1e-2, 3e-2, 1e-1)
 
 _DENSE_WORK = 2e9  # n * K**2 up to which the dense chunked path is used on the CPU
+# The sparse kernel's chunks of points, each with its own float64 (K+1, K+1) partial summed
+# in chunk order: their count depends on the problem only (never on the thread count),
+# so the normal equations are bitwise the same for any number of threads.
+_GRAM_CHUNK_POINTS = 4096
+_GRAM_MAX_CHUNKS = 16
+_GRAM_PARTIAL_BYTES = 64 << 20
+
+
+def gram_chunks(n: int, K: int, P: int) -> int:
+    """Chunks of points for the sparse normal equations (a function of the problem size only)."""
+    by_memory = _GRAM_PARTIAL_BYTES // (8 * (K + 1) * (K + 1 + P))
+    return int(max(1, min(_GRAM_MAX_CHUNKS, -(-n // _GRAM_CHUNK_POINTS), by_memory)))
 
 
 if _HAVE_NUMBA:
@@ -128,7 +143,7 @@ def normal_equations(
         iws = (1.0 / w[:, order]).clamp(-big, big).T.contiguous()
         hs = half[:, order].T.contiguous()
         hmax0 = float(hs[:, 0].max()) if K else 0.0
-        nchunks = max(1, min(numba.get_num_threads(), torch.get_num_threads(), len(x) // 1024 + 1))
+        nchunks = gram_chunks(len(x), K, y2.shape[1])
         g, b = _gram_kernel(
             x.contiguous().numpy(), y2.double().cpu().contiguous().numpy(), cs.numpy(), iws.numpy(), hs.numpy(),
             cs[:, 0].contiguous().numpy(), hmax0, nchunks,
