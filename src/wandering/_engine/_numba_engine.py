@@ -87,6 +87,16 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy()
 
 
+def _line_aligned_empty(shape: tuple, dtype) -> np.ndarray:
+    """np.empty whose data starts on a cache line, so whole-line rows can be streamed
+    (``_kernels.scatter_rows``); numpy's own alignment is 16 bytes."""
+    count = int(np.prod(shape))
+    itemsize = np.dtype(dtype).itemsize
+    buf = np.empty(count + 64 // itemsize, dtype)
+    off = (-buf.ctypes.data % 64) // itemsize
+    return buf[off : off + count].reshape(shape)
+
+
 @dataclass
 class _Plan:
     row_start: np.ndarray  # (nrows + 1,) registrations of each row
@@ -357,8 +367,8 @@ def backward(gy, x, c, w, m, half, cull, need_x):
             npart = bounds.shape[0] - 1
             pcw, pm = np.zeros((npart, 2 * d, K)), np.zeros((npart, K, P))
             args = (b.row_pts, plan.row_start, plan.reg_k, plan.reg_p0, plan.reg_p1, bounds, plan.maxrow, plan.maxseg)
-            gs = np.empty_like(g)
-            _kernels.to_sorted(g, b.rank, gs, npart)
+            gs = _line_aligned_empty(g.shape, g.dtype)
+            _kernels.to_sorted(g.reshape(n * P), b.rank, gs.reshape(n * P), npart)
             _kernels.culled_backward(b.xs, b.perm, cn, iw, hn, mn, gs, *args, gx.numpy(), need_x, pcw, pm)
     # Fixed-order reduction: partials added in partition order. The casts to the inputs'
     # dtypes run in numpy (the same IEEE rounding as torch's, for less call overhead) and
