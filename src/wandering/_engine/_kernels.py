@@ -7,7 +7,9 @@ per block and then serves all P outputs. The exp is a branch-free scalar
 polynomial (float32 and float64) that LLVM inlines and vectorises; fusing the
 whole pair (distance, test, exp, sums) into one loop per bump was measured no
 faster than these L1-resident passes. P == 1 has its own fused loops; P > 1 shares
-the exp across (P, nb) accumulators.
+the exp across (P, nb) accumulators, which move to and from the callers' (n, P) rows
+by 8 x 8 vector transposes (:func:`transpose_into`), whole-cache-line rows by
+streaming stores (:func:`scatter_rows`).
 
 Accumulation rule (every kernel here, and any new one, keeps it). A float32 sum over
 points or over bumps never runs long in float32; it goes on in float64 in blocks:
