@@ -12,10 +12,6 @@ Kernels (no (n x K) or (n x d x K) intermediate anywhere):
 ``_grad_x_kernel``
     grid (point tiles,), like the forward: gx of its BN points, summed over all
     bump blocks in registers.
-
-Accuracy: each block of BK bumps (forward, grad x) or tile of BN points (parameter
-gradients) is summed in the inputs' dtype, and the block sums are added in float64,
-so no float32 sum runs over more than one block (the numba kernels' rule).
 ``_grad_params_kernel``
     grid (bump blocks, point chunks). A program owns BK bumps and one fixed
     chunk of consecutive point tiles, and writes its partial sums of gc, gw, gm
@@ -23,6 +19,10 @@ so no float32 sum runs over more than one block (the numba kernels' rule).
     chunks are then summed by torch in a fixed order. No atomics: results are
     deterministic, and the chunking is a function of the shapes only (not of
     the GPU model).
+
+Accuracy: each block of BK bumps (forward, grad x) or tile of BN points (parameter
+gradients) is summed in the inputs' dtype, and the block sums are added in float64,
+so no float32 sum runs over more than one block (the numba kernels' rule).
 
 Culling (``cull=True``, finite support boxes). Points are put in Morton
 (Z-curve) order over their first min(d, 3) coordinates, so a tile of BN
