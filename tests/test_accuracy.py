@@ -191,6 +191,26 @@ def test_lane_sums_follow_their_documented_order(n):
     assert math.isclose(d64, float(np.dot(u64[seg], v64[seg])), rel_tol=1e-12, abs_tol=1e-12)
 
 
+@njit
+def _four_then_one_by_one(us, v, w, a, n):
+    w1 = w.copy()
+    r4 = kernels.dot64x4_axpy(us[0, :n], us[1, :n], us[2, :n], us[3, :n], v[:n], w[:n], a[0], a[1], a[2], a[3], n)
+    r1 = [kernels.dot64_axpy(us[p, :n], v[:n], w1[:n], a[p], n) for p in range(4)]
+    return r4, r1, w1
+
+
+@pytest.mark.parametrize("n", [0, 7, 16, 300, 1000])
+def test_dot64x4_axpy_gives_the_bits_of_four_dot64_axpy(n):
+    rng = np.random.default_rng(n)
+    us = rng.standard_normal((4, 1000)).astype(np.float32)
+    v = rng.standard_normal(1000).astype(np.float32)
+    w = rng.standard_normal(1000).astype(np.float32)
+    a = rng.standard_normal(4).astype(np.float32)
+    r4, r1, w1 = _four_then_one_by_one(us, v, w, a, n)
+    assert list(r4) == list(r1)
+    np.testing.assert_array_equal(w, w1)
+
+
 def test_lane_sums_are_blocked_float64():
     """A float32 sum of 1e6 terms: sum64 stays far within one rounding of the exact sum,
     where a float32 running sum drifts by tens of ulps (85 here)."""

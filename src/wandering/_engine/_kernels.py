@@ -201,6 +201,7 @@ def _neg_exp_impl(s):
 # Usage, a bump k on nb points with values e and per-point terms t (see _grad_tail):
 #     pcw[j, k] += sum64(t[:nb], nb)                 # a parameter's gradient
 #     acc[i] += t[i]  (i < nb), then every FLUSH_EVERY bumps flush64(acc64, acc, 0, nb)
+# dot64x4_axpy does four dot64_axpy at once (P outputs, see _multi_tm).
 
 _LANES = 16  # lanes of the sums over points: lane l takes the terms i = l (mod 16)
 _VEC = 8  # lanes per LLVM vector (two vectors make the 16 lanes)
@@ -210,8 +211,9 @@ _LANE_BLOCK = 256  # float32 lanes take at most this many terms (16 each) before
 def _lane_sums_codegen(context, builder, sig, args, jobs, axpy=None):
     """LLVM IR of the lane sums: for each job (argument indices; one array: its sum; two:
     the sum of their products), 16 lanes in explicit <8 x T> vectors, no fast-math flags,
-    so every target computes the same operations in the same order. ``axpy`` (u, w, a)
-    also sets w[i] = fma(u[i], a, w[i]) in the same pass (a: a scalar argument).
+    so every target computes the same operations in the same order. ``axpy`` (w, [(u, a),
+    ...]) also sets w[i] = fma(u[i], a, w[i]) for each (u, a) in turn, in the same pass
+    (a: a scalar argument).
 
     Order (float32 terms): the full groups of 16 terms go, 256 terms at a time, into 16
     float32 lanes (a product is added with one fma), which are then added to 16 float64
@@ -240,19 +242,21 @@ def _lane_sums_codegen(context, builder, sig, args, jobs, axpy=None):
     def do_axpy(idx, width):
         if axpy is None:
             return
-        u, w, a = axpy
+        w, terms = axpy
         ptr = builder.gep(arrays[w].data, [idx])
-        scalar = context.cast(builder, args[a], sig.args[a], dtypes[w].dtype)
         if width > 1:
             ptr = builder.bitcast(ptr, vnat.as_pointer())
-            scalar = builder.shuffle_vector(
-                builder.insert_element(ir.Constant(vnat, ir.Undefined), scalar, ir.Constant(ir.IntType(32), 0)),
-                ir.Constant(vnat, ir.Undefined),
-                ir.Constant(ir.VectorType(ir.IntType(32), _VEC), [0] * _VEC),
-            )
         cur = builder.load(ptr, align=dtypes[w].dtype.bitwidth // 8)
-        new = builder.call(fma_fn(cur.type), [load(u, idx, width, False), scalar, cur])
-        builder.store(new, ptr, align=dtypes[w].dtype.bitwidth // 8)
+        for u, a in terms:
+            scalar = context.cast(builder, args[a], sig.args[a], dtypes[w].dtype)
+            if width > 1:
+                scalar = builder.shuffle_vector(
+                    builder.insert_element(ir.Constant(vnat, ir.Undefined), scalar, ir.Constant(ir.IntType(32), 0)),
+                    ir.Constant(vnat, ir.Undefined),
+                    ir.Constant(ir.VectorType(ir.IntType(32), _VEC), [0] * _VEC),
+                )
+            cur = builder.call(fma_fn(cur.type), [load(u, idx, width, False), scalar, cur])
+        builder.store(cur, ptr, align=dtypes[w].dtype.bitwidth // 8)
 
     def load(k, idx, width, to64, mask=None):
         ptr = builder.gep(arrays[k].data, [idx])
@@ -383,7 +387,22 @@ def dot64_axpy(typingctx, u, v, w, a, n):
     ok = all(_lane_array(t) and t.dtype == u.dtype for t in (u, v, w))
     if not (ok and a == u.dtype and isinstance(n, types.Integer)):
         return None
-    return types.float64(u, v, w, a, n), lambda c, b, sig, args: _lane_sums_codegen(c, b, sig, args, [(0, 1)], (0, 2, 3))
+    return types.float64(u, v, w, a, n), lambda c, b, sig, args: _lane_sums_codegen(c, b, sig, args, [(0, 1)], (2, [(0, 3)]))
+
+
+@intrinsic
+def dot64x4_axpy(typingctx, u0, u1, u2, u3, v, w, a0, a1, a2, a3, n):
+    """Four dot64_axpy in one pass: returns (dot64(u0, v, n), ..., dot64(u3, v, n)) and sets
+    w[i] = fma(u3[i], a3, fma(u2[i], a2, fma(u1[i], a1, fma(u0[i], a0, w[i])))): the same
+    bits as four dot64_axpy calls in order, with one read of v and one read and write of w
+    for four outputs."""
+    arrays = (u0, u1, u2, u3, v, w)
+    ok = all(_lane_array(t) and t.dtype == u0.dtype for t in arrays)
+    if not (ok and all(a == u0.dtype for a in (a0, a1, a2, a3)) and isinstance(n, types.Integer)):
+        return None
+    sig = types.UniTuple(types.float64, 4)(u0, u1, u2, u3, v, w, a0, a1, a2, a3, n)
+    jobs = [(0, 4), (1, 4), (2, 4), (3, 4)]
+    return sig, lambda c, b, sig, args: _lane_sums_codegen(c, b, sig, args, jobs, (5, [(0, 6), (1, 7), (2, 8), (3, 9)]))
 
 
 FLUSH_EVERY = 32
@@ -599,7 +618,21 @@ def _accumulate_outputs(acc, off, m, k, e, gate, nb):
     acc in the inputs' dtype, flushed by the caller); e becomes e * gate."""
     for i in range(nb):
         e[i] = e[i] * gate[i]
-    for p in range(m.shape[1]):
+    P = m.shape[1]
+    P4 = P - P % 4
+    for p in range(0, P4, 4):  # four outputs a pass: one read of e for four
+        a0 = acc[p][off : off + nb]
+        a1 = acc[p + 1][off : off + nb]
+        a2 = acc[p + 2][off : off + nb]
+        a3 = acc[p + 3][off : off + nb]
+        m0, m1, m2, m3 = m[k, p], m[k, p + 1], m[k, p + 2], m[k, p + 3]
+        for i in range(nb):
+            ei = e[i]
+            a0[i] = fma(m0, ei, a0[i])
+            a1[i] = fma(m1, ei, a1[i])
+            a2[i] = fma(m2, ei, a2[i])
+            a3[i] = fma(m3, ei, a3[i])
+    for p in range(P4, P):
         ap = acc[p][off : off + nb]
         mkp = m[k, p]
         for i in range(nb):
@@ -629,7 +662,17 @@ def _multi_tm(gb, g0, m, k, nb, e, gate, tm, pm):
     for i in range(nb):
         e[i] = e[i] * gate[i]
         tm[i] = zero
-    for p in range(P):
+    P4 = P - P % 4
+    for p in range(0, P4, 4):  # four outputs a pass: the same bits as one at a time, fewer reads
+        s0, s1, s2, s3 = dot64x4_axpy(
+            gb[p][g0 : g0 + nb], gb[p + 1][g0 : g0 + nb], gb[p + 2][g0 : g0 + nb], gb[p + 3][g0 : g0 + nb],
+            e[:nb], tm[:nb], m[k, p], m[k, p + 1], m[k, p + 2], m[k, p + 3], nb,
+        )  # fmt: skip
+        pm[k, p] += s0
+        pm[k, p + 1] += s1
+        pm[k, p + 2] += s2
+        pm[k, p + 3] += s3
+    for p in range(P4, P):
         pm[k, p] += dot64_axpy(gb[p][g0 : g0 + nb], e[:nb], tm[:nb], m[k, p], nb)
     for i in range(nb):
         el = e[i]
