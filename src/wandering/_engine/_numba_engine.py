@@ -43,7 +43,7 @@ _SMALL_GRID = 1 << 18
 # memory budget for the partials, but kept at least _MIN_PARTS for parallelism.
 _MAX_PARTS = 64
 _MIN_PARTS = 8
-_PART_BYTES = 64 << 20
+_PART_BYTES = 16 << 20
 _BIN_CACHE_MAX = 3  # binnings kept (each holds about 3 copies of x)
 _PLAN_CACHE_MAX = 2  # culling plans kept per binning
 
