@@ -34,6 +34,7 @@ Cases (x, c uniform in the unit cube unless said otherwise):
 
     PYTHONPATH=src python benchmarks/bench_engine.py --baseline-dir /tmp/old --threads 1 2
     PYTHONPATH=src python benchmarks/bench_engine.py --cases culled dense --quick
+    PYTHONPATH=src python benchmarks/bench_engine.py --clock cpu --threads 1 ...   # a busy machine
 
 ``--baseline-dir`` holds an older ``_kernels.py`` and ``_numba_engine.py`` (from
 ``git show <rev>:src/wandering/_engine/<file>``); it runs behind the current op layer,
@@ -76,6 +77,7 @@ ORIENTED_CASES = {
 }
 ALL = (*CASES, "train", *ORIENTED_CASES)
 PER_BUMP_SUBSET = 64  # bumps the per-bump loop runs; its time is scaled to K
+_clock = time.perf_counter  # --clock cpu: process CPU time (all threads), steadier on a shared machine
 
 
 def _inputs(case: str, seed: int = 0, width_scale: float = 1.0, layout: str | None = None):
@@ -189,9 +191,9 @@ def _baseline_step(old, xs_new, x, c, w, m, gy, sp):
         xr = x if xs_new is None else xs_new[r]
         for t in (c, w, m):
             t.grad = None
-        t0 = time.perf_counter()
+        t0 = _clock()
         run(xr)
-        return time.perf_counter() - t0
+        return _clock() - t0
 
     return old_step
 
@@ -257,10 +259,10 @@ def _worker(case, threads, repeats, quick, baseline_dir, per_bump=True):
         xr = xs_new[r] if newx else x
         for t in (c, w, m):
             t.grad = None
-        t0 = time.perf_counter()
+        t0 = _clock()
         y = bump_sum(xr, c, w, m, support_p=sp)
         y.backward(gy)
-        return time.perf_counter() - t0
+        return _clock() - t0
 
     fns = {"new": new_step}
     if baseline_dir:
@@ -274,9 +276,9 @@ def _worker(case, threads, repeats, quick, baseline_dir, per_bump=True):
             def keops_step(r):
                 for t in (c, w, m):
                     t.grad = None
-                t0 = time.perf_counter()
+                t0 = _clock()
                 _keops_sum(x, c, w, m).backward(gy)
-                return time.perf_counter() - t0
+                return _clock() - t0
 
             fns["keops"] = keops_step
         except ImportError:
@@ -293,9 +295,9 @@ def _worker(case, threads, repeats, quick, baseline_dir, per_bump=True):
         sub = range(min(K, PER_BUMP_SUBSET if sp is not None else 16))
         pb = []
         for _ in range(1 if quick else 2):
-            t0 = time.perf_counter()
+            t0 = _clock()
             per_bump_loop(x, c, w, m, sp, sub).backward(gy)
-            pb.append((time.perf_counter() - t0) * K / len(sub))
+            pb.append((_clock() - t0) * K / len(sub))
         for t in (c, w, m):
             t.grad = None
         out["per-bump"] = _stats(pb)
@@ -315,9 +317,9 @@ def _worker(case, threads, repeats, quick, baseline_dir, per_bump=True):
         def uni_step(r):
             for t in (cu, wu, mu):
                 t.grad = None
-            t0 = time.perf_counter()
+            t0 = _clock()
             bump_sum(xu, cu, wu, mu, support_p=sp).backward(gyu)
-            return time.perf_counter() - t0
+            return _clock() - t0
 
         uni_step(0)
         tu, tc = [], []
@@ -466,9 +468,9 @@ def _train_worker(repeats, fused=False, zero_engine=False):
 
     def timed(f):
         def h(*a):
-            t0 = time.perf_counter()
+            t0 = _clock()
             r = f(*a)
-            spent[0] += time.perf_counter() - t0
+            spent[0] += _clock() - t0
             return r
 
         return h
@@ -493,7 +495,7 @@ def _train_worker(repeats, fused=False, zero_engine=False):
             idx = torch.randint(0, N, (B,), generator=g)
             x, y = X[idx], Y[idx]
             spent[0] = 0.0
-            t0 = time.perf_counter()
+            t0 = _clock()
             opt.zero_grad()
             loss = ((model(x) - y) ** 2).mean()
             loss.backward()
@@ -501,7 +503,7 @@ def _train_worker(repeats, fused=False, zero_engine=False):
             opt.step()
             model.bound()
             if i >= 20:
-                steps.append(time.perf_counter() - t0)
+                steps.append(_clock() - t0)
                 engine.append(spent[0])
     finally:
         reg.ENGINES.clear()
@@ -530,13 +532,13 @@ def _torch_only_worker(repeats):
     for i in range(repeats * 20 + 20):
         idx = torch.randint(0, N, (B,), generator=g)
         x, y = X[idx], Y[idx]
-        t0 = time.perf_counter()
+        t0 = _clock()
         opt.zero_grad()
         loss = (((x @ c) @ m + w.sum() - y) ** 2).mean()
         loss.backward()
         opt.step()
         if i >= 20:
-            steps.append(time.perf_counter() - t0)
+            steps.append(_clock() - t0)
     zero = [0.0] * len(steps)
     return {"step": _stats(steps), "engine": _stats(zero), "rest": _stats(steps), "rest_fraction": 1.0}
 
@@ -580,8 +582,14 @@ def main(argv=None) -> int:
     p.add_argument("--baseline-dir", default=None, help="older engine to compare with in the same run")
     p.add_argument("--no-rss", action="store_true")
     p.add_argument("--no-per-bump", action="store_true", help="skip the slow per-bump loop")
+    p.add_argument(
+        "--clock", choices=("wall", "cpu"), default="wall",
+        help="cpu: time by process CPU time (all threads together), which other jobs on a busy machine disturb less",
+    )  # fmt: skip
     p.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    global _clock
+    _clock = time.process_time if args.clock == "cpu" else time.perf_counter
     repeats = args.repeats or (3 if args.quick else 7)
     if args.worker:
         kind, case, threads = args.worker
@@ -602,6 +610,7 @@ def main(argv=None) -> int:
                 wargs += ["--baseline-dir", args.baseline_dir]
             if args.no_per_bump:
                 wargs.append("--no-per-bump")
+            wargs += ["--clock", args.clock]
             res = _run(wargs)
             head = f"{case:12s} threads={nt}"
             if "failed" in res:

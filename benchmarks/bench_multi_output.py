@@ -14,10 +14,12 @@ the forward registers the bumps afresh and the backward reuses that plan.
     PYTHONPATH=src python benchmarks/bench_multi_output.py --baseline-dir /tmp/old --threads 1 2
     PYTHONPATH=src python benchmarks/bench_multi_output.py --rss-only   # peak RSS of culled P=16
     PYTHONPATH=src python benchmarks/bench_multi_output.py --public     # the issue's table, through bump_sum
+    PYTHONPATH=src python benchmarks/bench_multi_output.py --public --P 1 16 64 --clock cpu   # + P=64; CPU time
 
 ``--public`` times the user's path, ``wandering.bump_sum`` forward + backward with
 c, w, m requiring grad: m of shape (K,), (K, 1) and (K, 16), and 16 separate (K,)
-sums (what P single-output modules cost), with the ratios the README quotes.
+sums (what P single-output modules cost), with the ratios the README quotes; ``--P`` adds
+(K, P) columns (e.g. 64). ``--clock cpu`` times by process CPU time, for a busy machine.
 
 Peak RSS of the culled P=16 run is measured in a separate process
 (``resource.getrusage`` maxrss), next to that process's RSS after imports and
@@ -32,6 +34,8 @@ import statistics
 import subprocess
 import sys
 import time
+
+_clock = time.perf_counter  # --clock cpu: process CPU time (all threads), steadier on a shared machine
 
 # name: (n_smps, K, d, (w_lo, w_hi), support_p or None)
 CASES = {
@@ -69,9 +73,9 @@ def _old_step(old, x, c, w, m, gy, half, cull):
 
 
 def _timed(fn, *args) -> float:
-    t0 = time.perf_counter()
+    t0 = _clock()
     fn(*args)
-    return time.perf_counter() - t0
+    return _clock() - t0
 
 
 def run_case(case, threads, Ps, repeats, eng, old):
@@ -98,7 +102,7 @@ def run_case(case, threads, Ps, repeats, eng, old):
     return times
 
 
-def run_public(case, threads, repeats):
+def run_public(case, threads, repeats, extra_Ps=()):
     import numba
     import torch
 
@@ -106,13 +110,15 @@ def run_public(case, threads, repeats):
 
     numba.set_num_threads(threads)
     torch.set_num_threads(threads)
-    x, c, w, m_all, gy_all, _, _ = _inputs(case, 16)
+    x, c, w, m_all, gy_all, _, _ = _inputs(case, max(16, *extra_Ps))
     support_p = CASES[case][4]
     layouts = {
         "(K,)": (m_all[:, 0].contiguous(), gy_all[:, 0].contiguous()),
         "(K,1)": (m_all[:, :1].contiguous(), gy_all[:, :1].contiguous()),
-        "(K,16)": (m_all.contiguous(), gy_all.contiguous()),
+        "(K,16)": (m_all[:, :16].contiguous(), gy_all[:, :16].contiguous()),
     }
+    for P in extra_Ps:
+        layouts[f"(K,{P})"] = (m_all[:, :P].contiguous(), gy_all[:, :P].contiguous())
 
     def step(cr, m, gy):
         cr = cr.clone().requires_grad_()
@@ -196,21 +202,31 @@ def main(argv=None) -> None:
     ap.add_argument("--no-rss", action="store_true", help="skip the peak-RSS measurement")
     ap.add_argument("--public", action="store_true", help="the user's path (bump_sum) for (K,), (K,1), (K,16), 16x(K,)")
     ap.add_argument("--rss-child", nargs=2, metavar=("CASE", "P"), help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--clock", choices=("wall", "cpu"), default="wall",
+        help="cpu: time by process CPU time (all threads together), which other jobs on a busy machine disturb less",
+    )  # fmt: skip
     args = ap.parse_args(argv)
+    global _clock
+    _clock = time.process_time if args.clock == "cpu" else time.perf_counter
     if args.rss_child:
         rss_child(args.rss_child[0], int(args.rss_child[1]))
         return
     if args.public:
-        rows = [(case, nt, run_public(case, nt, args.repeats)) for case in args.cases for nt in args.threads]
+        extra = [P for P in args.Ps if P not in (1, 16)]
+        rows = [(case, nt, run_public(case, nt, args.repeats, extra)) for case in args.cases for nt in args.threads]
         for label, stat in (("medians", statistics.median), ("minima", min)):
             print(f"\nbump_sum forward+backward, float32, {label} of {args.repeats} runs, ms")
             print(f"{'case':7s} {'thr':>3s} {'(K,)':>9s} {'(K,1)':>9s} {'(K,16)':>9s} {'16x(K,)':>9s} "
-                  f"{'(K,1)/(K,)':>10s} {'P16/P1':>7s} {'16 sums/P16':>11s}")  # fmt: skip
+                  f"{'(K,1)/(K,)':>10s} {'P16/P1':>7s} {'16 sums/P16':>11s}"
+                  + "".join(f" {f'(K,{P})':>9s} {f'P{P}/P1':>7s}" for P in extra))  # fmt: skip
             for case, nt, raw in rows:
                 t = {k: stat(v) * 1e3 for k, v in raw.items()}
                 print(f"{case:7s} {nt:3d} {t['(K,)']:9.1f} {t['(K,1)']:9.1f} {t['(K,16)']:9.1f} {t['16 x (K,)']:9.1f} "
                       f"{t['(K,1)'] / t['(K,)']:10.3f} {t['(K,16)'] / t['(K,)']:7.2f} "
-                      f"{t['16 x (K,)'] / t['(K,16)']:11.2f}", flush=True)  # fmt: skip
+                      f"{t['16 x (K,)'] / t['(K,16)']:11.2f}"
+                      + "".join(f" {t[f'(K,{P})']:9.1f} {t[f'(K,{P})'] / t['(K,)']:7.2f}" for P in extra),
+                      flush=True)  # fmt: skip
         args.rss_only = True
     if not args.rss_only:
         from wandering._engine import _numba_engine as eng

@@ -4,7 +4,7 @@ Run by test_triton_engine.py in a subprocess: TRITON_INTERPRET must be set befor
 triton and wandering are imported (the engine reads it at import), which a
 pytest process that imported wandering already cannot do. Usage:
 
-    python tests/_triton_check.py GROUP     # GROUP: parity-f32, parity-f64, op-module, oriented-f32, oriented-f64
+    python tests/_triton_check.py GROUP     # GROUP: parity-f32, parity-f64, op-module, oriented-f32, oriented-f64, accuracy
 
 Prints one line per check and exits non-zero at the first failure.
 """
@@ -379,10 +379,31 @@ def oriented_op_module():
             print(f"ok {kind} under WANDERING_BACKEND=triton, forward + backward")
     finally:
         del os.environ["WANDERING_BACKEND"]
+def accuracy():
+    """float32 outputs and gradients against the exact sums of the same inputs: no worse than
+    twice plain float32 autograd's error (measure and problems: tests/_accuracy.py)."""
+    import _accuracy as acc
+
+    floor = 0.01 * acc.EPS32
+    cases = [  # (n, d, K, P, seed, problem keywords)
+        (600, 3, 40, 1, 1, dict(widths=(0.05, 0.3))),
+        (500, 2, 48, 3, 2, dict(widths=(0.3, 1.0), cancelling=True, support_p=None)),
+        (400, 3, 36, P_BIG, 3, dict(layout="clustered", widths=(0.05, 0.3), cancelling=True)),
+    ]
+    for n, d, K, P, seed, kw in cases:
+        x, c, w, m, half, gy = acc.problem(n, d, K, P, seed, **kw)
+        ref = acc.exact(x, c, w, m, half, gy)
+        plain = acc.errors(acc.run_plain(x, c, w, m, gy, kw.get("support_p", 0.01)), ref)
+        got = acc.errors(acc.run_engine("triton", x, c, w, m, half, gy, bool(torch.isfinite(half).all())), ref)
+        label = f"n={n} d={d} K={K} P={P} {kw}"
+        for name in acc.NAMES:
+            assert got[name] <= 2 * plain[name] + floor, (label, name, got[name] / acc.EPS32, plain[name] / acc.EPS32)
+        print(f"ok accuracy {label}: " + " ".join(f"{k} {got[k] / acc.EPS32:.3f} eps (plain {plain[k] / acc.EPS32:.3f})" for k in acc.NAMES))
 
 
 GROUPS = {
     "parity-f32": lambda: (parity(torch.float32), culling_skips()),
+    "accuracy": accuracy,
     "parity-f64": lambda: parity(torch.float64),
     "op-module": op_module,
     "oriented-f32": lambda: (oriented_parity(torch.float32), oriented_culling_skips(), oriented_extreme_points()),

@@ -2,7 +2,8 @@
 
 Covers P outputs, both dtypes, dense and (forced) culled paths, zero and negative
 widths, support edges to the ulp, empty problems, non-contiguous inputs, thread-count
-independence, the binning/plan caches and the pair-count instrumentation.
+independence, the binning/plan caches, the pair-count instrumentation, and the layout
+helpers that move P outputs (vector transposes, streamed row scatters).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -453,3 +455,56 @@ def test_results_are_the_same_right_after_a_compile_and_from_the_disk_cache(tmp_
         assert r.returncode == 0, r.stderr
     assert any(tmp_path.rglob("*.nbi"))  # the first run did write the cache the second read
     assert runs[0].stdout == runs[1].stdout
+
+
+@pytest.mark.parametrize("dtype, P", [(torch.float32, 16), (torch.float32, 32), (torch.float64, 8), (torch.float64, 24)])
+@pytest.mark.parametrize("path", ["dense", "culled"])
+def test_whole_line_outputs_match_oracle_and_thread_count(dtype, P, path):
+    """P outputs whose rows are whole cache lines (streamed scatters) and multiples of 8
+    (vector transposes): the oracle's values, the same bits at 1 and 2 threads."""
+    x, c, w, m, half, gy = problem(3000, 3, 48, P, dtype, seed=P + 1, w_lo=0.03, w_hi=0.15)
+    cull = path == "culled"
+    with forced_cull():
+        assert_matches_oracle(x, c, w, m, half, gy, cull)
+        results = []
+        for nt in (1, 2):
+            with numba_threads(nt):
+                results.append(run_engine(x, c, w, m, half, gy, cull))
+    (y1, g1), (y2, g2) = results
+    assert torch.equal(y1, y2)
+    for a, b in zip(g1, g2):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("R, C", [(1, 1), (7, 5), (8, 8), (16, 2500), (2501, 19), (40, 17)])
+@pytest.mark.parametrize("src_dtype, dst_dtype", [(np.float32, np.float32), (np.float64, np.float32), (np.float64, np.float64)])
+def test_transpose_into(R, C, src_dtype, dst_dtype):
+    from wandering._engine import _kernels
+
+    rng = np.random.default_rng(R * 1000 + C)
+    ss, ds = C + 3, R + 5  # row strides wider than the rows
+    src = rng.standard_normal(R * ss).astype(src_dtype)
+    dst = np.full(C * ds, -7.0, dst_dtype)
+    _kernels.transpose_into(src, ss, dst, ds, R, C)
+    want = np.full((C, ds), -7.0, dst_dtype)
+    want[:, :R] = src.reshape(R, ss)[:, :C].T.astype(dst_dtype)
+    np.testing.assert_array_equal(dst.reshape(C, ds), want)
+
+
+@pytest.mark.parametrize("P, dtype, offset", [(1, np.float32, 0), (5, np.float32, 0), (16, np.float32, 0), (16, np.float32, 1), (32, np.float32, 0), (8, np.float64, 0)])
+def test_scatter_rows_streamed_or_not(P, dtype, offset):
+    """Rows scattered through an index, by streamed whole-line stores where rows are
+    whole aligned lines (offset 0 on a 64-byte aligned buffer), else one by one."""
+    from wandering._engine import _kernels
+    from wandering._engine._numba_engine import _line_aligned_empty
+
+    n = 1000
+    rng = np.random.default_rng(P)
+    idx = rng.permutation(n).astype(np.int32)
+    src = rng.standard_normal(n * P).astype(dtype)
+    dst = _line_aligned_empty((n * P + offset,), dtype)[offset:]
+    assert _kernels.whole_lines(dst, P) == (offset == 0 and (P * dst.itemsize) % 64 == 0)
+    _kernels.scatter_rows(dst, idx, src, n, P)
+    want = np.empty((n, P), dtype)
+    want[idx] = src.reshape(n, P)
+    np.testing.assert_array_equal(dst.reshape(n, P), want)

@@ -15,6 +15,10 @@ and memory O(threads * K**2). Elsewhere (GPU, exact sums) the design is built in
 chunks of points and multiplied densely: O(n * K**2) work, O(chunk * K) memory.
 With many culled bumps (``_SPARSE_BUMPS`` on), the solves use a sparse design and a
 sparse factorisation instead (:mod:`wandering._sparse_lstsq`): O(pairs) memory.
+
+Both accumulate in float64 whatever the inputs' dtype (the design values are computed
+in it, then every product and sum is float64), and the kernel's chunks are fixed by
+the problem size, so the result is the same for any thread count.
 """
 
 from __future__ import annotations
@@ -28,7 +32,6 @@ from ._geometry import cutoffs, ellipsoid_halfwidths, support_halfwidths
 from ._rotation import precision_transforms, rotations
 
 try:  # numba is a required dependency; the dense path still works without it
-    import numba
     from numba import njit, prange
 
     _HAVE_NUMBA = True
@@ -49,6 +52,18 @@ _SPARSE_BUMPS = 1536
 
 def _sparse_pays(x: torch.Tensor, c: torch.Tensor, support_p: float | None) -> bool:
     return _HAVE_NUMBA and support_p is not None and c.shape[1] >= _SPARSE_BUMPS
+# The sparse kernel's chunks of points, each with its own float64 (K+1, K+1) partial summed
+# in chunk order: their count depends on the problem only (never on the thread count),
+# so the normal equations are bitwise the same for any number of threads.
+_GRAM_CHUNK_POINTS = 4096
+_GRAM_MAX_CHUNKS = 16
+_GRAM_PARTIAL_BYTES = 64 << 20
+
+
+def gram_chunks(n: int, K: int, P: int) -> int:
+    """Chunks of points for the sparse normal equations (a function of the problem size only)."""
+    by_memory = _GRAM_PARTIAL_BYTES // (8 * (K + 1) * (K + 1 + P))
+    return int(max(1, min(_GRAM_MAX_CHUNKS, -(-n // _GRAM_CHUNK_POINTS), by_memory)))
 
 
 if _HAVE_NUMBA:
@@ -228,7 +243,7 @@ def normal_equations(
         if oriented:
             hs = hs * _BOX_SLACK
         hmax0 = float(hs[:, 0].max()) if K else 0.0
-        nchunks = max(1, min(numba.get_num_threads(), torch.get_num_threads(), len(x) // 1024 + 1))
+        nchunks = gram_chunks(len(x), K, y2.shape[1])
         xs, ys, c0 = x.contiguous().numpy(), y2.double().cpu().contiguous().numpy(), cs[:, 0].contiguous().numpy()
         if oriented:
             Us = U[:, :, order].permute(2, 0, 1).contiguous()

@@ -7,14 +7,38 @@ per block and then serves all P outputs. The exp is a branch-free scalar
 polynomial (float32 and float64) that LLVM inlines and vectorises; fusing the
 whole pair (distance, test, exp, sums) into one loop per bump was measured no
 faster than these L1-resident passes. P == 1 has its own fused loops; P > 1 shares
-the exp across (P, nb) accumulators.
+the exp across (P, nb) accumulators, which move to and from the callers' (n, P) rows
+by 8 x 8 vector transposes (:func:`transpose_into`), whole-cache-line rows by
+streaming stores (:func:`scatter_rows`).
 
-Determinism: work is cut into a fixed number of partitions that depends only on
-the problem (never on the thread count); each partition accumulates its parameter
-gradients sequentially into its own float64 partial buffer, and the caller reduces
+Accumulation rule (every kernel here, and any new one, keeps it). A float32 sum over
+points or over bumps never runs long in float32; it goes on in float64 in blocks:
+
+- a sum over bumps per point (y, grad x) adds its terms, in the inputs' dtype, into a
+  per-point accumulator that :func:`flush64` adds into a float64 one after every
+  FLUSH_EVERY (32) bumps (registrations, on the culled path); the float64 sum is
+  rounded to the output dtype once;
+- a sum over points per parameter (grad c, w, m) goes through :func:`sum64`,
+  :func:`dot64`, :func:`sum64x2` or :func:`dot64_axpy`: 16 lanes, each adding at most
+  16 float32 terms before they go into 16 float64 lanes, combined in a fixed tree; the
+  result goes into a float64 partial.
+
+So a float32 sum's rounding error stays within ~32 roundings of the sum of its terms'
+magnitudes however many points or bumps it has (a plain float32 running sum: up to n
+or K). float64 inputs run the same code in float64.
+
+No kernel has fast-math flags: LLVM keeps every operation as written, vectorising only
+elementwise loops; a fused multiply-add is an explicit :func:`fma`, and the lane sums
+are explicit <8 x T> vector IR, the same on any vector width. So results are bitwise
+the same for any thread count (below), right after a compile or loaded from Numba's
+disk cache (where fast-math reassociation gave other bits), and on AVX2 and AVX-512
+machines.
+
+Determinism across threads: work is cut into a fixed number of partitions that depends
+only on the problem (never on the thread count); each partition accumulates its parameter
+gradients in a fixed order into its own float64 partial buffer, and the caller reduces
 the partials in partition order. Points are owned by exactly one partition, so y
-and grad x have no races either. Results are therefore bitwise independent of the
-number of threads.
+and grad x have no races either.
 
 ``half`` holds the support half-widths (+inf for the exact sum); the support
 test ``abs(x - c) < half`` is the reference's float op. ``iw`` is 1/w clamped
@@ -28,18 +52,16 @@ import math
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
+from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-# Everything but nnan/ninf: the kernels rely on inf/NaN comparing as IEEE says.
-FM = {"nsz", "arcp", "contract", "afn", "reassoc"}
-FM_EXP = {"nsz", "contract"}  # no reassoc: it would undo the Cody-Waite split
 _B = 256  # points per block: buffers stay in L1
 _BUCKETS = 256  # first-pass buckets of the binning sort (write streams that stay cached)
 
 # exp(-s) in float32: 2**n * p(r), r = -s - n*ln2, |r| <= ln2/2 (Cephes-style minimax).
 _LOG2E = np.float32(1.4426950408889634)
-_LN2_HI = np.float32(0.693359375)
-_LN2_LO = np.float32(-2.12194440e-4)
+_NEG_LN2_HI = np.float32(-0.693359375)  # few bits: n * it is exact
+_NEG_LN2_LO = np.float32(2.12194440e-4)
 _P0 = np.float32(1.9875691500e-4)
 _P1 = np.float32(1.3981999507e-3)
 _P2 = np.float32(8.3334519073e-3)
@@ -53,8 +75,8 @@ _LIM32 = np.float32(87.0)  # below exp(-87) we return 0 (no denormals)
 # (|r| <= 0.347: truncation below 1e-17); n comes from the 1.5 * 2**52 rounding trick.
 _LIM64 = 708.0
 _LOG2E64 = 1.4426950408889634
-_LN2_HI64 = 6.93147180369123816490e-01
-_LN2_LO64 = 1.90821492927058770002e-10
+_NEG_LN2_HI64 = -6.93147180369123816490e-01
+_NEG_LN2_LO64 = -1.90821492927058770002e-10
 _ROUND64 = 6755399441055744.0  # 1.5 * 2**52: x + it rounds x to an integer in the low bits
 _ROUND64_BITS = 0x4338000000000000
 _INV_FACT = tuple(1.0 / math.factorial(i) for i in range(14))
@@ -101,24 +123,41 @@ def _bits_of_f64(typingctx, v):
     return types.int64(v), codegen
 
 
+@intrinsic
+def fma(typingctx, a, b, c):
+    """fma(a, b, c) = a * b + c with one rounding (LLVM's llvm.fma), for three float32 or
+    three float64 scalars. Always fused, so the same bits on every machine and compile path
+    (the kernels have no fast-math contraction); LLVM vectorises it like a multiply."""
+    if not (a == b == c and a in (types.float32, types.float64)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        lty = context.get_value_type(sig.return_type)
+        name = "llvm.fma.f32" if sig.return_type == types.float32 else "llvm.fma.f64"
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(lty, [lty] * 3), name)
+        return builder.call(fn, list(args))
+
+    return a(a, b, c), codegen
+
+
 def neg_exp(s):
     """exp(-s) for s >= 0; 0 where s >= the limit (no denormals) or s is NaN (+inf gives 0).
 
     Scalar and branch-free, so LLVM inlines it into the callers' loops and vectorises them."""
 
 
-@overload(neg_exp, jit_options={"fastmath": FM_EXP})
+@overload(neg_exp)
 def _neg_exp_impl(s):
     if s == types.float32:
 
         def impl32(s):
             ok = s < _LIM32
             t = -(s if ok else _LIM32)
-            ni = np.int32(np.floor(t * _LOG2E + _HALF32))
+            ni = np.int32(np.floor(fma(t, _LOG2E, _HALF32)))
             n = np.float32(ni)
-            r = t - n * _LN2_HI - n * _LN2_LO
-            p = ((((_P0 * r + _P1) * r + _P2) * r + _P3) * r + _P4) * r + _P5
-            p = p * r * r + r + _ONE32
+            r = fma(n, _NEG_LN2_LO, fma(n, _NEG_LN2_HI, t))
+            p = fma(fma(fma(fma(fma(_P0, r, _P1), r, _P2), r, _P3), r, _P4), r, _P5)
+            p = fma(p, r * r, r) + _ONE32
             e = p * _f32_from_bits((ni + np.int32(127)) << np.int32(23))
             return e if ok else np.float32(0.0)
 
@@ -130,22 +169,22 @@ def _neg_exp_impl(s):
         def impl64(s):
             ok = s < _LIM64
             t = -(s if ok else _LIM64)
-            kf = t * _LOG2E64 + _ROUND64
+            kf = fma(t, _LOG2E64, _ROUND64)
             n = kf - _ROUND64
             ni = _bits_of_f64(kf) - _ROUND64_BITS
-            r = t - n * _LN2_HI64 - n * _LN2_LO64
-            p = f[13] * r + f[12]
-            p = p * r + f[11]
-            p = p * r + f[10]
-            p = p * r + f[9]
-            p = p * r + f[8]
-            p = p * r + f[7]
-            p = p * r + f[6]
-            p = p * r + f[5]
-            p = p * r + f[4]
-            p = p * r + f[3]
-            p = p * r + f[2]
-            p = p * r * r + r + 1.0
+            r = fma(n, _NEG_LN2_LO64, fma(n, _NEG_LN2_HI64, t))
+            p = fma(f[13], r, f[12])
+            p = fma(p, r, f[11])
+            p = fma(p, r, f[10])
+            p = fma(p, r, f[9])
+            p = fma(p, r, f[8])
+            p = fma(p, r, f[7])
+            p = fma(p, r, f[6])
+            p = fma(p, r, f[5])
+            p = fma(p, r, f[4])
+            p = fma(p, r, f[3])
+            p = fma(p, r, f[2])
+            p = fma(p, r * r, r) + 1.0
             e = p * _f64_from_bits((ni + 1023) << 52)
             return e if ok else 0.0
 
@@ -154,14 +193,401 @@ def _neg_exp_impl(s):
     return None
 
 
-@njit(fastmath=FM, cache=True)
+# ---------------------------------------------------------------- accumulation helpers
+# The pieces of the accumulation rule (module docstring), for every kernel file of the
+# engine: sum64/dot64/sum64x2/dot64_axpy for sums over points, flush64 (with FLUSH_EVERY)
+# for per-point sums over bumps, fma. The array arguments are 1-D C-contiguous float32 or
+# float64 arrays (a slice a[i0:i1] of one is) and n <= their length; none allocates.
+# Usage, a bump k on nb points with values e and per-point terms t (see _grad_tail):
+#     pcw[j, k] += sum64(t[:nb], nb)                 # a parameter's gradient
+#     acc[i] += t[i]  (i < nb), then every FLUSH_EVERY bumps flush64(acc64, acc, 0, nb)
+# dot64x4_axpy does four dot64_axpy at once (P outputs, see _multi_tm).
+
+_LANES = 16  # lanes of the sums over points: lane l takes the terms i = l (mod 16)
+_VEC = 8  # lanes per LLVM vector (two vectors make the 16 lanes)
+_LANE_BLOCK = 256  # float32 lanes take at most this many terms (16 each) before going to float64
+
+
+def _lane_sums_codegen(context, builder, sig, args, jobs, axpy=None):
+    """LLVM IR of the lane sums: for each job (argument indices; one array: its sum; two:
+    the sum of their products), 16 lanes in explicit <8 x T> vectors, no fast-math flags,
+    so every target computes the same operations in the same order. ``axpy`` (w, [(u, a),
+    ...]) also sets w[i] = fma(u[i], a, w[i]) for each (u, a) in turn, in the same pass
+    (a: a scalar argument).
+
+    Order (float32 terms): the full groups of 16 terms go, 256 terms at a time, into 16
+    float32 lanes (a product is added with one fma), which are then added to 16 float64
+    lanes and restarted; a last partial group, padded with zeros, goes straight to the
+    float64 lanes (exact float64 products); the float64 lanes end in a fixed tree (l + 8,
+    then halves: ((0+8)+(4+12)) + ((2+10)+(6+14)) + ...). float64 terms go straight to
+    the float64 lanes. The result is float64."""
+    arrays = {
+        i: context.make_array(t)(context, builder, value=v)
+        for i, (t, v) in enumerate(zip(sig.args[:-1], args[:-1]))
+        if isinstance(t, types.Array)
+    }
+    dtypes = sig.args
+    n = context.cast(builder, args[-1], sig.args[-1], types.int64)
+    i64 = n.type
+    f64 = ir.DoubleType()
+    v64 = ir.VectorType(f64, _VEC)
+    native = context.get_data_type(dtypes[jobs[0][0]].dtype)
+    wide = dtypes[jobs[0][0]].dtype == types.float64
+    vnat = ir.VectorType(native, _VEC)
+
+    def fma_fn(ty):
+        name = {v64: "llvm.fma.v8f64", f64: "llvm.fma.f64", vnat: "llvm.fma.v8f32"}.get(ty, "llvm.fma.f32")
+        return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ty, [ty] * 3), name)
+
+    def do_axpy(idx, width):
+        if axpy is None:
+            return
+        w, terms = axpy
+        ptr = builder.gep(arrays[w].data, [idx])
+        if width > 1:
+            ptr = builder.bitcast(ptr, vnat.as_pointer())
+        cur = builder.load(ptr, align=dtypes[w].dtype.bitwidth // 8)
+        for u, a in terms:
+            scalar = context.cast(builder, args[a], sig.args[a], dtypes[w].dtype)
+            if width > 1:
+                scalar = builder.shuffle_vector(
+                    builder.insert_element(ir.Constant(vnat, ir.Undefined), scalar, ir.Constant(ir.IntType(32), 0)),
+                    ir.Constant(vnat, ir.Undefined),
+                    ir.Constant(ir.VectorType(ir.IntType(32), _VEC), [0] * _VEC),
+                )
+            cur = builder.call(fma_fn(cur.type), [load(u, idx, width, False), scalar, cur])
+        builder.store(cur, ptr, align=dtypes[w].dtype.bitwidth // 8)
+
+    def load(k, idx, width, to64, mask=None):
+        ptr = builder.gep(arrays[k].data, [idx])
+        align = dtypes[k].dtype.bitwidth // 8
+        if width > 1:
+            ptr = builder.bitcast(ptr, vnat.as_pointer())
+        if mask is None:
+            v = builder.load(ptr, align=align)
+        else:  # lanes past the end read nothing and are 0
+            vi1 = ir.VectorType(ir.IntType(1), _VEC)
+            sfx = "v8f64" if wide else "v8f32"
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(vnat, [ptr.type, ir.IntType(32), vi1, vnat]), f"llvm.masked.load.{sfx}.p0"
+            )
+            v = builder.call(fn, [ptr, ir.Constant(ir.IntType(32), align), mask, ir.Constant(vnat, [0.0] * _VEC)])
+        if to64 and not wide:
+            v = builder.fpext(v, v64 if width > 1 else f64)
+        return v
+
+    def add_term(acc, job, idx, width, to64, mask=None):
+        vals = [load(k, idx, width, to64, mask) for k in job]
+        cur = builder.load(acc)
+        if len(vals) == 1:
+            builder.store(builder.fadd(cur, vals[0]), acc)
+        else:
+            builder.store(builder.call(fma_fn(cur.type), [vals[0], vals[1], cur]), acc)
+
+    halves = _LANES // _VEC
+    acc64 = [[cgutils.alloca_once_value(builder, ir.Constant(v64, [0.0] * _VEC)) for _ in range(halves)] for _ in jobs]
+    accn = [[cgutils.alloca_once(builder, vnat) if not wide else None for _ in range(halves)] for _ in jobs]
+    ngroups = builder.udiv(n, ir.Constant(i64, _LANES))
+    per_block = _LANE_BLOCK // _LANES
+    nblocks = builder.udiv(builder.add(ngroups, ir.Constant(i64, per_block - 1)), ir.Constant(i64, per_block))
+    with cgutils.for_range(builder, nblocks) as blk:
+        g0 = builder.mul(blk.index, ir.Constant(i64, per_block))
+        g1 = builder.select(
+            builder.icmp_signed("<", builder.add(g0, ir.Constant(i64, per_block)), ngroups),
+            builder.add(g0, ir.Constant(i64, per_block)),
+            ngroups,
+        )
+        if not wide:
+            for accs in accn:
+                for acc in accs:
+                    builder.store(ir.Constant(vnat, [0.0] * _VEC), acc)
+        with cgutils.for_range_slice(builder, g0, g1, ir.Constant(i64, 1)) as (grp, _):
+            base = builder.mul(grp, ir.Constant(i64, _LANES))
+            for h in range(halves):
+                idx = builder.add(base, ir.Constant(i64, h * _VEC))
+                for job, a64, an in zip(jobs, acc64, accn):
+                    add_term(a64[h] if wide else an[h], job, idx, _VEC, wide)
+                do_axpy(idx, _VEC)
+        if not wide:
+            for a64, an in zip(acc64, accn):
+                for h in range(halves):
+                    builder.store(builder.fadd(builder.load(a64[h]), builder.fpext(builder.load(an[h]), v64)), a64[h])
+    start = builder.mul(ngroups, ir.Constant(i64, _LANES))
+    rem = builder.sub(n, start)
+    lane_ids = ir.Constant(ir.VectorType(i64, _VEC), list(range(_VEC)))
+    with builder.if_then(builder.icmp_signed(">", rem, ir.Constant(i64, 0))):
+        for h in range(halves):
+            left = builder.sub(rem, ir.Constant(i64, h * _VEC))
+            splat = builder.shuffle_vector(
+                builder.insert_element(ir.Constant(ir.VectorType(i64, _VEC), ir.Undefined), left, ir.Constant(ir.IntType(32), 0)),
+                ir.Constant(ir.VectorType(i64, _VEC), ir.Undefined),
+                ir.Constant(ir.VectorType(ir.IntType(32), _VEC), [0] * _VEC),
+            )
+            mask = builder.icmp_signed("<", lane_ids, splat)
+            idx = builder.add(start, ir.Constant(i64, h * _VEC))
+            for job, a64 in zip(jobs, acc64):
+                add_term(a64[h], job, idx, _VEC, True, mask)
+    results = []
+    for job, a64 in zip(jobs, acc64):
+        v = builder.load(a64[0])
+        for acc in a64[1:]:
+            v = builder.fadd(v, builder.load(acc))
+        width = _VEC
+        while width > 1:
+            width //= 2
+            mask = ir.VectorType(ir.IntType(32), width)
+            lo = builder.shuffle_vector(v, v, ir.Constant(mask, list(range(width))))
+            hi = builder.shuffle_vector(v, v, ir.Constant(mask, list(range(width, 2 * width))))
+            v = builder.fadd(lo, hi)
+        results.append(builder.extract_element(v, ir.Constant(ir.IntType(32), 0)))
+    if axpy is not None:
+        with cgutils.for_range_slice(builder, start, n, ir.Constant(i64, 1)) as (idx, _):
+            do_axpy(idx, 1)
+    if len(results) == 1:
+        return results[0]
+    return context.make_tuple(builder, sig.return_type, results)
+
+
+def _lane_array(a) -> bool:
+    return isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" and a.dtype in (types.float32, types.float64)
+
+
+@intrinsic
+def sum64(typingctx, v, n):
+    """sum64(v, n) -> float64: the sum of v[i] for i < n, in the fixed order of the
+    accumulation rule (see :func:`_lane_sums_codegen`)."""
+    if not (_lane_array(v) and isinstance(n, types.Integer)):
+        return None
+    return types.float64(v, n), lambda c, b, sig, args: _lane_sums_codegen(c, b, sig, args, [(0,)])
+
+
+@intrinsic
+def dot64(typingctx, u, v, n):
+    """dot64(u, v, n) -> float64: the sum of u[i] * v[i] for i < n (u, v of one dtype), in
+    sum64's order; each float32 product is added to its lane with one fma."""
+    if not (_lane_array(u) and _lane_array(v) and u.dtype == v.dtype and isinstance(n, types.Integer)):
+        return None
+    return types.float64(u, v, n), lambda c, b, sig, args: _lane_sums_codegen(c, b, sig, args, [(0, 1)])
+
+
+@intrinsic
+def sum64x2(typingctx, u, v, n):
+    """sum64x2(u, v, n) -> (sum64(u, n), sum64(v, n)) in one pass (u, v of one dtype)."""
+    if not (_lane_array(u) and _lane_array(v) and u.dtype == v.dtype and isinstance(n, types.Integer)):
+        return None
+    sig = types.UniTuple(types.float64, 2)(u, v, n)
+    return sig, lambda c, b, sig, args: _lane_sums_codegen(c, b, sig, args, [(0,), (1,)])
+
+
+@intrinsic
+def dot64_axpy(typingctx, u, v, w, a, n):
+    """dot64_axpy(u, v, w, a, n) -> dot64(u, v, n), also setting w[i] = fma(u[i], a, w[i])
+    for i < n in the same pass (u, v, w of one dtype, a a scalar of it): one output's
+    upstream gradient u against a bump's values v, while w gathers sum_p u_p m_p."""
+    ok = all(_lane_array(t) and t.dtype == u.dtype for t in (u, v, w))
+    if not (ok and a == u.dtype and isinstance(n, types.Integer)):
+        return None
+    return types.float64(u, v, w, a, n), lambda c, b, sig, args: _lane_sums_codegen(c, b, sig, args, [(0, 1)], (2, [(0, 3)]))
+
+
+@intrinsic
+def dot64x4_axpy(typingctx, u0, u1, u2, u3, v, w, a0, a1, a2, a3, n):
+    """Four dot64_axpy in one pass: returns (dot64(u0, v, n), ..., dot64(u3, v, n)) and sets
+    w[i] = fma(u3[i], a3, fma(u2[i], a2, fma(u1[i], a1, fma(u0[i], a0, w[i])))): the same
+    bits as four dot64_axpy calls in order, with one read of v and one read and write of w
+    for four outputs."""
+    arrays = (u0, u1, u2, u3, v, w)
+    ok = all(_lane_array(t) and t.dtype == u0.dtype for t in arrays)
+    if not (ok and all(a == u0.dtype for a in (a0, a1, a2, a3)) and isinstance(n, types.Integer)):
+        return None
+    sig = types.UniTuple(types.float64, 4)(u0, u1, u2, u3, v, w, a0, a1, a2, a3, n)
+    jobs = [(0, 4), (1, 4), (2, 4), (3, 4)]
+    return sig, lambda c, b, sig, args: _lane_sums_codegen(c, b, sig, args, jobs, (5, [(0, 6), (1, 7), (2, 8), (3, 9)]))
+
+
+FLUSH_EVERY = 32
+"""Bumps (or registrations) a float32 per-point accumulator takes before :func:`flush64`."""
+_COUNT_POINTS = 4  # accumulator rows from which culled rows count terms per point (see _row_flush)
+
+
+@njit(cache=True)
+def flush64(acc64, acc, lo, hi):
+    """acc64[lo:hi] += float64(acc[lo:hi]); acc[lo:hi] = 0. The per-point half of the
+    accumulation rule: acc (the inputs' dtype) sums at most FLUSH_EVERY terms per point
+    between flushes into the float64 acc64."""
+    zero = acc.dtype.type(0.0)
+    a64 = acc64[lo:hi]
+    a = acc[lo:hi]
+    for i in range(hi - lo):
+        a64[i] += np.float64(a[i])
+        a[i] = zero
+
+
+@njit(cache=True)
+def _flush_rows(acc64, acc, lo, hi):
+    """:func:`flush64` on every row of 2-D (rows, n) accumulators."""
+    for r in range(acc.shape[0]):
+        flush64(acc64[r], acc[r], lo, hi)
+
+
+# ---------------------------------------------------------------- layout helpers
+
+
+def _shuffle(builder, a, b, mask):
+    return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(ir.IntType(32), len(mask)), mask))
+
+
+@intrinsic
+def _transpose8(typingctx, src, s0, ss, dst, d0, ds):
+    """An 8 x 8 block: dst[d0 + c * ds + r] = src[s0 + r * ss + c] for r, c < 8 (1-D C arrays,
+    float32 or float64, converted to dst's dtype), in three rounds of vector shuffles."""
+    arrays_ok = all(
+        isinstance(t, types.Array) and t.ndim == 1 and t.layout == "C" and t.dtype in (types.float32, types.float64)
+        for t in (src, dst)
+    )
+    if not (arrays_ok and all(isinstance(t, types.Integer) for t in (s0, ss, d0, ds))):
+        return None
+
+    def codegen(context, builder, sig, args):
+        sty, dty = sig.args[0].dtype, sig.args[3].dtype
+        src_arr = context.make_array(sig.args[0])(context, builder, value=args[0])
+        dst_arr = context.make_array(sig.args[3])(context, builder, value=args[3])
+        s0v, ssv, d0v, dsv = (context.cast(builder, args[i], sig.args[i], types.int64) for i in (1, 2, 4, 5))
+        i64 = ir.IntType(64)
+        svec = ir.VectorType(context.get_data_type(sty), 8)
+        dvec = ir.VectorType(context.get_data_type(dty), 8)
+        rows = []
+        for r in range(8):
+            ptr = builder.gep(src_arr.data, [builder.add(s0v, builder.mul(ssv, ir.Constant(i64, r)))])
+            v = builder.load(builder.bitcast(ptr, svec.as_pointer()), align=sty.bitwidth // 8)
+            if sty.bitwidth > dty.bitwidth:
+                v = builder.fptrunc(v, dvec)
+            elif sty.bitwidth < dty.bitwidth:
+                v = builder.fpext(v, dvec)
+            rows.append(v)
+        # Pairs of rows interleaved, then pairs of pairs, then the two halves: columns.
+        t = []
+        for q in range(4):
+            t.append(_shuffle(builder, rows[2 * q], rows[2 * q + 1], [0, 8, 1, 9, 4, 12, 5, 13]))
+            t.append(_shuffle(builder, rows[2 * q], rows[2 * q + 1], [2, 10, 3, 11, 6, 14, 7, 15]))
+        m1, m2 = [0, 1, 8, 9, 4, 5, 12, 13], [2, 3, 10, 11, 6, 7, 14, 15]
+        tt = []
+        for base in (0, 4):
+            tt += [
+                _shuffle(builder, t[base], t[base + 2], m1),
+                _shuffle(builder, t[base], t[base + 2], m2),
+                _shuffle(builder, t[base + 1], t[base + 3], m1),
+                _shuffle(builder, t[base + 1], t[base + 3], m2),
+            ]
+        cols = [_shuffle(builder, tt[c], tt[c + 4], [0, 1, 2, 3, 8, 9, 10, 11]) for c in range(4)]
+        cols += [_shuffle(builder, tt[c], tt[c + 4], [4, 5, 6, 7, 12, 13, 14, 15]) for c in range(4)]
+        for c in range(8):
+            ptr = builder.gep(dst_arr.data, [builder.add(d0v, builder.mul(dsv, ir.Constant(i64, c)))])
+            builder.store(cols[c], builder.bitcast(ptr, dvec.as_pointer()), align=dty.bitwidth // 8)
+        return context.get_dummy_value()
+
+    return types.none(src, s0, ss, dst, d0, ds), codegen
+
+
+_LINE = 64  # bytes of a cache line
+
+
+@intrinsic
+def _stream_line(typingctx, dst, d0, src, s0):
+    """dst[d0:d0 + n] = src[s0:s0 + n] for one 64-byte line (n = 16 float32 or 8 float64),
+    with a non-temporal store: a line written whole needs no read of its old contents."""
+    if not (isinstance(dst, types.Array) and isinstance(src, types.Array) and dst.dtype == src.dtype):
+        return None
+    if dst.dtype not in (types.float32, types.float64) or not isinstance(d0, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        dty = sig.args[0].dtype
+        width = _LINE * 8 // dty.bitwidth
+        vec = ir.VectorType(context.get_data_type(dty), width)
+        dst_arr = context.make_array(sig.args[0])(context, builder, value=args[0])
+        src_arr = context.make_array(sig.args[2])(context, builder, value=args[2])
+        d0v = context.cast(builder, args[1], sig.args[1], types.int64)
+        s0v = context.cast(builder, args[3], sig.args[3], types.int64)
+        v = builder.load(builder.bitcast(builder.gep(src_arr.data, [s0v]), vec.as_pointer()), align=dty.bitwidth // 8)
+        store = builder.store(v, builder.bitcast(builder.gep(dst_arr.data, [d0v]), vec.as_pointer()), align=_LINE)
+        store.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
+        return context.get_dummy_value()
+
+    return types.none(dst, d0, src, s0), codegen
+
+
+@intrinsic
+def _address(typingctx, a):
+    """The address of an array's first element."""
+    if not isinstance(a, types.Array):
+        return None
+
+    def codegen(context, builder, sig, args):
+        arr = context.make_array(sig.args[0])(context, builder, value=args[0])
+        return builder.ptrtoint(arr.data, ir.IntType(64))
+
+    return types.uint64(a), codegen
+
+
+@njit(cache=True)
+def whole_lines(dst, P):
+    """Whether the rows of a flat (n, P) dst are whole, aligned cache lines (then
+    :func:`scatter_rows` streams them)."""
+    row = P * dst.itemsize
+    return row % _LINE == 0 and _address(dst) % _LINE == 0
+
+
+@njit(cache=True)
+def scatter_rows(dst, dst_idx, src, nr, P):
+    """dst[dst_idx[i] * P : ... + P] = src[i * P : i * P + P] for i < nr (flat arrays of one
+    dtype). Rows that are whole, aligned cache lines (:func:`whole_lines`) go by
+    non-temporal line stores: no read of the lines they overwrite, which halved the time
+    of the scattered rows of 16 float32 outputs."""
+    if whole_lines(dst, P):
+        step = _LINE // dst.itemsize
+        for i in range(nr):
+            d0 = dst_idx[i] * P
+            for o in range(0, P, step):
+                _stream_line(dst, d0 + o, src, i * P + o)
+        return
+    for i in range(nr):
+        out = dst[dst_idx[i] * P : dst_idx[i] * P + P]
+        inp = src[i * P : i * P + P]
+        for p in range(P):
+            out[p] = inp[p]
+
+
+@njit(cache=True)
+def transpose_into(src, ss, dst, ds, R, C):
+    """dst[c * ds + r] = src[r * ss + c] for r < R, c < C (1-D arrays; converted to dst's
+    dtype): a (R, C) block with row stride ss into a (C, R) one with row stride ds, by 8 x 8
+    vector blocks (~5x a scalar loop), the edges one by one. Moves P outputs between the
+    kernels' (P, points) layout and the callers' (points, P) rows."""
+    R8 = R - R % 8
+    C8 = C - C % 8
+    for r0 in range(0, R8, 8):
+        for c0 in range(0, C8, 8):
+            _transpose8(src, r0 * ss + c0, ss, dst, c0 * ds + r0, ds)
+        for r in range(r0, r0 + 8):
+            for c in range(C8, C):
+                dst[c * ds + r] = src[r * ss + c]
+    for r in range(R8, R):
+        for c in range(C):
+            dst[c * ds + r] = src[r * ss + c]
+
+
+# ---------------------------------------------------------------- pair kernels
+
+
+@njit(cache=True)
 def neg_exp_block(s, e, nb):
     """e[:nb] = neg_exp(s[:nb])."""
     for i in range(nb):
         e[i] = neg_exp(s[i])
 
 
-@njit(fastmath=FM, cache=True)
+@njit(cache=True)
 def _pair_block(xs, p0, c, iw, half, k, nb, s, gate):
     """s = sum_j z_j**2 and gate = 1/0 (support test) for bump k against points p0:p0+nb of xs (d, n).
 
@@ -182,84 +608,82 @@ def _pair_block(xs, p0, c, iw, half, k, nb, s, gate):
         for i in range(nb):
             df = xj[i] - cj
             z = df * iwj
-            s[i] += z * z
+            s[i] = fma(z, z, s[i])
             gate[i] = gate[i] if abs(df) < hj else zero
 
 
-@njit(fastmath=FM, cache=True)
-def _grad_m1(g, g0, e, gate, mk2, nb, tm):
-    """P == 1, one bump on nb points with upstream gradient g[g0:g0+nb]: returns sum g e and
-    sets tm = 2 m g e (0 for dead pairs); e becomes e * gate.
+@njit(cache=True)
+def _accumulate_outputs(acc, off, m, k, e, gate, nb):
+    """acc[p, off:off+nb] += m[k, p] * e[:nb] * gate[:nb] for every output p (one fma each;
+    acc in the inputs' dtype, flushed by the caller); e becomes e * gate."""
+    for i in range(nb):
+        e[i] = e[i] * gate[i]
+    P = m.shape[1]
+    P4 = P - P % 4
+    for p in range(0, P4, 4):  # four outputs a pass: one read of e for four
+        a0 = acc[p][off : off + nb]
+        a1 = acc[p + 1][off : off + nb]
+        a2 = acc[p + 2][off : off + nb]
+        a3 = acc[p + 3][off : off + nb]
+        m0, m1, m2, m3 = m[k, p], m[k, p + 1], m[k, p + 2], m[k, p + 3]
+        for i in range(nb):
+            ei = e[i]
+            a0[i] = fma(m0, ei, a0[i])
+            a1[i] = fma(m1, ei, a1[i])
+            a2[i] = fma(m2, ei, a2[i])
+            a3[i] = fma(m3, ei, a3[i])
+    for p in range(P4, P):
+        ap = acc[p][off : off + nb]
+        mkp = m[k, p]
+        for i in range(nb):
+            ap[i] = fma(mkp, e[i], ap[i])
 
-    A sum loop of its own: fused with the loop that computes g e, or with the one that
-    scales tm, the code Numba runs right after compiling and the code it loads from its
-    disk cache summed in different orders, so the first process after a compile gave
-    other bits for grad m (the other sums were the same). Costs ~5% of the backward."""
+
+@njit(cache=True)
+def _grad_m1(g1, e, gate, mk2, nb, tm):
+    """P == 1, one bump on nb points with upstream gradient g1[:nb]: returns sum g e (float64,
+    :func:`dot64`) and sets tm = 2 m g e (0 for dead pairs); e becomes e * gate."""
     zero = tm.dtype.type(0.0)
-    g1 = g[g0 : g0 + nb]
     for i in range(nb):
         el = e[i] * gate[i]
         e[i] = el
-        tm[i] = g1[i] * el
-    sm = zero
-    for i in range(nb):
-        sm += tm[i]
-    for i in range(nb):
-        tm[i] = tm[i] * mk2 if e[i] > zero else zero
-    return sm
+        tm[i] = (g1[i] * el) * mk2 if el > zero else zero
+    return dot64(g1, e, nb)
 
 
-@njit(fastmath=FM, cache=True)
-def _grad_block1(xb, g1, c, iw, half, m, k, nb, s, gate, e, tm, gxb, pcw, pm):
-    """P == 1: recompute bump k on a block and add its gradient contributions.
-
-    g1 (nb,) is the upstream gradient. Block sums are in the inputs' dtype and go
-    into the float64 partials pcw (2d, K: c then w) and pm (K, 1). Kept apart from
-    the P > 1 code with its loops inline: measured ~10% faster than sharing them.
-    """
-    d = xb.shape[0]
-    zero = s.dtype.type(0.0)
-    two = s.dtype.type(2.0)
-    _pair_block(xb, 0, c, iw, half, k, nb, s, gate)
-    neg_exp_block(s, e, nb)
-    pm[k, 0] += _grad_m1(g1, 0, e, gate, two * m[k, 0], nb, tm)
-    for j in range(d):
-        xj = xb[j]
-        gxj = gxb[j]
-        cj = c[j, k]
-        iwj = iw[j, k]
-        sc = zero
-        sw = zero
-        for i in range(nb):
-            z = (xj[i] - cj) * iwj
-            a = tm[i] * z * iwj
-            a = a if tm[i] != zero else zero  # dead pairs: z may be inf
-            sc += a
-            sw += a * z
-            gxj[i] -= a
-        pcw[j, k] += sc
-        pcw[d + j, k] += sw
-
-
-@njit(fastmath=FM, cache=True)
-def _grad_block(xb, gb, c, iw, half, m, k, nb, s, gate, e, tm, gxb, pcw, pm):
-    """P > 1: recompute bump k on a block and add its gradient contributions.
-
-    gb (P, nb) holds the upstream gradient; the exp and support test are done once
-    and serve all P outputs. Partials as in :func:`_grad_block1`, pm (K, P).
-    """
-    _pair_block(xb, 0, c, iw, half, k, nb, s, gate)
-    neg_exp_block(s, e, nb)
+@njit(cache=True)
+def _multi_tm(gb, g0, m, k, nb, e, gate, tm, pm):
+    """P > 1, bump k on nb points whose upstream gradient is gb[:, g0:g0+nb]: adds
+    sum_i g[p, i] e_i (dot64) into pm[k, p] and sets tm_i = 2 e_i sum_p g[p, i] m[k, p]
+    (0 for dead pairs; the sum over outputs runs in p order); e becomes e * gate."""
+    P = gb.shape[0]
+    zero = tm.dtype.type(0.0)
+    two = tm.dtype.type(2.0)
     for i in range(nb):
         e[i] = e[i] * gate[i]
-    _multi_tm(gb, 0, m, k, nb, e, tm, pm)
-    _grad_tail(xb, 0, c, iw, k, nb, tm, gxb, 0, pcw, True)
+        tm[i] = zero
+    P4 = P - P % 4
+    for p in range(0, P4, 4):  # four outputs a pass: the same bits as one at a time, fewer reads
+        s0, s1, s2, s3 = dot64x4_axpy(
+            gb[p][g0 : g0 + nb], gb[p + 1][g0 : g0 + nb], gb[p + 2][g0 : g0 + nb], gb[p + 3][g0 : g0 + nb],
+            e[:nb], tm[:nb], m[k, p], m[k, p + 1], m[k, p + 2], m[k, p + 3], nb,
+        )  # fmt: skip
+        pm[k, p] += s0
+        pm[k, p + 1] += s1
+        pm[k, p + 2] += s2
+        pm[k, p + 3] += s3
+    for p in range(P4, P):
+        pm[k, p] += dot64_axpy(gb[p][g0 : g0 + nb], e[:nb], tm[:nb], m[k, p], nb)
+    for i in range(nb):
+        el = e[i]
+        tm[i] = two * el * tm[i] if el > zero else zero
 
 
-@njit(fastmath=FM, cache=True)
-def _grad_tail(xs, p0, c, iw, k, nb, tm, gxb, g0, pcw, need_x):
+@njit(cache=True)
+def _grad_tail(xs, p0, c, iw, k, nb, tm, gxb, g0, pcw, need_x, ta, taz):
     """From t_i = 2 e_i sum_p g[i, p] m[k, p] (0 for dead pairs) for points p0:p0+nb of xs:
-    grad x into gxb[:, g0:g0+nb] (when need_x), grad c, w into pcw."""
+    grad x into gxb[:, g0:g0+nb] (the inputs' dtype, flushed by the caller; when need_x),
+    grad c, w into pcw (:func:`sum64x2`). ta, taz: scratch of at least nb entries."""
     d = xs.shape[0]
     zero = tm.dtype.type(0.0)
     for j in range(d):
@@ -267,21 +691,20 @@ def _grad_tail(xs, p0, c, iw, k, nb, tm, gxb, g0, pcw, need_x):
         gxj = gxb[j][g0 : g0 + nb]
         cj = c[j, k]
         iwj = iw[j, k]
-        sc = zero
-        sw = zero
         for i in range(nb):
             z = (xj[i] - cj) * iwj
             a = tm[i] * z * iwj
             a = a if tm[i] != zero else zero  # dead pairs: z may be inf
-            sc += a
-            sw += a * z
+            ta[i] = a
+            taz[i] = a * z
             if need_x:
                 gxj[i] -= a
+        sc, sw = sum64x2(ta[:nb], taz[:nb], nb)
         pcw[j, k] += sc
         pcw[d + j, k] += sw
 
 
-@njit(parallel=True, fastmath=FM, cache=True)
+@njit(parallel=True, cache=True)
 def dense_forward(x, c, iw, half, m, y, npart):
     """y (n, P) = the bump sum at every point; partition q owns a fixed run of blocks."""
     n, d = x.shape
@@ -293,52 +716,43 @@ def dense_forward(x, c, iw, half, m, y, npart):
         s = np.empty(_B, dt)
         gate = np.empty(_B, dt)
         e = np.empty(_B, dt)
-        acc = np.empty((P, _B), dt)
+        acc = np.zeros((P, _B), dt)
+        acc64 = np.empty((P, _B))
         for blk in range(q * nblk // npart, (q + 1) * nblk // npart):
             i0 = blk * _B
             nb = min(_B, n - i0)
             for i in range(nb):
                 for j in range(d):
                     xb[j, i] = x[i0 + i, j]
-            for p in range(P):
-                for i in range(nb):
-                    acc[p, i] = 0
+            acc64[:, :nb] = 0.0
             for k in range(K):
                 _pair_block(xb, 0, c, iw, half, k, nb, s, gate)
                 neg_exp_block(s, e, nb)
-                if P == 1:
-                    acc1 = acc[0]
-                    mk = m[k, 0]
-                    for i in range(nb):
-                        acc1[i] += mk * (e[i] * gate[i])
-                    continue
-                for i in range(nb):
-                    e[i] = e[i] * gate[i]
-                for p in range(P):
-                    mkp = m[k, p]
-                    ap = acc[p]
-                    for i in range(nb):
-                        ap[i] += mkp * e[i]
-            for i in range(nb):
-                for p in range(P):
-                    y[i0 + i, p] = acc[p, i]
+                _accumulate_outputs(acc, 0, m, k, e, gate, nb)
+                if k % FLUSH_EVERY == FLUSH_EVERY - 1 or k == K - 1:
+                    _flush_rows(acc64, acc, 0, nb)
+            transpose_into(acc64.reshape(P * _B), _B, y.reshape(n * P)[i0 * P :], P, P, nb)
 
 
-@njit(parallel=True, fastmath=FM, cache=True)
+@njit(parallel=True, cache=True)
 def dense_backward(x, c, iw, half, m, g, gx, pcw, pm, npart):
     """gx (n, d) gets dL/dx; partition q adds its dL/dc, dL/dw into pcw[q] and dL/dm into pm[q]."""
     n, d = x.shape
-    P = m.shape[1]
+    K, P = m.shape
     dt = x.dtype
+    two = dt.type(2.0)
     nblk = (n + _B - 1) // _B
     for q in prange(npart):
         xb = np.empty((d, _B), dt)
-        gxb = np.empty((d, _B), dt)
+        gxb = np.zeros((d, _B), dt)
+        gx64 = np.empty((d, _B))
         gb = np.empty((P, _B), dt)
         s = np.empty(_B, dt)
         gate = np.empty(_B, dt)
         e = np.empty(_B, dt)
         tm = np.empty(_B, dt)
+        ta = np.empty(_B, dt)
+        taz = np.empty(_B, dt)
         pcq = pcw[q]
         pmq = pm[q]
         for blk in range(q * nblk // npart, (q + 1) * nblk // npart):
@@ -347,42 +761,21 @@ def dense_backward(x, c, iw, half, m, g, gx, pcw, pm, npart):
             for i in range(nb):
                 for j in range(d):
                     xb[j, i] = x[i0 + i, j]
-                    gxb[j, i] = 0
-                for p in range(P):
-                    gb[p, i] = g[i0 + i, p]
-            if P == 1:
-                for k in range(m.shape[0]):
-                    _grad_block1(xb, gb[0], c, iw, half, m, k, nb, s, gate, e, tm, gxb, pcq, pmq)
-            else:
-                for k in range(m.shape[0]):
-                    _grad_block(xb, gb, c, iw, half, m, k, nb, s, gate, e, tm, gxb, pcq, pmq)
+            transpose_into(g.reshape(n * P)[i0 * P :], P, gb.reshape(P * _B), _B, nb, P)
+            gx64[:, :nb] = 0.0
+            for k in range(K):
+                _pair_block(xb, 0, c, iw, half, k, nb, s, gate)
+                neg_exp_block(s, e, nb)
+                if P == 1:
+                    pmq[k, 0] += _grad_m1(gb[0], e, gate, two * m[k, 0], nb, tm)
+                else:
+                    _multi_tm(gb, 0, m, k, nb, e, gate, tm, pmq)
+                _grad_tail(xb, 0, c, iw, k, nb, tm, gxb, 0, pcq, True, ta, taz)
+                if k % FLUSH_EVERY == FLUSH_EVERY - 1 or k == K - 1:
+                    _flush_rows(gx64, gxb, 0, nb)
             for i in range(nb):
                 for j in range(d):
-                    gx[i0 + i, j] = gxb[j, i]
-
-
-@njit(fastmath=FM, cache=True)
-def _multi_tm(gb, g0, m, k, nb, e, tm, pm):
-    """P > 1, bump k on nb points whose upstream gradient is gb[:, g0:g0+nb] and values e:
-    adds sum_i g[p, i] e_i into pm[k, p] and sets tm_i = 2 e_i sum_p g[p, i] m[k, p] (0 for
-    dead pairs)."""
-    P = gb.shape[0]
-    zero = tm.dtype.type(0.0)
-    two = tm.dtype.type(2.0)
-    for i in range(nb):
-        tm[i] = zero
-    for p in range(P):
-        mkp = m[k, p]
-        gp = gb[p][g0 : g0 + nb]
-        sm = zero
-        for i in range(nb):
-            gi = gp[i]
-            sm += gi * e[i]
-            tm[i] += gi * mkp
-        pm[k, p] += sm
-    for i in range(nb):
-        el = e[i]
-        tm[i] = two * el * tm[i] if el > zero else zero
+                    gx[i0 + i, j] = gx64[j, i]
 
 
 # ---------------------------------------------------------------- culled (grid) path
@@ -640,29 +1033,32 @@ def partition_bounds(cost, npart):
     return bounds
 
 
-@njit(parallel=True, fastmath=FM, cache=True)
+@njit(parallel=True, cache=True)
 def culled_forward(xs, perm, c, iw, half, m, row_pts, row_start, reg_k, reg_p0, reg_p1, bounds, maxrow, maxseg, y):
     """y (n, P), original order. Partition q owns rows bounds[q]:bounds[q+1]; per row a
     (P, row) accumulator takes every registered segment's m[k, p] * e, each segment
-    evaluated straight from the sorted points, and is written back through perm."""
+    evaluated straight from the sorted points, is flushed into a float64 one before any
+    point has more than FLUSH_EVERY terms (see :func:`_row_flush`), and is written back
+    through perm."""
     d, n = xs.shape
     P = m.shape[1]
     dt = xs.dtype
     npart = bounds.shape[0] - 1
+    yf = y.reshape(n * P)
     for q in prange(npart):
         s = np.empty(maxseg, dt)
         gate = np.empty(maxseg, dt)
         e = np.empty(maxseg, dt)
-        acc = np.empty((P, maxrow), dt)
+        acc = np.zeros((P, maxrow), dt)
+        acc64 = np.empty((P, maxrow))
+        terms = np.zeros(maxrow if P >= _COUNT_POINTS else 0, np.int32)
+        rows = np.empty(maxrow * P if P > 1 else 0, dt)
         for r in range(bounds[q], bounds[q + 1]):
             a = row_pts[r]
             nr = row_pts[r + 1] - a
             if nr == 0:
                 continue
-            for p in range(P):
-                ap = acc[p]
-                for i in range(nr):
-                    ap[i] = 0
+            lo, hi, count, flushed = nr, 0, 0, False  # touched since the last flush; whether one happened
             for t in range(row_start[r], row_start[r + 1]):
                 p0 = reg_p0[t]
                 L = reg_p1[t] - p0
@@ -672,49 +1068,106 @@ def culled_forward(xs, perm, c, iw, half, m, row_pts, row_start, reg_k, reg_p0, 
                 off = p0 - a
                 _pair_block(xs, p0, c, iw, half, k, L, s, gate)
                 neg_exp_block(s, e, L)
-                if P == 1:
+                if P == 1:  # one fused pass: here ~8% faster than _accumulate_outputs' two
                     ap = acc[0][off : off + L]
                     mk = m[k, 0]
                     for i in range(L):
                         ap[i] += mk * (e[i] * gate[i])
-                    continue
-                for i in range(L):
-                    e[i] = e[i] * gate[i]
-                for p in range(P):
-                    ap = acc[p][off : off + L]
-                    mkp = m[k, p]
-                    for i in range(L):
-                        ap[i] += mkp * e[i]
-            if P == 1:
-                _scatter1(acc[0], perm[a : a + nr], y.reshape(n), 0, nr)
-                continue
+                else:
+                    _accumulate_outputs(acc, off, m, k, e, gate, L)
+                lo, hi, count, flushed = _row_flush(acc64, acc, terms, nr, off, L, lo, hi, count, flushed)
+            terms[lo:hi] = 0
+            _scatter_rows(acc64, acc, flushed, nr, perm[a : a + nr], yf, rows)
+
+
+@njit(cache=True)
+def _row_flush(acc64, acc, terms, nr, off, L, lo, hi, count, flushed):
+    """Flush bookkeeping of a row's per-point accumulators (rows of acc, (., nr)) after a
+    registration added a term to points off:off+L. Once a point may hold FLUSH_EVERY
+    terms, every point touched since the last flush (lo:hi) is flushed into acc64 (set to
+    0 at the row's first flush, so rows that never flush never touch it). ``terms``
+    counts each point's terms (a point meets few of a row's registrations, so flushes
+    stay rare: worth its cost with many accumulator rows); empty, ``count`` counts the
+    row's registrations instead. Returns the new (lo, hi, count, flushed)."""
+    if terms.shape[0] == 0:
+        count += 1
+        top = count
+    else:
+        seg = terms[off : off + L]
+        one = np.int32(1)
+        for i in range(L):
+            seg[i] += one
+        top = 0
+        for i in range(L):  # apart from the additions and with a select: vectorised, 3x faster
+            top = top if top > seg[i] else seg[i]
+    lo = min(lo, off)
+    hi = max(hi, off + L)
+    if top < FLUSH_EVERY:
+        return lo, hi, count, flushed
+    if not flushed:
+        acc64[:, :nr] = 0.0
+    _flush_rows(acc64, acc, lo, hi)
+    terms[lo:hi] = 0
+    return nr, 0, 0, True
+
+
+@njit(cache=True)
+def _scatter_rows(acc64, acc, flushed, nr, dst_idx, dst, rows):
+    """The write back: row i < nr of a flat (n, P) dst, dst[dst_idx[i] * P + p], gets
+    acc[p, i] (plus acc64[p, i] when the row was flushed), rounded to dst's dtype;
+    acc[:, :nr] becomes 0. rows: scratch of nr * P entries of dst's dtype (P > 1: the
+    (P, nr) block is transposed into it, then copied out one contiguous row per point)."""
+    P, width = acc.shape
+    zero = acc.dtype.type(0.0)
+    if P == 1:
+        a0 = acc[0]
+        if flushed:
+            a64 = acc64[0]
             for i in range(nr):
-                pi = perm[a + i]
-                for p in range(P):
-                    y[pi, p] = acc[p, i]
+                dst[dst_idx[i]] = a64[i] + np.float64(a0[i])
+                a0[i] = zero
+        else:
+            for i in range(nr):
+                dst[dst_idx[i]] = a0[i]
+                a0[i] = zero
+        return
+    if flushed:
+        _flush_rows(acc64, acc, 0, nr)
+        transpose_into(acc64.reshape(P * width), width, rows, P, P, nr)
+    else:
+        transpose_into(acc.reshape(P * width), width, rows, P, P, nr)
+        acc[:, :nr] = zero
+    scatter_rows(dst, dst_idx, rows, nr, P)
 
 
-@njit(parallel=True, fastmath=FM, cache=True)
+@njit(parallel=True, cache=True)
 def culled_backward(
-    xs, perm, c, iw, half, m, gs, row_pts, row_start, reg_k, reg_p0, reg_p1, bounds, maxrow, maxseg, gx, need_x, pcw, pm
+    xs, perm, c, iw, half, m, g, row_pts, row_start, reg_k, reg_p0, reg_p1, bounds, maxrow, maxseg, gx, need_x, pcw, pm
 ):
-    """gs (n, P) is the upstream gradient in sorted order (see :func:`to_sorted`), gx (n, d)
-    in original order. Per row the upstream gradient is copied into a (P, row) buffer and
-    grad x collects in a (d, row) buffer, written back through perm; partition q adds its
-    parameter gradients into pcw[q] and pm[q]."""
+    """g (n, P) is the upstream gradient in sorted order (see :func:`to_sorted`), gx (n, d)
+    in original order. Per row the upstream gradient is read in place (P == 1) or its
+    (row, P) block transposed into a (P, row) buffer, and grad x collects in a (d, row)
+    buffer flushed into a float64 one as in :func:`culled_forward`, written back through
+    perm; partition q adds its parameter gradients into pcw[q] and pm[q]."""
     d, n = xs.shape
     P = m.shape[1]
     dt = xs.dtype
-    zero = dt.type(0.0)
     two = dt.type(2.0)
     npart = bounds.shape[0] - 1
+    gf = g.reshape(n * P)
+    gxf = gx.reshape(gx.shape[0] * d)
     for q in prange(npart):
         s = np.empty(maxseg, dt)
         gate = np.empty(maxseg, dt)
         e = np.empty(maxseg, dt)
         tm = np.empty(maxseg, dt)
-        grow = np.empty((P, maxrow), dt)
-        gxr = np.empty((d, maxrow), dt)
+        ta = np.empty(maxseg, dt)
+        taz = np.empty(maxseg, dt)
+        grow = np.empty((P if P > 1 else 0, maxrow), dt)
+        rows = np.empty(maxrow * d, dt)
+        gxr = np.zeros((d, maxrow), dt)
+        gx64 = np.empty((d, maxrow))
+        terms = np.zeros(maxrow if d >= _COUNT_POINTS else 0, np.int32)
         pcq = pcw[q]
         pmq = pm[q]
         for r in range(bounds[q], bounds[q + 1]):
@@ -722,59 +1175,46 @@ def culled_backward(
             nr = row_pts[r + 1] - a
             if nr == 0:
                 continue
-            if row_start[r] == row_start[r + 1]:
-                if need_x:
-                    for i in range(nr):
-                        pi = perm[a + i]
-                        for j in range(d):
-                            gx[pi, j] = 0
-                continue
-            for i in range(nr):
-                for p in range(P):
-                    grow[p, i] = gs[a + i, p]
+            lo, hi, count, flushed = nr, 0, 0, False  # touched since the last flush; whether one happened
+            if row_start[r] < row_start[r + 1]:
+                g1 = gf[a : a + nr]  # P == 1: the row's upstream gradient, in place
+                if P > 1:  # the row's (nr, P) block of gs, transposed
+                    transpose_into(gf[a * P : (a + nr) * P], P, grow.reshape(P * maxrow), maxrow, nr, P)
+                for t in range(row_start[r], row_start[r + 1]):
+                    p0 = reg_p0[t]
+                    L = reg_p1[t] - p0
+                    if L == 0:
+                        continue
+                    k = reg_k[t]
+                    off = p0 - a
+                    _pair_block(xs, p0, c, iw, half, k, L, s, gate)
+                    neg_exp_block(s, e, L)
+                    if P == 1:
+                        pmq[k, 0] += _grad_m1(g1[off : off + L], e, gate, two * m[k, 0], L, tm)
+                    else:
+                        _multi_tm(grow, off, m, k, L, e, gate, tm, pmq)
+                    _grad_tail(xs, p0, c, iw, k, L, tm, gxr, off, pcq, need_x, ta, taz)
+                    if need_x:
+                        lo, hi, count, flushed = _row_flush(gx64, gxr, terms, nr, off, L, lo, hi, count, flushed)
             if need_x:
-                for j in range(d):
-                    gj = gxr[j]
-                    for i in range(nr):
-                        gj[i] = 0
-            for t in range(row_start[r], row_start[r + 1]):
-                p0 = reg_p0[t]
-                L = reg_p1[t] - p0
-                if L == 0:
-                    continue
-                k = reg_k[t]
-                off = p0 - a
-                _pair_block(xs, p0, c, iw, half, k, L, s, gate)
-                neg_exp_block(s, e, L)
-                if P == 1:
-                    pmq[k, 0] += _grad_m1(grow[0], off, e, gate, two * m[k, 0], L, tm)
-                else:
-                    for i in range(L):
-                        e[i] = e[i] * gate[i]
-                    _multi_tm(grow, off, m, k, L, e, tm, pmq)
-                _grad_tail(xs, p0, c, iw, k, L, tm, gxr, off, pcq, need_x)
-            if need_x:
-                for i in range(nr):
-                    pi = perm[a + i]
-                    for j in range(d):
-                        gx[pi, j] = gxr[j, i]
+                terms[lo:hi] = 0
+                _scatter_rows(gx64, gxr, flushed, nr, perm[a : a + nr], gxf, rows)
 
 
 @njit(parallel=True, cache=True)
 def to_sorted(g, rank, gs, npart):
-    """gs[rank[i]] = g[i]: rows into sorted order by sequential reads and scattered writes
-    (random reads stall on cache misses; random writes do not)."""
-    n, P = g.shape
+    """gs[rank[i]] = g[i], rows of flat (n * P,) arrays into sorted order by sequential
+    reads and scattered writes (random reads stall on cache misses; random writes do
+    not, and whole-line rows are streamed, see :func:`scatter_rows`)."""
+    n = rank.shape[0]
+    P = g.shape[0] // max(n, 1)
     for q in prange(npart):
         i0 = q * n // npart
         i1 = (q + 1) * n // npart
-        if P == 1:  # flat views: the (n, 1) indexing ran 2-3x slower
-            _scatter1(g.reshape(n), rank, gs.reshape(n), i0, i1)
-            continue
-        for i in range(i0, i1):
-            r = rank[i]
-            for p in range(P):
-                gs[r, p] = g[i, p]
+        if P == 1:
+            _scatter1(g, rank, gs, i0, i1)
+        else:
+            scatter_rows(gs, rank[i0:i1], g[i0 * P :], i1 - i0, P)
 
 
 @njit(cache=True)

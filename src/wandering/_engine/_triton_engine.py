@@ -7,8 +7,8 @@ Kernels (no (n x K) or (n x d x K) intermediate anywhere):
     blocks of BK; each (point, bump) pair's support test and exp are computed
     once, then multiplied into every output in chunks of BP outputs. When all P
     outputs fit one chunk the (BN, P) sums stay in registers; otherwise the
-    program adds each chunk into its own rows of y (read-modify-write of rows
-    no other program touches).
+    program adds each chunk into its own rows of a float64 copy of y
+    (read-modify-write of rows no other program touches).
 ``_grad_x_kernel``
     grid (point tiles,), like the forward: gx of its BN points, summed over all
     bump blocks in registers.
@@ -23,6 +23,9 @@ Kernels (no (n x K) or (n x d x K) intermediate anywhere):
 Oriented (full-covariance) bumps: ``oriented_forward`` and ``oriented_backward``
 run the same three kernels' oriented twins, in ``_triton_oriented`` (which uses this
 module's configuration, Morton order, tile boxes and culling test).
+Accuracy: each block of BK bumps (forward, grad x) or tile of BN points (parameter
+gradients) is summed in the inputs' dtype, and the block sums are added in float64,
+so no float32 sum runs over more than one block (the numba kernels' rule).
 
 Culling (``cull=True``, finite support boxes). Points are put in Morton
 (Z-curve) order over their first min(d, 3) coordinates, so a tile of BN
@@ -178,7 +181,7 @@ def _forward_kernel(
     else:
         out_rows = rows.to(tl.int64)
     ps = tl.arange(0, BP)
-    acc = tl.zeros([BN, BP], dtype=xt.dtype)
+    acc = tl.zeros([BN, BP], dtype=tl.float64)
     for k0 in range(0, K, BK):
         ks = k0 + tl.arange(0, BK)
         kmask = ks < K
@@ -192,7 +195,7 @@ def _forward_kernel(
             z, e = _pair_terms(xt, rmask, cb, iwb, hb, kmask, jmask)
             if ONE_CHUNK:
                 mb = _load_block(m_ptr, ks, kmask, ps, ps < P, P)
-                acc += tl.sum(e[:, :, None] * mb[None, :, :], axis=1)
+                acc += tl.sum(e[:, :, None] * mb[None, :, :], axis=1).to(tl.float64)
             else:
                 for p0 in range(0, P, BP):
                     pc = p0 + ps
@@ -200,11 +203,12 @@ def _forward_kernel(
                     mb = _load_block(m_ptr, ks, kmask, pc, pmask, P)
                     yo = y_ptr + out_rows[:, None] * P + pc[None, :]
                     ym = rmask[:, None] & pmask[None, :]
-                    yt = tl.load(yo, mask=ym, other=0.0)
-                    tl.store(yo, yt + tl.sum(e[:, :, None] * mb[None, :, :], axis=1), mask=ym)
+                    yt = tl.load(yo, mask=ym, other=0.0)  # y is float64 here
+                    tl.store(yo, yt + tl.sum(e[:, :, None] * mb[None, :, :], axis=1).to(tl.float64), mask=ym)
                     tl.debug_barrier()  # the next read of these rows may come from another thread
     if ONE_CHUNK:
-        tl.store(y_ptr + out_rows[:, None] * P + ps[None, :], acc, mask=rmask[:, None] & (ps < P)[None, :])
+        yv = acc.to(y_ptr.dtype.element_ty)
+        tl.store(y_ptr + out_rows[:, None] * P + ps[None, :], yv, mask=rmask[:, None] & (ps < P)[None, :])
 
 
 @triton.jit
@@ -226,7 +230,7 @@ def _grad_x_kernel(
     else:
         out_rows = rows.to(tl.int64)
     ps = tl.arange(0, BP)
-    gacc = tl.zeros([BN, DP], dtype=xt.dtype)
+    gacc = tl.zeros([BN, DP], dtype=tl.float64)
     for k0 in range(0, K, BK):
         ks = k0 + tl.arange(0, BK)
         kmask = ks < K
@@ -244,8 +248,9 @@ def _grad_x_kernel(
                 mb = _load_block(m_ptr, ks, kmask, pc, pmask, P)
                 s += tl.sum(gyt[:, None, :] * mb[None, :, :], axis=2)
             t = 2.0 * e * s
-            gacc += tl.sum(t[:, :, None] * z * iwb[None, :, :], axis=1)
-    tl.store(gx_ptr + out_rows[:, None] * D + cols[None, :], -gacc, mask=rmask[:, None] & jmask[None, :])
+            gacc += tl.sum(t[:, :, None] * z * iwb[None, :, :], axis=1).to(tl.float64)
+    gv = (-gacc).to(gx_ptr.dtype.element_ty)
+    tl.store(gx_ptr + out_rows[:, None] * D + cols[None, :], gv, mask=rmask[:, None] & jmask[None, :])
 
 
 @triton.jit
@@ -405,10 +410,12 @@ def forward(x, c, w, m, half, cull):
     _check_device(x)
     n, d = x.shape
     K, P = m.shape
-    y = x.new_zeros((n, P))  # zeros: with several output chunks, programs add into y
     if n == 0 or K == 0 or P == 0:
-        return y
+        return x.new_zeros((n, P))
     cfg = _config(d, P, x.dtype)
+    one_chunk = P <= cfg.BP
+    # zeros: with several output chunks, programs add into y, in float64
+    y = x.new_zeros((n, P), dtype=x.dtype if one_chunk else torch.float64)
     b = _bumps(c, w, m, half, cull)
     pts = _points(x, cfg.BN, cull)
     dummy = pts.x
@@ -418,12 +425,12 @@ def forward(x, c, w, m, half, cull):
         _forward_kernel[(pts.n_tiles,)](
             pts.x, pts.perm if cull else dummy, pts.lo if cull else dummy, pts.hi if cull else dummy,
             b.ct, b.iwt, b.ht, b.m, y, n, K, P, count,
-            D=d, DP=cfg.DP, BN=cfg.BN, BK=cfg.BK, BP=cfg.BP, ONE_CHUNK=P <= cfg.BP, CULL=cull,
+            D=d, DP=cfg.DP, BN=cfg.BN, BK=cfg.BK, BP=cfg.BP, ONE_CHUNK=one_chunk, CULL=cull,
             COUNT=counts is not None,
         )  # fmt: skip
     if counts is not None:
         counts.append((int(count[0]), pts.n_tiles * triton.cdiv(K, cfg.BK)))
-    return y
+    return y if one_chunk else y.to(x.dtype)
 
 
 def _chunks(n_tiles: int, n_kblocks: int) -> tuple[int, int]:
