@@ -242,7 +242,7 @@ def _ulp32(v: np.ndarray) -> np.ndarray:
 def test_float32_exp_within_1_01_ulp_over_the_whole_range():
     """neg_exp in float32 over [0, 87): every 997th float32 (1.1e6 values, every exponent)
     plus every 97th in [0.5, 8), where the largest errors lie; an exhaustive scan of all
-    1.1e9 float32 in [0, 87) measured at most 1.0104 ulp (README)."""
+    1.1e9 float32 in [0, 87) measured at most 1.0104 ulp (docs/guide/engines.md)."""
     top = int(np.float32(87.0).view(np.int32))
     lo, hi = (int(np.float32(v).view(np.int32)) for v in (0.5, 8.0))
     bits = np.concatenate([np.arange(0, top, 997, dtype=np.int32), np.arange(lo, hi, 97, dtype=np.int32)])
