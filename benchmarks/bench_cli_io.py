@@ -53,10 +53,10 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1)
     a = ap.parse_args()
 
-    from wandering._cli_data import read_table
+    from wandering.cli._data import read_table
     from wandering.cli import main as cli
 
-    from wandering._fit_recipe import predict_arrays
+    from wandering.cli._recipe import predict_arrays
     from wandering.cli import load_checkpoint as load_model
 
     csv_path, npz_path, small = make_data(a.dir, a.rows)

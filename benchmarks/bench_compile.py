@@ -18,7 +18,7 @@ import torch
 
 from wandering import SlowSumOfBumpFcns
 from wandering._engine import _op
-from wandering._geometry import support_halfwidths
+from wandering._engine._geometry import support_halfwidths
 
 
 def make(seed=0):

@@ -107,7 +107,7 @@ def per_bump_loop(x, c, w, m, support_p, bumps=None):
     """The seed's algorithm: a Python loop over bumps, each evaluated only inside its support box."""
     import torch
 
-    from wandering._geometry import support_halfwidths
+    from wandering._engine._geometry import support_halfwidths
 
     P = None if m.dim() == 1 else m.shape[1]
     y = torch.zeros(x.shape[0] if P is None else (x.shape[0], P), dtype=x.dtype)
@@ -166,7 +166,7 @@ def _baseline_step(old, xs_new, x, c, w, m, gy, sp):
     import torch
 
     from wandering._engine import _op, _registry
-    from wandering._geometry import support_halfwidths
+    from wandering._engine._geometry import support_halfwidths
 
     m2 = m if m.dim() == 2 else m[:, None]
     g2 = gy if gy.dim() == 2 else gy[:, None]
@@ -206,7 +206,7 @@ def _pairs(x, c, w, support_p) -> int:
     import torch
 
     from wandering._engine import _numba_engine
-    from wandering._geometry import support_halfwidths
+    from wandering._engine._geometry import support_halfwidths
 
     if support_p is None:
         return x.shape[0] * c.shape[1]
@@ -337,7 +337,7 @@ def _oriented_inputs(case: str):
     """The axis case's inputs, and oriented scales and angles for the same bumps."""
     import torch
 
-    from wandering._rotation import n_angles
+    from wandering._engine._rotation import n_angles
 
     axis_case, aspect = ORIENTED_CASES[case]
     x, c, w, m, gy, sp = _inputs(axis_case)
@@ -362,8 +362,8 @@ def _oriented_worker(case, threads, repeats):
     numba.set_num_threads(threads)
     torch.set_num_threads(threads)
     from wandering._engine import _numba_engine, _registry, bump_sum, oriented_bump_sum
-    from wandering._geometry import cutoffs, ellipsoid_halfwidths
-    from wandering._rotation import precision_transforms, rotations
+    from wandering._engine._geometry import cutoffs, ellipsoid_halfwidths
+    from wandering._engine._rotation import precision_transforms, rotations
 
     x, c, w, m, gy, sp, wo, angles = _oriented_inputs(case)
     n, d = x.shape
@@ -382,7 +382,7 @@ def _oriented_worker(case, threads, repeats):
             out["_pairs"] = _numba_engine.oriented_pair_count(x, c, U, r2, half)
             plan = _numba_engine.make_plan(x, c, half, oriented=(U, r2))[1]
             box = _numba_engine.make_plan(x, c, half)[1]  # the same bumps registered by their boxes
-            from wandering._geometry import support_halfwidths
+            from wandering._engine._geometry import support_halfwidths
 
             axis_plan = _numba_engine.make_plan(x, c, support_halfwidths(w, sp))[1]
         finally:

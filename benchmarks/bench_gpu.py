@@ -79,7 +79,7 @@ def _keops_sum(x, c, w, m, support_p):
     diff = xi - cj
     e = (-((diff * iwj) ** 2).sum(-1)).exp()
     if support_p is not None:
-        from wandering._geometry import support_halfwidths
+        from wandering._engine._geometry import support_halfwidths
 
         hj = LazyTensor(support_halfwidths(w, support_p).T[None].contiguous())
         inside = (hj - diff.abs()).step().sum(-1)  # number of dimensions inside the box
@@ -90,7 +90,7 @@ def _keops_sum(x, c, w, m, support_p):
 def _in_support_pairs(x, c, w, support_p):
     import torch
 
-    from wandering._geometry import support_halfwidths, support_mask
+    from wandering._engine._geometry import support_halfwidths, support_mask
 
     half = support_halfwidths(w.detach(), support_p)
     step = max(1, (1 << 22) // (x.shape[1] * c.shape[1]))

@@ -8,13 +8,13 @@ wall time (fit + predict). Datasets ship inside matplotlib (nothing is downloade
 - topography: ``topobathy.npz`` (91 x 120 topography/bathymetry; all 10,920 cells)
 - mri:        ``s1045.ima.gz`` (256 x 256 uint16 big-endian MRI slice)
 - photo:      ``grace_hopper.jpg`` (600 x 512, converted to grayscale)
-- demo:       the README demo's synthetic target (``wandering.demo.demo_target``)
+- demo:       the README demo's synthetic target (``wandering.cli.demo.demo_target``)
 - diabetes:   scikit-learn's ``load_diabetes`` (442 patients, d = 10, ships with scikit-learn):
   few points in many dimensions. Its default budgets are ``auto`` (BumpRegressor's default
   ``n_bumps="auto"``: 4 bumps for the 398 training points), 16, 64 and 256.
 
 A budget ``auto`` is the bump count ``n_bumps="auto"`` resolves to on the training points
-(``wandering.regressor.auto_n_bumps``); the bump methods then run with ``n_bumps="auto"``.
+(``wandering.fit.regressor.auto_n_bumps``); the bump methods then run with ``n_bumps="auto"``.
 
 Methods, at a budget of K bumps:
 
@@ -59,8 +59,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "src"))
 
 from wandering import BumpRegressor, FitQualityWarning, SumOfBumpFcns  # noqa: E402
-from wandering.regressor import auto_n_bumps  # noqa: E402
-from wandering._lstsq import solve_magnitudes  # noqa: E402
+from wandering.fit.regressor import auto_n_bumps  # noqa: E402
+from wandering.fit._lstsq import solve_magnitudes  # noqa: E402
 
 DATASETS = ("elevation", "topography", "mri", "photo", "demo", "diabetes")
 METHODS = ("bump", "bump-norelocate", "grid-ls", "grid-ls-params", "rbf-K", "rbf-all", "mlp", "adam-dense", "linear")
@@ -80,7 +80,7 @@ def load(name: str, n_points: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     from matplotlib import cbook
 
     if name == "demo":
-        from wandering.demo import demo_target
+        from wandering.cli.demo import demo_target
 
         _, x, y = demo_target(seed, n_points)
         return x, y
@@ -214,7 +214,7 @@ def adam_dense(x_tr, y_tr, x_te, n_bumps, seed, steps=2000, lr=0.01):
     d = x_tr.shape[1]
     mu, sd = y_tr.mean(), y_tr.std() or 1.0
     rng = np.random.default_rng(seed)
-    from wandering.regressor import _weighted_kmeans
+    from wandering.fit.regressor import _weighted_kmeans
 
     sub = xu[rng.choice(len(xu), size=min(len(xu), 20000), replace=False)]
     cent = _weighted_kmeans(sub, n_bumps, np.ones(len(sub)), rng)

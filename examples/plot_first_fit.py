@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from wandering import BumpRegressor
-from wandering.demo import demo_target
+from wandering.cli.demo import demo_target
 
 # %%
 # The data: 4000 noisy samples of a smooth function on the unit square; 10% are

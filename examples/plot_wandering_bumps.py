@@ -9,7 +9,7 @@ data, so a plain fit stays at zero. Two ways out (see :ref:`when-wandering-helps
 - **parameter noise** (:func:`wandering.attach` with ``param_c_std``): the centres
   random-walk until their boxes touch data, and from then on the data gradient
   takes over;
-- **relocation** (:class:`wandering.relocation.Relocation`): every 20 steps, dead
+- **relocation** (:class:`wandering.nn.relocation.Relocation`): every 20 steps, dead
   bumps jump to points drawn where the squared residual is large.
 
 Both stop for the last 30% of the steps so the bumps settle. We draw the paths
@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from wandering import SlowSumOfBumpFcns, attach
-from wandering.relocation import Relocation
+from wandering.nn.relocation import Relocation
 
 # %%
 # The target: three Gaussian bumps on the unit square, 1000 noisy samples.

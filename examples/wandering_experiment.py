@@ -10,7 +10,7 @@ Adam, in two starts:
 
 Each start is trained without noise, with the seed's gradient noise
 (``pert_grads``), with parameter noise (``perturb_params``), and with relocation
-(``wandering.training.Relocation``: every 20 steps, dead bumps jump to points drawn
+(``wandering.nn.training.Relocation``: every 20 steps, dead bumps jump to points drawn
 where the squared residual is large); the noise and the relocation stop for the last
 part of training so the bumps can settle. Reported: median over seeds of the final
 test MSE and R^2.
@@ -27,7 +27,7 @@ import time
 import torch
 
 from wandering import SlowSumOfBumpFcns
-from wandering.training import Relocation, attach
+from wandering.nn.training import Relocation, attach
 
 TRUE_C = torch.tensor([[0.25, 0.70, 0.40], [0.30, 0.60, 0.80]], dtype=torch.float64)
 TRUE_W = torch.full((2, 3), 0.12, dtype=torch.float64)

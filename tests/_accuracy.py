@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 import wandering
-from wandering._geometry import support_halfwidths
+from wandering._engine._geometry import support_halfwidths
 
 EPS32 = torch.finfo(torch.float32).eps
 NAMES = ("y", "gx", "gc", "gw", "gm")

@@ -14,7 +14,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _training_problem as tp  # noqa: E402
 
-from wandering.training import attach  # noqa: E402
+from wandering.nn.training import attach  # noqa: E402
 
 
 def build():

@@ -21,8 +21,8 @@ import torch  # noqa: E402
 
 import wandering  # noqa: E402
 from wandering._engine import ENGINES, _torch_engine, _triton_engine, resolve_backend  # noqa: E402
-from wandering._geometry import cutoffs, ellipsoid_halfwidths, support_halfwidths  # noqa: E402
-from wandering._rotation import n_angles, precision_transforms, rotations  # noqa: E402
+from wandering._engine._geometry import cutoffs, ellipsoid_halfwidths, support_halfwidths  # noqa: E402
+from wandering._engine._rotation import n_angles, precision_transforms, rotations  # noqa: E402
 
 torch.set_num_threads(1)
 P_BIG = _triton_engine._MAX_BP + 1  # more outputs than one inner chunk holds

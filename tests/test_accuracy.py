@@ -30,7 +30,7 @@ from numba import njit
 import wandering
 from wandering._engine import _kernels as kernels
 from wandering._engine import _numba_engine as numba_engine
-from wandering._geometry import support_halfwidths
+from wandering._engine._geometry import support_halfwidths
 
 # An error below a hundredth of an ulp of the entry's sum of |terms| is no error worth telling apart.
 FLOOR = 0.01 * EPS32
@@ -291,7 +291,7 @@ def test_normal_equations_float64_and_thread_count_free(monkeypatch):
     closer than a float32 product, and the kernel's bits do not depend on the thread count."""
     import numba
 
-    from wandering import _lstsq
+    from wandering.fit import _lstsq
 
     gen = torch.Generator().manual_seed(4)
     n, d, K = 30_000, 2, 40

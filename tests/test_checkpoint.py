@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from wandering import BumpRegressor, SlowOrientedSumOfBumpFcns, SlowSumOfBumpFcns
-from wandering.checkpoint import CheckpointError, from_regressor, load, save, to_regressor
+from wandering.fit.checkpoint import CheckpointError, from_regressor, load, save, to_regressor
 from wandering.cli import main
 
 DATA = os.path.join(os.path.dirname(__file__), "data")

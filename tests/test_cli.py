@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from wandering.checkpoint import FORMAT_TAG
+from wandering.fit.checkpoint import FORMAT_TAG
 from wandering.cli import main
 
 FAST = ["--steps", "60", "--bumps", "8", "--quiet"]
@@ -796,7 +796,7 @@ def test_help_does_not_import_torch(argv):
         "import sys\n"
         "from wandering.cli import main\n"
         f"code = main({argv!r})\n"
-        "heavy = [m for m in ('torch', 'numba', 'pandas', 'matplotlib', 'wandering.modules', 'wandering._engine')"
+        "heavy = [m for m in ('torch', 'numba', 'pandas', 'matplotlib', 'wandering.nn.modules', 'wandering._engine')"
         " if m in sys.modules]\n"
         "print('HEAVY', heavy)\n"
         "sys.exit(code)\n"
@@ -873,7 +873,7 @@ def test_ctrl_c_while_importing_torch_is_one_line(tmp_path, fitted):
 
 
 def test_predict_in_large_chunks_equals_small_chunks(fitted):
-    from wandering._fit_recipe import predict_arrays
+    from wandering.cli._recipe import predict_arrays
     from wandering.cli import load_checkpoint
 
     _, _, model = fitted
@@ -888,7 +888,7 @@ def test_fit_settings_defaults_are_bump_regressors():
     import inspect
 
     from wandering import BumpRegressor
-    from wandering._fit_settings import FitSettings
+    from wandering.fit._settings import FitSettings
 
     reg = inspect.signature(BumpRegressor).parameters
     s = FitSettings()
@@ -904,7 +904,7 @@ def test_fit_settings_defaults_are_bump_regressors():
 def test_fit_command_is_the_regressor_on_the_training_rows(tmp_path, capsys):
     """`wandering fit` = BumpRegressor(same options).fit on the rows it did not hold out, bit for bit."""
     from wandering import BumpRegressor
-    from wandering.checkpoint import load, to_regressor
+    from wandering.fit.checkpoint import load, to_regressor
 
     data, x, y = data_csv(tmp_path / "d.csv", n=200, d=2)
     out = tmp_path / "fit"
@@ -926,7 +926,7 @@ def test_fit_command_is_the_regressor_on_the_training_rows(tmp_path, capsys):
 
 def test_fit_default_bump_count_follows_the_data(tmp_path, capsys):
     """--bumps defaults to auto, BumpRegressor's rule on the training rows: 180 rows in 3-D -> 6 bumps."""
-    from wandering.regressor import auto_n_bumps
+    from wandering.fit.regressor import auto_n_bumps
 
     x, y = smooth_data(200, 3)
     data = write_csv(tmp_path / "d.csv", ["a", "b", "c", "v"], np.column_stack([x, y]).tolist())
@@ -953,8 +953,8 @@ def test_fit_worse_than_a_constant_says_so_in_one_line(tmp_path, capsys):
 
 
 def test_old_lr_option_sets_both_rates():
-    from wandering._fit_recipe import regressor_for
-    from wandering._fit_settings import FitSettings
+    from wandering.cli._recipe import regressor_for
+    from wandering.fit._settings import FitSettings
 
     reg = regressor_for(FitSettings(bumps=64, lr=0.02), d=2)
     assert reg.lr_magnitude == 0.02 and reg.lr_position == pytest.approx(0.02 * 64 ** 0.5)  # 0.02 of the box
@@ -975,7 +975,7 @@ def test_bad_batch_is_one_line(tmp_path, capsys, fitted, bad):
 
 def test_old_checkpoint_loads_as_a_fitted_regressor():
     from wandering import BumpRegressor
-    from wandering.checkpoint import load, to_regressor
+    from wandering.fit.checkpoint import load, to_regressor
 
     reg = to_regressor(load(os.path.join(DATA, "single_output_v1_model.pt")))
     assert isinstance(reg, BumpRegressor) and reg.n_features_in_ == 2 and reg.n_outputs_ == 1

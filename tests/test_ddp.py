@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import _training_problem as tp  # noqa: E402
 from _spawn import free_port, spawn  # noqa: E402
 
-from wandering.training import attach  # noqa: E402
+from wandering.nn.training import attach  # noqa: E402
 
 WORLD = 2
 STEPS = 30

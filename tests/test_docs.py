@@ -23,7 +23,7 @@ import wandering
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-PUBLIC_SUBMODULES = ("wandering.relocation", "wandering.checkpoint", "wandering.training")  # Relocation is relocation's
+PUBLIC_SUBMODULES = ("wandering.nn.relocation", "wandering.fit.checkpoint", "wandering.nn.training")  # Relocation is relocation's
 # Callables that take arguments but raise nothing of their own, and why.
 NOTHING_TO_RAISE = {"wandering.WanderingHooks": "built by attach(), which checks everything"}
 SECTION = re.compile(r"^\s*(Args|Arguments|Returns|Yields|Raises|Shape|Example|Examples|Attributes|Note|Notes):\s*$")
@@ -142,7 +142,7 @@ def docstring_problems() -> list[str]:
 def test_the_walk_sees_the_whole_public_api():
     objs = public_objects()
     assert {f"wandering.{n}" for n in wandering.__all__ if n != "__version__"} <= set(objs)
-    assert "wandering.relocation.Relocation" in objs and "wandering.checkpoint.load" in objs
+    assert "wandering.nn.relocation.Relocation" in objs and "wandering.fit.checkpoint.load" in objs
     members = public_members(wandering.SlowSumOfBumpFcns)
     assert {"forward", "bound", "pert_grads", "perturb_params", "support_p"} <= set(members)
     assert "state_dict" not in members and "extra_repr" not in members  # torch's, not ours

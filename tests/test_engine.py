@@ -16,8 +16,8 @@ import wandering._engine as eng
 from wandering._engine import BACKENDS, ENGINES, bump_sum, resolve_backend
 from wandering._engine import _kernels as kernels
 from wandering._engine import _numba_engine as numba_engine
-from wandering._geometry import support_halfwidths
-from wandering._reference import bump_sum_reference, support_mask_reference
+from wandering._engine._geometry import support_halfwidths
+from wandering._engine._reference import bump_sum_reference, support_mask_reference
 
 # "numba-cull" forces the grid path even where the dense fallback would be picked.
 ENGINE_NAMES = ("reference", "torch", "numba", "numba-cull")

@@ -13,7 +13,7 @@ import torch.distributed as dist
 
 from _spawn import free_port, spawn
 from wandering import SlowOrientedSumOfBumpFcns, SlowSumOfBumpFcns, bump_sum_reference
-from wandering.growth import Growth, bump_statistics, resize_bumps
+from wandering.nn.growth import Growth, bump_statistics, resize_bumps
 
 D, K = 2, 12
 

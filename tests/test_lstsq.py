@@ -10,8 +10,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wandering import _lstsq, oriented_bump_sum_reference
-from wandering._rotation import n_angles
+from wandering import oriented_bump_sum_reference
+from wandering.fit import _lstsq
+from wandering._engine._rotation import n_angles
 
 SP = 0.01
 PATHS = {"dense": 1e18, "numba": 0.0}  # _DENSE_WORK: everything dense, or everything through the kernel

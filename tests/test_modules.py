@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from problems import DEVICES, DTYPES, TOL, per_bump_loop, random_problem
 from wandering import BumpFcn, SlowSumOfBumpFcns, SumOfBumpFcns, WanderingModule
-from wandering._geometry import support_halfwidths
-from wandering._reference import bump_sum_reference
+from wandering._engine._geometry import support_halfwidths
+from wandering._engine._reference import bump_sum_reference
 
 # Every test here runs once per engine (see conftest.engine).
 pytestmark = pytest.mark.usefixtures("engine")

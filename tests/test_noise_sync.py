@@ -1,4 +1,4 @@
-"""Keyed noise without GPU syncs: host mirrors of the key buffers (see wandering._noise).
+"""Keyed noise without GPU syncs: host mirrors of the key buffers (see wandering.nn._noise).
 
 On the CPU a sync costs nothing, so these tests check the mechanism instead:
 after the first draw, pert_grads and perturb_params never read a tensor into
@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from wandering import SlowSumOfBumpFcns, SumOfBumpFcns
-from wandering import _noise
+from wandering.nn import _noise
 
 C_STD, W_STD = 0.3, 0.2
 

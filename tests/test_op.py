@@ -9,7 +9,7 @@ import torch
 from problems import random_problem
 from wandering import BumpFcn, SlowSumOfBumpFcns, SumOfBumpFcns, bump_sum, bump_sum_reference
 from wandering._engine import _op, resolve_backend
-from wandering._geometry import support_halfwidths
+from wandering._engine._geometry import support_halfwidths
 
 
 def _params(n, d, K, P, dtype=torch.float64, seed=0, width=(0.1, 0.4)):
@@ -120,7 +120,7 @@ def test_first_order_runs_the_engine_kernel_and_create_graph_the_pair_formula(mo
 def test_eager_twin_is_the_registered_op(engine, support_p, P):
     """Plain eager calls take the autograd.Function twin; it gives the op's values, gradients
     and second derivatives bit for bit."""
-    from wandering._geometry import support_halfwidths
+    from wandering._engine._geometry import support_halfwidths
 
     x, c, w, m = _params(700, 2, 9, P, seed=12)
     m2 = m[:, None] if m.dim() == 1 else m

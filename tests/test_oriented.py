@@ -22,9 +22,9 @@ from wandering import (
     oriented_bump_sum_reference,
 )
 from wandering._engine import _op
-from wandering._geometry import cutoffs, ellipsoid_halfwidths
-from wandering._rotation import n_angles, precision_transforms, rotations
-from wandering.training import perturb_params
+from wandering._engine._geometry import cutoffs, ellipsoid_halfwidths
+from wandering._engine._rotation import n_angles, precision_transforms, rotations
+from wandering.nn.training import perturb_params
 
 
 def oriented_problem(n, d, K, P=None, dtype=torch.float64, seed=0, scales=(0.05, 0.4), support_p=None):

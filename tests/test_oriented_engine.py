@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import wandering
-from wandering._geometry import cutoffs, ellipsoid_halfwidths
-from wandering._rotation import n_angles, precision_transforms, rotations
+from wandering._engine._geometry import cutoffs, ellipsoid_halfwidths
+from wandering._engine._rotation import n_angles, precision_transforms, rotations
 
 numba = pytest.importorskip("numba")
 ne = pytest.importorskip("wandering._engine._numba_engine")

@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from problems import DTYPES, TOL, per_bump_loop, random_problem
-from wandering._geometry import support_scale
-from wandering._geometry import support_halfwidths
-from wandering._reference import bump_sum_reference, support_mask_reference
+from wandering._engine._geometry import support_scale
+from wandering._engine._geometry import support_halfwidths
+from wandering._engine._reference import bump_sum_reference, support_mask_reference
 
 
 def test_support_scale_is_where_bump_falls_to_support_p():

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from wandering import BumpRegressor
-from wandering.regressor import NotFittedError
+from wandering.fit.regressor import NotFittedError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FAST = dict(n_bumps=16, steps=60, random_state=0)
@@ -229,7 +229,7 @@ sys.modules["sklearn"] = None  # import sklearn now raises ImportError, as if it
 import numpy as np
 import wandering
 from wandering import BumpRegressor
-from wandering.regressor import HAVE_SKLEARN, NotFittedError
+from wandering.fit.regressor import HAVE_SKLEARN, NotFittedError
 assert not HAVE_SKLEARN
 rng = np.random.default_rng(0)
 x = rng.uniform(size=(400, 2)); y = np.sin(4 * x[:, 0]) + x[:, 1]
@@ -264,8 +264,8 @@ def test_works_without_sklearn():
 
 @pytest.mark.parametrize("P", [None, 2])
 def test_least_squares_paths_agree_with_the_dense_design(monkeypatch, P):
-    from wandering import _lstsq
-    from wandering._geometry import support_halfwidths
+    from wandering.fit import _lstsq
+    from wandering._engine._geometry import support_halfwidths
 
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(700, 2, generator=gen)
@@ -285,7 +285,7 @@ def test_least_squares_paths_agree_with_the_dense_design(monkeypatch, P):
 
 
 def test_ridge_cv_refit_on_the_fit_part_only():
-    from wandering import _lstsq
+    from wandering.fit import _lstsq
 
     gen = torch.Generator().manual_seed(1)
     x = torch.rand(600, 2, generator=gen)
@@ -315,7 +315,7 @@ def test_auto_bump_count_keeps_four_points_per_parameter():
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from wandering.regressor import auto_n_bumps
+    from wandering.fit.regressor import auto_n_bumps
 
     assert BumpRegressor().get_params()["n_bumps"] == "auto"
     # diabetes (d = 10): 398 points -> 4 bumps; 2-D benchmark sizes keep the old 256
@@ -394,9 +394,9 @@ def test_with_few_points_the_validation_points_stay_unseen_until_the_polish(monk
     score is honest. Shuffling the values among the validation points leaves the centres and
     widths as they were (up to the rounding of the standardisation); among other points it does not.
     (The validation points pick the ridge, their one use before the polish: here it has one choice.)"""
-    import wandering.regressor
+    import wandering.fit.regressor
 
-    monkeypatch.setattr(wandering.regressor, "RIDGE_GRID", (1e-3,))
+    monkeypatch.setattr(wandering.fit.regressor, "RIDGE_GRID", (1e-3,))
     x, y = _data(120)
     kw = dict(n_bumps=32, steps=60, random_state=5)  # 32 * 5 + 1 = 161 parameters > 120 points
     val = np.sort(np.random.default_rng(5).permutation(len(x))[: len(x) // 10])  # drawn first
@@ -445,7 +445,7 @@ def test_oriented_fit_trains_the_angles():
 
 
 def test_oriented_start_is_the_axis_aligned_start_solved_on_the_ellipsoids():
-    from wandering._lstsq import solve_magnitudes
+    from wandering.fit._lstsq import solve_magnitudes
 
     x, y = _ridge_data(400)
     # nothing moves (all rates 0, no polish): the fitted model is the start

@@ -15,9 +15,9 @@ from _spawn import free_port, spawn
 from wandering import (
     SlowOrientedSumOfBumpFcns, SlowSumOfBumpFcns, bump_sum_reference, oriented_bump_sum_reference,
 )
-from wandering._rotation import rotations
-from wandering.relocation import _phi
-from wandering.training import Relocation, attach
+from wandering._engine._rotation import rotations
+from wandering.nn.relocation import _phi
+from wandering.nn.training import Relocation, attach
 
 D, K = 2, 24
 

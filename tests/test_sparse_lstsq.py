@@ -1,5 +1,5 @@
-"""Sparse least squares (wandering._sparse_lstsq): the design is exactly the modules' culled
-sum, and the solves agree with the dense normal equations of wandering._lstsq and with a
+"""Sparse least squares (wandering.fit._sparse_lstsq): the design is exactly the modules' culled
+sum, and the solves agree with the dense normal equations of wandering.fit._lstsq and with a
 plain least-squares oracle."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wandering import bump_sum, oriented_bump_sum
-from wandering._lstsq import solve_magnitudes, solve_magnitudes_cv
-from wandering._rotation import n_angles
-from wandering._sparse_lstsq import solve_magnitudes_sparse, solve_magnitudes_sparse_cv, sparse_design
+from wandering.fit._lstsq import solve_magnitudes, solve_magnitudes_cv
+from wandering._engine._rotation import n_angles
+from wandering.fit._sparse_lstsq import solve_magnitudes_sparse, solve_magnitudes_sparse_cv, sparse_design
 
 
 def _problem(seed, n, d, K, P, dtype=torch.float64):
@@ -102,7 +102,7 @@ def test_sparse_design_refuses_an_exact_sum():
 
 @pytest.mark.parametrize("oriented", [False, True])
 def test_lstsq_solves_switch_to_the_sparse_path_for_many_bumps(monkeypatch, oriented):
-    from wandering import _lstsq, _sparse_lstsq
+    from wandering.fit import _lstsq, _sparse_lstsq
 
     x, c, w, a, y = _problem(5, 700, 2, 30, 2)
     angles = a if oriented else None

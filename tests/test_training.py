@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import _training_problem as tp  # noqa: E402
 
 from wandering import BumpFcn, SlowSumOfBumpFcns, WanderingModule  # noqa: E402
-from wandering.training import (  # noqa: E402
+from wandering.nn.training import (  # noqa: E402
     WanderingHooks,
     attach,
     bound_params,

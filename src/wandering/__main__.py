@@ -1,5 +1,5 @@
 """``python -m wandering``: the same command as the ``wandering`` console script."""
 
-from .cli import main
+from wandering.cli import main
 
 raise SystemExit(main())

@@ -20,11 +20,11 @@ import os
 
 import torch
 
-from .._checks import check_support_p
-from .._geometry import cutoffs, ellipsoid_halfwidths, support_halfwidths
-from .._rotation import n_angles, precision_transforms, rotations
-from . import _op
-from ._registry import AUTO, BACKENDS, ENGINES, ENV_VAR, SMALL_WORK, Engine
+from wandering._engine._checks import check_support_p
+from wandering._engine._geometry import cutoffs, ellipsoid_halfwidths, support_halfwidths
+from wandering._engine._rotation import n_angles, precision_transforms, rotations
+from wandering._engine import _op
+from wandering._engine._registry import AUTO, BACKENDS, ENGINES, ENV_VAR, SMALL_WORK, Engine
 
 __all__ = [
     "bump_sum", "oriented_bump_sum", "resolve_backend", "check_backend", "BACKENDS", "ENGINES", "ENV_VAR",
@@ -179,7 +179,7 @@ def oriented_bump_sum(
 
     ``y[i, p] = sum_k m[k, p] * exp(-|z_ik|^2)`` with ``z_ik = diag(1/w_k) R_k^T (x_i - c_k)``:
     bump k has principal axes the columns of the rotation R_k (built from ``angles[:, k]``,
-    see ``wandering._rotation``) and scales ``w[:, k]`` along them. With all angles 0 it is
+    see ``wandering._engine._rotation``) and scales ``w[:, k]`` along them. With all angles 0 it is
     the axis-aligned bump of :func:`bump_sum`. With ``support_p`` set, a bump counts only
     inside the ellipsoid where it exceeds ``support_p`` of its peak (``|z|^2 < -ln(support_p)``);
     in one dimension that is exactly :func:`bump_sum`'s box, and the call is :func:`bump_sum`'s.

@@ -48,7 +48,7 @@ from numba import carray, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._kernels import _cell_range, neg_exp
+from wandering._engine._kernels import _cell_range, neg_exp
 
 # As the axis kernels' flags, without reassoc: no sum may be reordered by the compiler.
 FMO = {"nsz", "arcp", "contract", "afn"}

@@ -24,8 +24,8 @@ import numba
 import numpy as np
 import torch
 
-from . import _kernels
-from . import _kernels_oriented as _ko
+from wandering._engine import _kernels
+from wandering._engine import _kernels_oriented as _ko
 
 # Target points per grid cell; a bump then visits ~(box/h + 1)**3 cells.
 _POINTS_PER_CELL = 16

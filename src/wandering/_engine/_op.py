@@ -35,9 +35,9 @@ import torch
 from torch import Tensor
 from torch.utils import _python_dispatch
 
-from . import _kernels
-from ._registry import ENGINES
-from ._torch_engine import chunk_rows
+from wandering._engine import _kernels
+from wandering._engine._registry import ENGINES
+from wandering._engine._torch_engine import chunk_rows
 
 _CPU_FLOATS = (torch.float32, torch.float64)
 
@@ -310,7 +310,7 @@ def pair_formula_grads(gy: Tensor, x: Tensor, c: Tensor, w: Tensor, m: Tensor, h
     With z = (x_i - c_k) / w_k and e = exp(-|z|^2) on each pair (i, k) that counts:
     gm[k] += gy[i] e;  a = 2 e (gy[i] . m[k]) z / w_k;  gc[k] += a;  gw[k] += a z;  gx[i] -= a.
     """
-    from .._geometry import inverse_widths
+    from wandering._engine._geometry import inverse_widths
 
     iw = inverse_widths(w.detach())
     i, k = _live_pairs(x, c, half, lambda diff: (diff * iw[None], None))

@@ -6,7 +6,7 @@ cost of compiled kernels and of chunking. Memory O(n_smps x d x K).
 
 from __future__ import annotations
 
-from . import _torch_engine
+from wandering._engine import _torch_engine
 
 
 def forward(x, c, w, m, half, cull):

@@ -23,7 +23,7 @@ layer in ``_op.py`` owns autograd, argument checks and the (K,)/(K, P) layouts):
 
 ``oriented_forward(x, c, U, m, r2, half, cull) -> y`` (oriented bumps, optional)
     U (d, d, K) holds each bump's precision transform: ``z = U[:, :, k] @ (x[i] - c[:, k])``
-    (``diag(1/w) R^T``, see ``wandering._rotation``), r2 (K,) its cut-off, half (d, K) a
+    (``diag(1/w) R^T``, see ``wandering._engine._rotation``), r2 (K,) its cut-off, half (d, K) a
     box around its support; y as above with ``e[i, k] = exp(-s)``, ``s = |z|^2``. A pair
     counts iff ``s < r2[k]`` (the ellipsoid where the bump is above support_p of its
     peak; r2 = +inf for exact sums, 0 for a bump that counts nowhere) and e did not

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from .._geometry import inverse_widths
+from wandering._engine._geometry import inverse_widths
 
 # Elements of the (chunk, d, K) temporaries per chunk: ~16 MB at float32.
 _CHUNK_ELEMS = 1 << 22

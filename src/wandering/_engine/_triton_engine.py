@@ -67,7 +67,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._torch_engine import inverse_widths
+from wandering._engine._torch_engine import inverse_widths
 
 
 def _interpreting() -> bool:
@@ -487,12 +487,12 @@ def backward(gy, x, c, w, m, half, cull, need_x):
 
 
 def oriented_forward(x, c, U, m, r2, half, cull):
-    from ._triton_oriented import forward as run
+    from wandering._engine._triton_oriented import forward as run
 
     return run(x, c, U, m, r2, half, cull)
 
 
 def oriented_backward(gy, x, c, U, m, r2, half, cull, need_x):
-    from ._triton_oriented import backward as run
+    from wandering._engine._triton_oriented import backward as run
 
     return run(gy, x, c, U, m, r2, half, cull, need_x)

@@ -49,9 +49,9 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _triton_engine as _axis
-from ._triton_engine import _check_device, _chunks, _config, _inverse_perm, _load_block, _on_device, _points
-from ._triton_engine import _tile_hits, morton_order
+from wandering._engine import _triton_engine as _axis
+from wandering._engine._triton_engine import _check_device, _chunks, _config, _inverse_perm, _load_block, _on_device, _points
+from wandering._engine._triton_engine import _tile_hits, morton_order
 
 _CULL_MARGIN = 2.0**-10
 """Relative widening of the ellipsoids' boxes for the tile skip (see the module docstring)."""

@@ -1,6 +1,6 @@
 """Sparse least squares for the magnitudes of many culled bumps (large K, e.g. pictures).
 
-``wandering._lstsq`` accumulates a dense (K+1, K+1) Gram matrix: O(K^2) memory and an
+``wandering.fit._lstsq`` accumulates a dense (K+1, K+1) Gram matrix: O(K^2) memory and an
 O(K^3) Cholesky, which at K = 10,000 means 800 MB per matrix and several seconds per
 solve. A culled bump meets only its neighbours, so the Gram matrix is sparse: this
 module lists the (point, bump) pairs that count (a Numba kernel, bumps sorted by their
@@ -9,7 +9,7 @@ matrix, and solves the ridge normal equations with a sparse LU factorisation.
 
 The pairs are exactly those the modules evaluate: for axis-aligned bumps the support
 box ``|x_j - c_j| < half_j`` (the engines' test), for oriented bumps the ellipsoid
-``|U (x - c)|^2 < r2`` (``wandering._rotation``, ``wandering._geometry.cutoffs``), so a
+``|U (x - c)|^2 < r2`` (``wandering._engine._rotation``, ``wandering._engine._geometry.cutoffs``), so a
 solved magnitude fits the function the module computes.
 """
 
@@ -20,9 +20,9 @@ import math
 import numpy as np
 import torch
 
-from ._geometry import cutoffs, ellipsoid_halfwidths, inverse_widths, support_halfwidths
-from ._lstsq import RIDGE_GRID
-from ._rotation import precision_transforms, rotations
+from wandering._engine._geometry import cutoffs, ellipsoid_halfwidths, inverse_widths, support_halfwidths
+from wandering.fit._lstsq import RIDGE_GRID
+from wandering._engine._rotation import precision_transforms, rotations
 
 try:
     import numba
@@ -216,7 +216,7 @@ def _split(sol, one):
 
 
 def solve_magnitudes_sparse(x, y, c, w, support_p: float, ridge: float = 1e-6, *, angles=None):
-    """Ridge least-squares magnitudes and offset, as :func:`wandering._lstsq.solve_magnitudes`,
+    """Ridge least-squares magnitudes and offset, as :func:`wandering.fit._lstsq.solve_magnitudes`,
     on a sparse design (memory O(pairs), not O(K^2)).
 
     Args:
@@ -235,7 +235,7 @@ def solve_magnitudes_sparse(x, y, c, w, support_p: float, ridge: float = 1e-6, *
 def solve_magnitudes_sparse_cv(x, y, c, w, support_p: float, val_mask, ridges=RIDGE_GRID, refit_all=True,
                                return_sse=False, *, angles=None):
     """:func:`solve_magnitudes_sparse` with the ridge picked on the held-out points ``val_mask``,
-    as :func:`wandering._lstsq.solve_magnitudes_cv`.
+    as :func:`wandering.fit._lstsq.solve_magnitudes_cv`.
 
     Returns:
         m, offset and the chosen relative ridge; with ``return_sse`` also the held-out points'

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._cli_errors import CliError, require
+from wandering.cli._errors import CliError, require
 
 
 @dataclass

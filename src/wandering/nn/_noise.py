@@ -48,8 +48,8 @@ STREAM_W_GRAD = 1
 STREAM_C_PARAM = 2
 STREAM_W_PARAM = 3
 STREAM_M_PARAM = 4
-STREAM_RELOCATE_SAMPLE = 5  # wandering.relocation: which points are candidates
-STREAM_RELOCATE_PICK = 6  # wandering.relocation: where each dead bump goes
+STREAM_RELOCATE_SAMPLE = 5  # wandering.nn.relocation: which points are candidates
+STREAM_RELOCATE_PICK = 6  # wandering.nn.relocation: where each dead bump goes
 STREAM_ANGLE_GRAD = 7  # oriented bumps: noise on the rotation angles' gradient
 STREAM_ANGLE_PARAM = 8  # oriented bumps: noise on the rotation angles
 

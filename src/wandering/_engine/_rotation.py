@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from ._geometry import inverse_widths
+from wandering._engine._geometry import inverse_widths
 
 __all__ = ["n_angles", "rotations", "precision_transforms"]
 

@@ -18,7 +18,7 @@ from the residual there, and resets its optimizer state, at intervals early in a
         opt.step()
         reloc.step_post(model, opt, x, y - pred.detach(), step)
 
-Randomness. Every draw is keyed like the gradient noise (``wandering._noise``): a pure
+Randomness. Every draw is keyed like the gradient noise (``wandering.nn._noise``): a pure
 function of ``(seed, counter, stream)``, where ``seed`` is the module's ``noise_seed``
 buffer (or the ``seed`` given) and ``counter`` counts relocation events. The counter is
 saved by :meth:`Relocation.state_dict`, so a resumed fit relocates exactly as an
@@ -42,12 +42,12 @@ from typing import Any
 
 import torch
 
-from . import _noise
-from ._checks import check_nonneg
-from ._engine import bump_sum, oriented_bump_sum
-from ._geometry import support_halfwidths
-from ._rotation import rotations
-from .modules import WanderingModule
+from wandering.nn import _noise
+from wandering._engine._checks import check_nonneg
+from wandering._engine import bump_sum, oriented_bump_sum
+from wandering._engine._geometry import support_halfwidths
+from wandering._engine._rotation import rotations
+from wandering.nn.modules import WanderingModule
 
 __all__ = ["Relocation"]
 

@@ -5,7 +5,7 @@ centres and widths (and, for oriented bumps, the angles), the ridge solution com
 the normal equations ``(Phi^T Phi + lambda D) [m; b] = Phi^T y`` where ``Phi`` is the
 culled design, as the modules evaluate it, plus a column of ones: 0 outside each bump's
 support box for axis-aligned bumps, outside its support ellipsoid ``|z|^2 < r2``
-(``wandering._geometry.cutoffs``) for oriented ones.
+(``wandering._engine._geometry.cutoffs``) for oriented ones.
 
 On the CPU the normal equations are accumulated by a Numba kernel that visits, for
 each point, only the bumps whose box can hold it (bumps sorted by their first
@@ -14,7 +14,7 @@ ellipsoid, then the exact ellipsoid test), so the cost is O(n * pairs_per_point*
 and memory O(threads * K**2). Elsewhere (GPU, exact sums) the design is built in
 chunks of points and multiplied densely: O(n * K**2) work, O(chunk * K) memory.
 With many culled bumps (``_SPARSE_BUMPS`` on), the solves use a sparse design and a
-sparse factorisation instead (:mod:`wandering._sparse_lstsq`): O(pairs) memory.
+sparse factorisation instead (:mod:`wandering.fit._sparse_lstsq`): O(pairs) memory.
 
 Both accumulate in float64 whatever the inputs' dtype (the design values are computed
 in it, then every product and sum is float64), and the kernel's chunks are fixed by
@@ -28,8 +28,8 @@ import math
 import numpy as np
 import torch
 
-from ._geometry import cutoffs, ellipsoid_halfwidths, support_halfwidths
-from ._rotation import precision_transforms, rotations
+from wandering._engine._geometry import cutoffs, ellipsoid_halfwidths, support_halfwidths
+from wandering._engine._rotation import precision_transforms, rotations
 
 try:  # numba is a required dependency; the dense path still works without it
     from numba import njit, prange
@@ -44,7 +44,7 @@ __all__ = ["normal_equations", "solve_magnitudes", "solve_magnitudes_cv", "RIDGE
 RIDGE_GRID = (1e-8, 1e-6, 1e-4, 1e-3, 1e-2, 3e-2, 1e-1)
 
 _DENSE_WORK = 2e9  # n * K**2 up to which the dense chunked path is used on the CPU
-# From this many bumps on, culled solves run on a sparse design (wandering._sparse_lstsq): the
+# From this many bumps on, culled solves run on a sparse design (wandering.fit._sparse_lstsq): the
 # dense (K+1)^2 normal equations and their Cholesky grow as K^2 and K^3. Measured on 2 cores
 # (40,000 2-D points, 7 ridges): dense/sparse 0.8x at K = 1024, 2.5x at 2048, 6.8x at 4096.
 _SPARSE_BUMPS = 1536
@@ -290,14 +290,14 @@ def solve_magnitudes(
     penalised), so ``ridge`` is relative to the design's scale. A bump no point
     reaches gets m = 0. ``angles``: oriented bumps, as in :func:`normal_equations`. From
     ``_SPARSE_BUMPS`` bumps on (culled sums), the same solve runs on a sparse design
-    (:mod:`wandering._sparse_lstsq`).
+    (:mod:`wandering.fit._sparse_lstsq`).
 
     Returns:
         m (K,) or (K, P) as y has one or P columns, and the offset (scalar tensor or (P,)),
         float64 on the CPU.
     """
     if _sparse_pays(x, c, support_p):
-        from ._sparse_lstsq import solve_magnitudes_sparse
+        from wandering.fit._sparse_lstsq import solve_magnitudes_sparse
 
         return solve_magnitudes_sparse(x, y, c, w, support_p, ridge, angles=angles)
     G, B = normal_equations(x, y, c, w, support_p, angles=angles)
@@ -353,7 +353,7 @@ def solve_magnitudes_cv(
         (numpy (P,), of the solution on the fit part).
     """
     if _sparse_pays(x, c, support_p):
-        from ._sparse_lstsq import solve_magnitudes_sparse_cv
+        from wandering.fit._sparse_lstsq import solve_magnitudes_sparse_cv
 
         return solve_magnitudes_sparse_cv(x, y, c, w, support_p, val_mask, ridges, refit_all, return_sse,
                                           angles=angles)

@@ -42,10 +42,10 @@ from typing import Any
 
 import torch
 
-from ._checks import check_nonneg
-from ._engine import bump_sum, oriented_bump_sum
-from ._rotation import rotations
-from .modules import WanderingModule
+from wandering._engine._checks import check_nonneg
+from wandering._engine import bump_sum, oriented_bump_sum
+from wandering._engine._rotation import rotations
+from wandering.nn.modules import WanderingModule
 
 __all__ = ["Growth", "resize_bumps", "bump_statistics"]
 

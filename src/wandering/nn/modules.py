@@ -13,9 +13,10 @@ from typing import Any
 
 import torch
 
-from . import _checks, _noise
-from ._engine import check_backend, check_magnitudes, evaluate_checked
-from ._geometry import support_halfwidths, support_mask
+from wandering._engine import _checks
+from wandering.nn import _noise
+from wandering._engine import check_backend, check_magnitudes, evaluate_checked
+from wandering._engine._geometry import support_halfwidths, support_mask
 
 __all__ = ["WanderingModule", "BumpFcn", "SumOfBumpFcns", "SlowSumOfBumpFcns"]
 
@@ -206,7 +207,7 @@ class _BumpModule(WanderingModule):
             (self.w, self.w_grad_std, _noise.STREAM_W_GRAD),
         )
 
-    # -- parameter noise (opt-in; see wandering.training.perturb_params) ----
+    # -- parameter noise (opt-in; see wandering.nn.training.perturb_params) ----
     def perturb_params(self, c_std: float = 0.0, w_std: float = 0.0, m_std: float = 0.0) -> None:
         """Adds keyed N(0, std**2) noise to the parameters themselves, in place (call after the step).
 

@@ -2,7 +2,7 @@
 
 ``fit_arrays`` splits (x, y) into training and held-out points, fits a
 ``BumpRegressor`` on the training points with the command's settings, and returns it
-with its checkpoint dict (:mod:`wandering.checkpoint`) and the metrics;
+with its checkpoint dict (:mod:`wandering.fit.checkpoint`) and the metrics;
 ``predict_arrays`` evaluates a fitted regressor in chunks.
 """
 
@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from . import checkpoint
-from ._cli_errors import CliError, require
-from ._fit_settings import FitSettings
-from .regressor import BumpRegressor, FitQualityWarning, auto_n_bumps
+from wandering.fit import checkpoint
+from wandering.cli._errors import CliError, require
+from wandering.fit._settings import FitSettings
+from wandering.fit.regressor import BumpRegressor, FitQualityWarning, auto_n_bumps
 
 __all__ = ["FitSettings", "FitResult", "fit_arrays", "predict_arrays", "regressor_for", "pick_device", "MIN_ROWS"]
 

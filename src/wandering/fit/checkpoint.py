@@ -131,9 +131,9 @@ def to_regressor(ckpt: dict, device: str = "cpu"):
     import numpy as np
     import torch
 
-    from .modules import SlowSumOfBumpFcns
-    from .oriented import SlowOrientedSumOfBumpFcns
-    from .regressor import _BumpModel, _restored
+    from wandering.nn.modules import SlowSumOfBumpFcns
+    from wandering.nn.oriented import SlowOrientedSumOfBumpFcns
+    from wandering.fit.regressor import _BumpModel, _restored
 
     try:
         sd = ckpt["state_dict"]

@@ -2,14 +2,14 @@
 
 Importable without torch (numpy only), e.g. by benchmarks::
 
-    from wandering.demo import demo_target, DEMO_SETTINGS, DEMO_POINTS
+    from wandering.cli.demo import demo_target, DEMO_SETTINGS, DEMO_POINTS
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ._fit_settings import FitSettings
+from wandering.fit._settings import FitSettings
 
 __all__ = ["demo_target", "DEMO_SETTINGS", "DEMO_POINTS"]
 

@@ -19,14 +19,14 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from . import _noise
-from ._engine import ENGINES
-from ._fit_settings import DEFAULT_SHAPE, SHAPES
-from ._lstsq import RIDGE_GRID, solve_magnitudes, solve_magnitudes_cv
-from .modules import SlowSumOfBumpFcns
-from .oriented import SlowOrientedSumOfBumpFcns
-from .relocation import Relocation
-from .training import attach
+from wandering.nn import _noise
+from wandering._engine import ENGINES
+from wandering.fit._settings import DEFAULT_SHAPE, SHAPES
+from wandering.fit._lstsq import RIDGE_GRID, solve_magnitudes, solve_magnitudes_cv
+from wandering.nn.modules import SlowSumOfBumpFcns
+from wandering.nn.oriented import SlowOrientedSumOfBumpFcns
+from wandering.nn.relocation import Relocation
+from wandering.nn.training import attach
 
 try:  # optional: the `fit` extra
     from sklearn.base import BaseEstimator as _BaseEstimator
@@ -291,7 +291,7 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
             ``SlowSumOfBumpFcns``. Default 0: relocation does the moving.
         bounds: Box for the centres in data units, (d, 2) with columns lower and upper;
             None: the training data's range.
-        relocate: Relocate dead bumps (see :class:`wandering.relocation.Relocation`). Off by
+        relocate: Relocate dead bumps (see :class:`wandering.nn.relocation.Relocation`). Off by
             default: with the variation-weighted start and exact magnitudes it changed held-out
             R^2 by -0.004..+0.001 on benchmarks/fit_quality.py (K=256); it matters when bumps
             can be stranded (a start away from the data, tight bounds, culled boxes).
@@ -300,7 +300,7 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
         relocate_min_rel_m: Dead below this fraction of the largest |m|.
         relocate_max_fraction: At most this fraction of the bumps moves per event.
         ridge: Ridge penalty of the least-squares solves, relative to the mean of the design's
-            diagonal; "auto" picks it from ``wandering._lstsq.RIDGE_GRID`` by the error on a
+            diagonal; "auto" picks it from ``wandering.fit._lstsq.RIDGE_GRID`` by the error on a
             held-out 10% of the training points (the solve then uses all points; the polish
             picks no smaller a ridge than the start, whose validation points were not yet
             fitted by the moving bumps).
@@ -695,7 +695,7 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
         w_t = torch.full_like(c_t, w0)
         xsub, ysub = xt[torch.as_tensor(sub, device=xt.device)], yt[torch.as_tensor(sub, device=xt.device)]
         m, b = solve_magnitudes(xsub, ysub, c_t, w_t, p["support_p"], 1e-6)
-        from ._engine import bump_sum
+        from wandering._engine import bump_sum
 
         with torch.no_grad():
             pred = bump_sum(xsub, c_t, w_t, m.to(xt.dtype).to(xt.device), support_p=p["support_p"]) + b.to(xt.dtype)
@@ -760,7 +760,7 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
 
         lam = 0.0
         if self.ridge_:
-            from ._engine import bump_sum
+            from wandering._engine import bump_sum
 
             with torch.no_grad():
                 ones = torch.ones(bumps.c.shape[1], dtype=xt.dtype, device=xt.device)

@@ -17,9 +17,9 @@ import os
 import sys
 import time
 
-from ._cli_errors import CliError, require
-from ._fit_settings import SHAPES, FitSettings
-from .checkpoint import FORMAT_TAG
+from wandering.cli._errors import CliError, require
+from wandering.fit._settings import SHAPES, FitSettings
+from wandering.fit.checkpoint import FORMAT_TAG
 
 __all__ = ["main", "FORMAT_TAG"]
 
@@ -88,7 +88,7 @@ def _remove(paths: list[str]) -> None:
 
 
 def _save_model(ckpt: dict, path: str) -> None:
-    from . import checkpoint
+    from wandering.fit import checkpoint
 
     try:
         checkpoint.save(ckpt, path)
@@ -107,7 +107,7 @@ def _write_json(obj: dict, path: str) -> None:
 
 def load_checkpoint(path: str, device: str = "cpu"):
     """The fitted BumpRegressor a model.pt holds, and its checked checkpoint dict; problems are one line."""
-    from ._fit_recipe import load_regressor
+    from wandering.cli._recipe import load_regressor
 
     return load_regressor(path, device)
 
@@ -218,10 +218,10 @@ def _check_query(x, ckpt: dict, names: list[str], path: str) -> None:
 
 
 def _cmd_fit(a: argparse.Namespace) -> int:
-    from ._cli_data import check_data_file, read_table
+    from wandering.cli._data import check_data_file, read_table
 
     check_data_file(a.data, a.x_cols, a.y_col, a.y_cols)  # a wrong file is one line at once, before torch
-    from ._fit_recipe import MIN_ROWS, fit_arrays, pick_device
+    from wandering.cli._recipe import MIN_ROWS, fit_arrays, pick_device
 
     pick_device(a.device)  # fail before reading a large file
     table = read_table(a.data, a.x_cols, a.y_col, need_y=True, y_cols=a.y_cols)
@@ -244,7 +244,7 @@ def _cmd_fit(a: argparse.Namespace) -> int:
     _save_model(res.ckpt, os.path.join(a.out, "model.pt"))
     _write_json(res.metrics, os.path.join(a.out, "metrics.json"))
     if plot:
-        from ._cli_plots import plot_fit
+        from wandering.cli._plots import plot_fit
 
         plot_fit(os.path.join(a.out, "fit.png"), table, res, max_outputs=PLOT_OUTPUTS)
     m = res.metrics
@@ -278,16 +278,16 @@ def _cmd_predict(a: argparse.Namespace) -> int:
     if folder and not os.path.isdir(folder):
         raise CliError(f"-o {a.output}: no folder {folder}")
     _check_writable(folder, f"-o {a.output}")
-    from . import checkpoint
-    from ._cli_data import check_data_file, read_table, write_predictions
+    from wandering.fit import checkpoint
+    from wandering.cli._data import check_data_file, read_table, write_predictions
 
     try:  # wrong files are one line at once, before torch is imported
         checkpoint.check_file(a.model)
     except checkpoint.CheckpointError as e:
         raise CliError(str(e)) from None
     check_data_file(a.data, a.x_cols, a.y_col)
-    from ._fit_recipe import predict_arrays
-    from .checkpoint import output_names
+    from wandering.cli._recipe import predict_arrays
+    from wandering.fit.checkpoint import output_names
 
     reg, ckpt = load_checkpoint(a.model, a.device)
     table = read_table(a.data, a.x_cols, a.y_col, need_y=False, default_x=ckpt["x_names"], n_dims=ckpt["d"])
@@ -316,7 +316,7 @@ def _warm_up(x, y, s: FitSettings) -> float:
     (or loading its cache) happens here, so the fit's time is the fit's alone."""
     import dataclasses
 
-    from ._fit_recipe import fit_arrays
+    from wandering.cli._recipe import fit_arrays
 
     t0 = time.perf_counter()
     n = min(len(x), 400)  # enough points that the engine chosen is the one the fit uses
@@ -325,8 +325,8 @@ def _warm_up(x, y, s: FitSettings) -> float:
 
 
 def _cmd_demo(a: argparse.Namespace) -> int:
-    from ._fit_recipe import MIN_ROWS, fit_arrays
-    from .demo import demo_target
+    from wandering.cli._recipe import MIN_ROWS, fit_arrays
+    from wandering.cli.demo import demo_target
 
     if a.points < MIN_ROWS:
         raise CliError(f"--points must be at least {MIN_ROWS}, but got {a.points}")
@@ -342,7 +342,7 @@ def _cmd_demo(a: argparse.Namespace) -> int:
     f, x, y = demo_target(a.seed, a.points)
     warm = _warm_up(x, y, s)
     res = fit_arrays(x, y, s, ["x0", "x1"], "y")
-    from ._cli_plots import plot_demo
+    from wandering.cli._plots import plot_demo
 
     for message in res.warnings:
         print(f"wandering: warning: {message}", file=sys.stderr)
@@ -398,8 +398,8 @@ def _add_fit_options(p: argparse.ArgumentParser, defaults: FitSettings, hidden: 
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-    from .demo import DEMO_POINTS, DEMO_SETTINGS
+    from wandering import __version__
+    from wandering.cli.demo import DEMO_POINTS, DEMO_SETTINGS
 
     parser = _Parser(prog="wandering", description="Fit sums of wandering Gaussian bumps to data.")
     parser.add_argument("--version", action="version", version=f"wandering {__version__}")

@@ -10,7 +10,7 @@ post-hooks, which is also what makes them correct under ``torch.amp.GradScaler``
 the scaler calls ``optimizer.step()`` only after unscaling and only on steps it
 does not skip, so the noise never meets scaled gradients nor a skipped step.
 
-All noise is keyed by buffers of the modules (see ``wandering._noise``), so every
+All noise is keyed by buffers of the modules (see ``wandering.nn._noise``), so every
 DDP rank adds the same noise without a collective, and ``state_dict`` resumes it.
 """
 
@@ -21,8 +21,8 @@ from typing import Iterator
 
 import torch
 
-from ._checks import check_nonneg
-from .modules import WanderingModule
+from wandering._engine._checks import check_nonneg
+from wandering.nn.modules import WanderingModule
 
 __all__ = [
     "wandering_modules",
@@ -345,4 +345,4 @@ def attach(
     return hooks
 
 
-from .relocation import Relocation  # noqa: E402  (re-exported; relocation imports this package's modules)
+from wandering.nn.relocation import Relocation  # noqa: E402  (re-exported; relocation imports this package's modules)

@@ -7,7 +7,7 @@ This is the oracle every engine is tested against. It materialises an
 
 With ``support_p`` set, bump k counts at point i only when, in every dimension j,
 ``|x[i, j] - c[j, k]| < support_halfwidths(w, support_p)[j, k]``. A bump with a
-zero width counts nowhere (see ``wandering._geometry``).
+zero width counts nowhere (see ``wandering._engine._geometry``).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import math
 
 import torch
 
-from ._geometry import support_halfwidths, support_mask
-from ._rotation import n_angles, rotations
+from wandering._engine._geometry import support_halfwidths, support_mask
+from wandering._engine._rotation import n_angles, rotations
 
 
 def support_mask_reference(x: torch.Tensor, c: torch.Tensor, w: torch.Tensor, support_p: float | None) -> torch.Tensor:
@@ -74,7 +74,7 @@ def oriented_bump_sum_reference(
     """Sum of oriented Gaussian bumps by dense broadcasting, differentiable to any order.
 
     ``y[i, p] = sum_k m[k, p] * exp(-|z_ik|^2)``, ``z_ik[a] = sum_j R_k[j, a] (x[i, j] - c[j, k]) / w[a, k]``
-    with R_k the rotation of ``angles[:, k]`` (``wandering._rotation.rotations``). With
+    with R_k the rotation of ``angles[:, k]`` (``wandering._engine._rotation.rotations``). With
     ``support_p``, bump k counts at point i only where ``|z_ik|^2 < -ln(support_p)``; a bump
     with a zero scale counts nowhere. Materialises (n_smps, d, K): small problems only.
 

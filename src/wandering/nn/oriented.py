@@ -2,11 +2,11 @@
 
 Every bump has the form ``y = m * exp(-|z|^2)`` with ``z = diag(1/w) R^T (x - c)``:
 centre c, scales w along its principal axes, and those axes the columns of a
-rotation R built from d(d-1)/2 free angles (``wandering._rotation``). A rotated,
+rotation R built from d(d-1)/2 free angles (``wandering._engine._rotation``). A rotated,
 elongated bump follows an oblique ridge, an edge or a tilted layer that would
 take many axis-aligned bumps. With all angles 0 the bump is the seed's.
 
-The modules keep the seed's conventions (see ``wandering.modules``): bounds on
+The modules keep the seed's conventions (see ``wandering.nn.modules``): bounds on
 centres (a box) and scales (a range), keyed gradient noise on centres, scales and
 angles, m of shape (K,) or (K, P), factory kwargs.
 """
@@ -17,10 +17,11 @@ from typing import Any
 
 import torch
 
-from . import _checks, _noise
-from ._engine import check_angles, evaluate_oriented_checked
-from ._rotation import n_angles, rotations
-from .modules import _SumModule
+from wandering._engine import _checks
+from wandering.nn import _noise
+from wandering._engine import check_angles, evaluate_oriented_checked
+from wandering._engine._rotation import n_angles, rotations
+from wandering.nn.modules import _SumModule
 
 __all__ = ["OrientedSumOfBumpFcns", "SlowOrientedSumOfBumpFcns"]
 
@@ -133,7 +134,7 @@ class OrientedSumOfBumpFcns(_OrientedSumModule):
             None (default): unbounded.
         w_bounds: Bounds for w, shape (d, 2), per principal axis. None (default): unbounded.
         angles: (keyword-only) Initial rotation angles, shape (d(d-1)/2, K) (radians; see
-            ``wandering._rotation`` for the convention). None: 0, axis-aligned ellipsoids.
+            ``wandering._engine._rotation`` for the convention). None: 0, axis-aligned ellipsoids.
         c_grad_std, w_grad_std, angle_grad_std: (keyword-only) Std of the noise
             :meth:`pert_grads` adds to the gradients of c, w and the angles. Default 0.
         m_grad_gain: (keyword-only) :meth:`pert_grads` subtracts ``m_grad_gain * m`` from m's gradient.
