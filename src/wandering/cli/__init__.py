@@ -16,10 +16,14 @@ import math
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from wandering.cli._errors import CliError, require
 from wandering.fit._settings import SHAPES, FitSettings
 from wandering.fit.checkpoint import FORMAT_TAG
+
+if TYPE_CHECKING:  # numpy loads on first use; --help stays fast
+    import numpy as np
 
 __all__ = ["main", "FORMAT_TAG"]
 
@@ -37,7 +41,7 @@ def _written_by_demo(out: str) -> bool:
         return False
 
 
-def _prepare_out_dir(out: str, names: list[str], force: bool, stale: list[str] = (), own: bool = False) -> list[str]:
+def _prepare_out_dir(out: str, names: list[str], force: bool, stale: tuple[str, ...] | list[str] = (), own: bool = False) -> list[str]:
     """Creates DIR and checks that it can be written, before any fitting.
 
     Refuses to overwrite a file in ``names`` unless ``force`` (or ``own``: the caller
@@ -116,7 +120,7 @@ def _fmt(v) -> str:
     return "n/a" if v is None else f"{v:.4g}"
 
 
-def _parse_bounds(text: str | None, d: int) -> np.ndarray | None:  # noqa: F821
+def _parse_bounds(text: str | None, d: int) -> "np.ndarray | None":
     """'lo:hi' for every dimension, or 'lo:hi,lo:hi,...' one per dimension."""
     if text is None:
         return None
@@ -235,8 +239,11 @@ def _cmd_fit(a: argparse.Namespace) -> int:
         require("matplotlib")  # before the fit, not after it
     outputs = ["model.pt", "metrics.json"] + (["fit.png"] if plot else [])
     stale = _prepare_out_dir(a.out, outputs, a.force, stale=[] if plot else ["fit.png"])
+    assert table.y is not None  # read_table(need_y=True) refuses a file without its y column(s)
     multi = table.y.ndim == 2
-    res = fit_arrays(table.x, table.y, s, table.x_names, table.y_names if multi else table.y_name)
+    y_names = table.y_names if multi else table.y_name
+    assert y_names is not None
+    res = fit_arrays(table.x, table.y, s, table.x_names, y_names)
     res.metrics["data"] = os.path.abspath(a.data)
     for message in res.warnings:  # after the progress bar, before the results
         print(f"wandering: warning: {message}", file=sys.stderr)

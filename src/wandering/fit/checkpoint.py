@@ -141,6 +141,7 @@ def to_regressor(ckpt: dict, device: str = "cpu"):
         shape = ckpt.get("shape", "axis")
         args = (sd["bumps.c"], sd["bumps.w"], sd["bumps.m"], ckpt["c_bounds"], ckpt["w_bounds"], ckpt["c_grad_std"],
                 ckpt["w_grad_std"], ckpt["m_grad_gain"], ckpt["support_p"])
+        bumps: SlowSumOfBumpFcns | SlowOrientedSumOfBumpFcns
         if shape == "oriented":
             bumps = SlowOrientedSumOfBumpFcns(*args, angles=sd["bumps.angles"],
                                               angle_grad_std=ckpt.get("angle_grad_std", 0.0), device=device)
@@ -269,7 +270,7 @@ def _problem(ckpt: dict) -> str | None:
         p = ckpt["y_names"]
         if not (isinstance(p, list) and p and all(isinstance(n, str) for n in p)):
             return "y_names must be a list of strings"
-        out_shape = (len(p),)
+        out_shape: tuple[int, ...] = (len(p),)
         if not all(tensor(ckpt[key], out_shape) for key in ("y_mean", "y_std")):
             return f"y_mean and y_std must be finite ({len(p)},) tensors"
     else:

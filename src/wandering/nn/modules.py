@@ -62,6 +62,16 @@ class _BumpModule(WanderingModule):
     """
 
     _bounds_dim: int
+    # Declared for type checkers: torch.nn.Module's __getattr__ types every attribute as Tensor | Module.
+    c: torch.nn.Parameter
+    w: torch.nn.Parameter
+    m: torch.nn.Parameter
+    c_bounds: torch.Tensor | None
+    w_bounds: torch.Tensor | None
+    noise_seed: torch.Tensor
+    noise_step: torch.Tensor
+    param_noise_step: torch.Tensor
+    _n_outputs: int | None
 
     def _init_common(
         self,
@@ -333,8 +343,8 @@ class BumpFcn(_BumpModule):
         c: torch.Tensor,
         w: torch.Tensor,
         m: float,
-        c_bounds: torch.Tensor = None,
-        w_bounds: torch.Tensor = None,
+        c_bounds: torch.Tensor | None = None,
+        w_bounds: torch.Tensor | None = None,
         c_grad_std: float = 0.0,
         w_grad_std: float = 0.0,
         m_grad_gain: float = 0.0,
@@ -361,9 +371,9 @@ class BumpFcn(_BumpModule):
         for t, name in ((c_t, "c"), (w_t, "w"), (m_t, "m")):
             _checks.check_finite(t, name)
         _checks.check_widths(w_t, "w")
-        support_p = _checks.check_support_p(support_p)
+        support_p_checked = _checks.check_support_p(support_p)
         self.backend = backend
-        self._init_common(c_t, w_t, m_t, c_bounds, w_bounds, c_grad_std, w_grad_std, m_grad_gain, support_p)
+        self._init_common(c_t, w_t, m_t, c_bounds, w_bounds, c_grad_std, w_grad_std, m_grad_gain, support_p_checked)
 
     def forward(self, x: torch.Tensor, small_output: bool = False):
         """Computes output from input.
@@ -399,11 +409,11 @@ class _SumModule(_BumpModule):
     _bounds_dim = 1
 
     def _init_sum(
-        self, c, w, m, c_bounds, w_bounds, c_grad_std, w_grad_std, m_grad_gain, support_p, backend, device, dtype
+        self, c, w, m, c_bounds, w_bounds, c_grad_std, w_grad_std, m_grad_gain, support_p_checked, backend, device, dtype
     ) -> None:
         c_t, w_t, m_t = _stacked_params(c, w, m, device, dtype)
         self._n_outputs = None if m_t.dim() == 1 else int(m_t.shape[1])
-        self._init_common(c_t, w_t, m_t, c_bounds, w_bounds, c_grad_std, w_grad_std, m_grad_gain, support_p)
+        self._init_common(c_t, w_t, m_t, c_bounds, w_bounds, c_grad_std, w_grad_std, m_grad_gain, support_p_checked)
         self.backend = backend
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -479,9 +489,9 @@ class SumOfBumpFcns(_SumModule):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        support_p = _checks.check_support_p(support_p, allow_none=True)
+        support_p_checked = _checks.check_support_p(support_p, allow_none=True)
         self._init_sum(
-            c, w, m, c_bounds, w_bounds, c_grad_std, w_grad_std, m_grad_gain, support_p, backend, device, dtype
+            c, w, m, c_bounds, w_bounds, c_grad_std, w_grad_std, m_grad_gain, support_p_checked, backend, device, dtype
         )
 
 
@@ -538,7 +548,7 @@ class SlowSumOfBumpFcns(_SumModule):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        support_p = _checks.check_support_p(support_p)
+        support_p_checked = _checks.check_support_p(support_p)
         self._init_sum(
-            c, w, m, c_bounds, w_bounds, c_grad_std, w_grad_std, m_grad_gain, support_p, backend, device, dtype
+            c, w, m, c_bounds, w_bounds, c_grad_std, w_grad_std, m_grad_gain, support_p_checked, backend, device, dtype
         )

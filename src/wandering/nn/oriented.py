@@ -177,9 +177,9 @@ class OrientedSumOfBumpFcns(_OrientedSumModule):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        support_p = _checks.check_support_p(support_p, allow_none=True)
+        support_p_checked = _checks.check_support_p(support_p, allow_none=True)
         self._init_sum(
-            c, w, m, c_bounds, w_bounds, c_grad_std, w_grad_std, m_grad_gain, support_p, backend, device, dtype
+            c, w, m, c_bounds, w_bounds, c_grad_std, w_grad_std, m_grad_gain, support_p_checked, backend, device, dtype
         )
         self._init_angles(angles, angle_grad_std)
 
@@ -241,8 +241,8 @@ class SlowOrientedSumOfBumpFcns(_OrientedSumModule):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        support_p = _checks.check_support_p(support_p)
+        support_p_checked = _checks.check_support_p(support_p)
         self._init_sum(
-            c, w, m, c_bounds, w_bounds, c_grad_std, w_grad_std, m_grad_gain, support_p, backend, device, dtype
+            c, w, m, c_bounds, w_bounds, c_grad_std, w_grad_std, m_grad_gain, support_p_checked, backend, device, dtype
         )
         self._init_angles(angles, angle_grad_std)

@@ -47,7 +47,7 @@ from wandering._engine._checks import check_nonneg
 from wandering._engine import bump_sum, oriented_bump_sum
 from wandering._engine._geometry import support_halfwidths
 from wandering._engine._rotation import rotations
-from wandering.nn.modules import WanderingModule
+from wandering.nn.modules import _BumpModule
 
 __all__ = ["Relocation"]
 
@@ -98,7 +98,7 @@ class Relocation:
 
     def __init__(
         self,
-        module: WanderingModule | None = None,
+        module: _BumpModule | None = None,
         *,
         every: int = 100,
         start: int | None = None,
@@ -210,12 +210,12 @@ class Relocation:
         return int(moved.numel())
 
     # ---------------------------------------------------------------- work
-    def _find_module(self, model: torch.nn.Module) -> WanderingModule:
+    def _find_module(self, model: torch.nn.Module) -> _BumpModule:
         if self.module is not None:
             return self.module
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, but got {type(model).__name__}")
-        sums = [mod for mod in model.modules() if isinstance(mod, WanderingModule) and mod.c.dim() == 2]
+        sums = [mod for mod in model.modules() if isinstance(mod, _BumpModule) and mod.c.dim() == 2]
         if len(sums) != 1:
             raise ValueError(
                 f"model must hold exactly one bump sum for Relocation (or pass module=), but got {len(sums)}"
@@ -232,7 +232,7 @@ class Relocation:
             return 0, 1
         return dist.get_rank(), dist.get_world_size()
 
-    def dead(self, module: WanderingModule, x: torch.Tensor) -> torch.Tensor:
+    def dead(self, module: _BumpModule, x: torch.Tensor) -> torch.Tensor:
         """Which bumps count as dead for these points (a collective under DDP: call on every rank).
 
         Args:
@@ -249,7 +249,7 @@ class Relocation:
         occupancy = self._occupancy(module, x)
         return self._dead_from(module, occupancy)
 
-    def _occupancy(self, module: WanderingModule, x: torch.Tensor) -> torch.Tensor:
+    def _occupancy(self, module: _BumpModule, x: torch.Tensor) -> torch.Tensor:
         # d(sum of outputs)/dm_k = sum over points of phi_k: > 0 exactly when the support holds a point.
         ones = torch.ones(module.n_bumps, dtype=module.c.dtype, device=module.c.device, requires_grad=True)
         angles = _angles(module)
@@ -269,7 +269,7 @@ class Relocation:
             dist.all_reduce(occ)
         return occ
 
-    def _dead_from(self, module: WanderingModule, occupancy: torch.Tensor) -> torch.Tensor:
+    def _dead_from(self, module: _BumpModule, occupancy: torch.Tensor) -> torch.Tensor:
         m = module.m.detach()
         mabs = m.abs() if m.dim() == 1 else m.abs().amax(dim=1)
         small = mabs < self.min_rel_m * mabs.max() if mabs.numel() else mabs > 0
@@ -349,13 +349,13 @@ class Relocation:
             sp = mod.support_p
             # Oriented bumps (d > 1) count inside ellipsoids: the old ones with their axes, the
             # moved ones axis-aligned (angles 0). In 1-D the ellipsoid is the box.
-            ellipsoids = a_p is not None and d > 1
-            R64 = rotations(a_p.detach().double().cpu(), d) if ellipsoids else None
+            R64 = rotations(a_p.detach().double().cpu(), d) if a_p is not None and d > 1 else None
+            ellipsoids = R64 is not None
             eye = torch.eye(d, dtype=torch.float64) if ellipsoids else None
 
             # Removing the dead bumps adds their old contribution back to the residual.
             for k in idx.tolist():
-                R = R64[:, :, k] if ellipsoids else None
+                R = R64[:, :, k] if R64 is not None else None
                 rc += _phi(xc64, c64[:, k], w64[:, k], sp, R)[:, None] * m64[k][None, :]
 
             new_w = self._new_width(w64, dead, d)
