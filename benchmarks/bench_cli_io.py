@@ -32,8 +32,9 @@ def make_data(folder: str, n: int) -> tuple[str, str, str]:
         np.savetxt(csv_path, np.column_stack([x, y]), delimiter=",", header="c0,c1,val", comments="", fmt="%.17g")
     if not os.path.exists(npz_path):
         np.savez(npz_path, x=x, y=y)
-    np.savetxt(small, np.column_stack([x[:2000], y[:2000]]), delimiter=",", header="c0,c1,val", comments="",
-               fmt="%.17g")
+    np.savetxt(
+        small, np.column_stack([x[:2000], y[:2000]]), delimiter=",", header="c0,c1,val", comments="", fmt="%.17g"
+    )
     return csv_path, npz_path, small
 
 
@@ -53,16 +54,16 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1)
     a = ap.parse_args()
 
-    from wandering.cli._data import read_table
-    from wandering.cli import main as cli
-
-    from wandering.cli._recipe import predict_arrays
     from wandering.cli import load_checkpoint as load_model
+    from wandering.cli import main as cli
+    from wandering.cli._data import read_table
+    from wandering.cli._recipe import predict_arrays
 
     csv_path, npz_path, small = make_data(a.dir, a.rows)
     fit_dir = os.path.join(a.dir, "fit")
-    assert cli(["fit", small, "--out", fit_dir, "--steps", "50", "--bumps", "16", "--quiet", "--no-plot",
-                "--force"]) == 0
+    assert (
+        cli(["fit", small, "--out", fit_dir, "--steps", "50", "--bumps", "16", "--quiet", "--no-plot", "--force"]) == 0
+    )
     model, _ = load_model(os.path.join(fit_dir, "model.pt"))
     x = np.load(npz_path)["x"]
     predict_arrays(model, x[:20000])  # warm-up: Numba's one-off compilation is not timed
@@ -71,10 +72,32 @@ def main() -> None:
         ("read CSV (fit)", lambda: read_table(csv_path)),
         ("read npz (fit)", lambda: read_table(npz_path)),
         ("predict_arrays alone", lambda: predict_arrays(model, x)),
-        ("predict command, CSV -> CSV", lambda: cli(["predict", os.path.join(fit_dir, "model.pt"), csv_path,
-                                                     "-o", os.path.join(a.dir, "pred.csv"), "--force"])),
-        ("predict command, npz -> npz", lambda: cli(["predict", os.path.join(fit_dir, "model.pt"), npz_path,
-                                                     "-o", os.path.join(a.dir, "pred.npz"), "--force"])),
+        (
+            "predict command, CSV -> CSV",
+            lambda: cli(
+                [
+                    "predict",
+                    os.path.join(fit_dir, "model.pt"),
+                    csv_path,
+                    "-o",
+                    os.path.join(a.dir, "pred.csv"),
+                    "--force",
+                ]
+            ),
+        ),
+        (
+            "predict command, npz -> npz",
+            lambda: cli(
+                [
+                    "predict",
+                    os.path.join(fit_dir, "model.pt"),
+                    npz_path,
+                    "-o",
+                    os.path.join(a.dir, "pred.npz"),
+                    "--force",
+                ]
+            ),
+        ),
     ]
     print(f"{a.rows} rows, 2 coordinates + 1 value; median of {a.repeat}")
     for name, fn in rows:

@@ -28,8 +28,15 @@ def make(seed=0):
     y = torch.sin(6 * x[:, 0]) * torch.cos(4 * x[:, 1])
     K = 48
     model = SlowSumOfBumpFcns(
-        torch.rand(2, K, generator=g), torch.full((2, K), 0.15), torch.zeros(K),
-        torch.tensor([[0.0, 1.0]] * 2), torch.tensor([[0.02, 0.5]] * 2), 0.001, 0.0, 0.0, 0.01,
+        torch.rand(2, K, generator=g),
+        torch.full((2, K), 0.15),
+        torch.zeros(K),
+        torch.tensor([[0.0, 1.0]] * 2),
+        torch.tensor([[0.02, 0.5]] * 2),
+        0.001,
+        0.0,
+        0.0,
+        0.01,
     )
     return model, x, y
 
@@ -80,13 +87,23 @@ def main() -> None:
 
     model, x, y = make()
     half = support_halfwidths(model.w, 0.01)
-    args = (x, model.c.detach(), model.w.detach(), model.m.detach()[:, None].clone().requires_grad_(), half, "numba", True)
+    args = (
+        x,
+        model.c.detach(),
+        model.w.detach(),
+        model.m.detach()[:, None].clone().requires_grad_(),
+        half,
+        "numba",
+        True,
+    )
     t0 = time.perf_counter()
     torch.library.opcheck(_op.bump_sum_op, args)
     t_fwd = time.perf_counter() - t0
     gy = torch.randn(3600, 1)
     t0 = time.perf_counter()
-    torch.library.opcheck(_op.bump_sum_backward_op, (gy, *[a.detach() if isinstance(a, torch.Tensor) else a for a in args], True))
+    torch.library.opcheck(
+        _op.bump_sum_backward_op, (gy, *[a.detach() if isinstance(a, torch.Tensor) else a for a in args], True)
+    )
     t_bwd = time.perf_counter() - t0
     print(f"opcheck: bump_sum {t_fwd:.2f} s, bump_sum_backward {t_bwd:.2f} s (demo-sized inputs, numba engine)")
 

@@ -27,7 +27,6 @@ def _run_one(dataset: str, points: int, bumps: int, seed: int) -> dict:
     sys.path.insert(0, HERE)
     import numpy as np
     import torch
-
     from fit_quality import load  # the same data and sampling as the fit-quality table
 
     from wandering import BumpRegressor
@@ -70,16 +69,30 @@ def main() -> int:
             if th != "default":
                 for var in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "MKL_NUM_THREADS"):
                     env[var] = th
-            cmd = [sys.executable, os.path.abspath(__file__), "--one", "--datasets", ds, "--points", str(a.points),
-                   "--bumps", str(a.bumps), "--seed", str(a.seed)]
+            cmd = [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--one",
+                "--datasets",
+                ds,
+                "--points",
+                str(a.points),
+                "--bumps",
+                str(a.bumps),
+                "--seed",
+                str(a.seed),
+            ]
             r = subprocess.run(cmd, capture_output=True, text=True, env=env)
             line = next((ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")), None)
             if r.returncode != 0 or line is None:
                 print(f"{ds:<10} {th:>7} FAILED: {(r.stderr or r.stdout).strip().splitlines()[-1:]}")
                 continue
-            res = json.loads(line[len("RESULT "):])
-            print(f"{ds:<10} {res['threads']:>7} {res['fit_s']:>7.1f} {res['steps_s']:>8.1f} {res['step_ms']:>8.1f} "
-                  f"{res['warmup_s']:>9.1f} {res['r2']:>7.4f}", flush=True)
+            res = json.loads(line[len("RESULT ") :])
+            print(
+                f"{ds:<10} {res['threads']:>7} {res['fit_s']:>7.1f} {res['steps_s']:>8.1f} {res['step_ms']:>8.1f} "
+                f"{res['warmup_s']:>9.1f} {res['r2']:>7.4f}",
+                flush=True,
+            )
     return 0
 
 

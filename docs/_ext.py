@@ -38,8 +38,16 @@ class WanderingScripts(SphinxDirective):
             self.env.note_dependency(str(path))
             title = f"``examples/{path.name}``: {_title(path)}"
             rel = path.relative_to(EXAMPLES.parent).as_posix()
-            lines += [title, "-" * len(title), "", f"Run it with ``python examples/{path.name}``.", "",
-                      f".. literalinclude:: /../{rel}", "   :language: python", ""]
+            lines += [
+                title,
+                "-" * len(title),
+                "",
+                f"Run it with ``python examples/{path.name}``.",
+                "",
+                f".. literalinclude:: /../{rel}",
+                "   :language: python",
+                "",
+            ]
         node = nodes.section()
         node.document = self.state.document
         nested_parse_with_titles(self.state, StringList(lines, source="examples/"), node)

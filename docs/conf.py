@@ -37,8 +37,15 @@ extensions = [
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 root_doc = "index"
-exclude_patterns = ["_build", "README.md", "auto_examples/*.ipynb", "auto_examples/*.py", "**.md5",
-                    "auto_examples/*.zip", "sg_execution_times.rst"]
+exclude_patterns = [
+    "_build",
+    "README.md",
+    "auto_examples/*.ipynb",
+    "auto_examples/*.py",
+    "**.md5",
+    "auto_examples/*.zip",
+    "sg_execution_times.rst",
+]
 templates_path = ["_templates"]
 
 # -- every reference must resolve: a renamed function breaks the build -------------------

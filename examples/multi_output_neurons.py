@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import resource
 import subprocess
@@ -159,8 +158,9 @@ def train(model: BumpsWithOffset, xt: torch.Tensor, yt: torch.Tensor, steps: int
 
 def predict(model: BumpsWithOffset, xu: np.ndarray, chunk: int = 65536) -> np.ndarray:
     with torch.no_grad():
-        return np.concatenate([model(torch.as_tensor(xu[i : i + chunk], dtype=torch.float32)).numpy()
-                               for i in range(0, len(xu), chunk)])
+        return np.concatenate(
+            [model(torch.as_tensor(xu[i : i + chunk], dtype=torch.float32)).numpy() for i in range(0, len(xu), chunk)]
+        )
 
 
 def r2_per_output(y: np.ndarray, pred: np.ndarray) -> np.ndarray:
@@ -256,10 +256,28 @@ def main(argv=None) -> int:
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
     if not methods or any(m not in METHODS for m in methods):
         raise SystemExit(f"--methods: choose from {', '.join(METHODS)}")
-    print(f"n = {a.n} positions (10% held out), P = {a.p} functions, K = {a.k} bumps per module, "
-          f"{a.steps} steps of batch {min(a.batch, a.n - a.n // 10)}, support_p = {a.support_p}, seed {a.seed}")
-    common = ["--n", str(a.n), "--p", str(a.p), "--k", str(a.k), "--steps", str(a.steps), "--batch", str(a.batch),
-              "--lr", str(a.lr), "--support-p", str(a.support_p), "--seed", str(a.seed)]
+    print(
+        f"n = {a.n} positions (10% held out), P = {a.p} functions, K = {a.k} bumps per module, "
+        f"{a.steps} steps of batch {min(a.batch, a.n - a.n // 10)}, support_p = {a.support_p}, seed {a.seed}"
+    )
+    common = [
+        "--n",
+        str(a.n),
+        "--p",
+        str(a.p),
+        "--k",
+        str(a.k),
+        "--steps",
+        str(a.steps),
+        "--batch",
+        str(a.batch),
+        "--lr",
+        str(a.lr),
+        "--support-p",
+        str(a.support_p),
+        "--seed",
+        str(a.seed),
+    ]
     results = []
     with tempfile.TemporaryDirectory(prefix="wandering_neurons_") as tmp:
         t0 = time.perf_counter()
@@ -268,32 +286,41 @@ def main(argv=None) -> int:
         print(f"data made in {time.perf_counter() - t0:.1f} s", flush=True)
         for m in methods:
             t0 = time.perf_counter()
-            r = subprocess.run([sys.executable, os.path.abspath(__file__), *common, "--method", m, "--data", tmp],
-                               capture_output=True, text=True)
+            r = subprocess.run(
+                [sys.executable, os.path.abspath(__file__), *common, "--method", m, "--data", tmp],
+                capture_output=True,
+                text=True,
+            )
             if r.returncode != 0:
                 sys.stderr.write(r.stdout + r.stderr)
                 raise SystemExit(f"method {m} failed (exit code {r.returncode})")
             line = next(ln for ln in r.stdout.splitlines() if ln.startswith("RESULT "))
-            res = json.loads(line[len("RESULT "):])
+            res = json.loads(line[len("RESULT ") :])
             res["process_seconds"] = time.perf_counter() - t0
             results.append(res)
             print(f"{m}: process took {res['process_seconds']:.1f} s in all", flush=True)
     print()
-    head = f"{'method':<10} {'modules':>7} {'fit s':>8} {'s/step':>8} {'RSS pre-fit MiB':>15} {'peak RSS MiB':>12} " \
-           f"{'mean R2':>8} {'min R2':>8}"
+    head = (
+        f"{'method':<10} {'modules':>7} {'fit s':>8} {'s/step':>8} {'RSS pre-fit MiB':>15} {'peak RSS MiB':>12} "
+        f"{'mean R2':>8} {'min R2':>8}"
+    )
     print(head)
     print("-" * len(head))
     for r in results:
         mods = 1 if r["method"] == "multi" else a.p
-        print(f"{r['method']:<10} {mods:>7} {r['seconds']:>8.2f} {r['seconds'] / (mods * a.steps):>8.4f} "
-              f"{r['rss_before_fit_mib']:>15.0f} {r['peak_rss_mib']:>12.0f} {r['r2_mean']:>8.4f} {r['r2_min']:>8.4f}")
+        print(
+            f"{r['method']:<10} {mods:>7} {r['seconds']:>8.2f} {r['seconds'] / (mods * a.steps):>8.4f} "
+            f"{r['rss_before_fit_mib']:>15.0f} {r['peak_rss_mib']:>12.0f} {r['r2_mean']:>8.4f} {r['r2_min']:>8.4f}"
+        )
     print()
     print("fit s: wall time of the fitting loops only (no data making or loading, evaluation, or Numba compilation:")
     print("       each process runs two untimed warm-up steps first); s/step: per module step.")
     print("RSS: each method ran in its own subprocess; 'peak RSS' is getrusage(RUSAGE_SELF).ru_maxrss of that")
     print("     whole process (torch, the loaded data and the fit), 'RSS pre-fit' its RSS just before the timed fit.")
-    print(f"R2: on the {a.n // 10} held-out positions, per output, in the targets' own units; "
-          f"torch threads {results[0]['threads']}.")
+    print(
+        f"R2: on the {a.n // 10} held-out positions, per output, in the targets' own units; "
+        f"torch threads {results[0]['threads']}."
+    )
     return 0
 
 

@@ -21,26 +21,30 @@ torch.manual_seed(0)
 n = 64
 t = (torch.arange(n, dtype=torch.float32) + 0.5) / n
 yy, xx = torch.meshgrid(t, t, indexing="ij")
-red = torch.exp(-(((xx - 0.35) ** 2 + (yy - 0.6) ** 2) / 0.02) ** 2)
+red = torch.exp(-((((xx - 0.35) ** 2 + (yy - 0.6) ** 2) / 0.02) ** 2))
 green = torch.exp(-(((xx + yy - 1.1) / 0.12) ** 2))
 blue = torch.exp(-((xx - 0.9) ** 2 + (yy - 0.1) ** 2) / 0.05)
-picture = (0.15 + 0.8 * torch.stack([red, green, blue], dim=-1)).clamp(0, 1)   # (n, n, 3)
+picture = (0.15 + 0.8 * torch.stack([red, green, blue], dim=-1)).clamp(0, 1)  # (n, n, 3)
 
-points = torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1)                  # (n*n, 2)
-colours = picture.reshape(-1, 3)                                               # (n*n, 3)
+points = torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1)  # (n*n, 2)
+colours = picture.reshape(-1, 3)  # (n*n, 3)
 
 # %%
 # One module, K = 96 bumps, three outputs. The offset (the grey background) is a
 # separate parameter.
 K, P = 96, 3
 bumps = SlowSumOfBumpFcns(
-    torch.rand(2, K), torch.full((2, K), 0.08), torch.zeros(K, P),
-    c_bounds=[[0.0, 1.0]] * 2, w_bounds=[[0.01, 0.5]] * 2, c_grad_std=1e-3,
+    torch.rand(2, K),
+    torch.full((2, K), 0.08),
+    torch.zeros(K, P),
+    c_bounds=[[0.0, 1.0]] * 2,
+    w_bounds=[[0.01, 0.5]] * 2,
+    c_grad_std=1e-3,
 )
 offset = torch.nn.Parameter(colours.mean(0))
 opt = torch.optim.Adam([*bumps.parameters(), offset], lr=0.02)
 losses = []
-with attach(opt, bumps):                 # pert_grads before every step, bound after it
+with attach(opt, bumps):  # pert_grads before every step, bound after it
     for _ in range(300):
         opt.zero_grad()
         loss = ((bumps(points) + offset - colours) ** 2).mean()

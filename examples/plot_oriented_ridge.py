@@ -36,8 +36,14 @@ models, losses = {}, {}
 for cls in (SlowSumOfBumpFcns, SlowOrientedSumOfBumpFcns):
     torch.manual_seed(0)
     t = torch.linspace(0.05, 0.95, 12)
-    model = cls(torch.stack([t, t]), torch.full((2, 12), 0.06), torch.full((12,), 0.5),
-                [[0.0, 1.0]] * 2, [[0.01, 0.5]] * 2, support_p=support_p)
+    model = cls(
+        torch.stack([t, t]),
+        torch.full((2, 12), 0.06),
+        torch.full((12,), 0.5),
+        [[0.0, 1.0]] * 2,
+        [[0.01, 0.5]] * 2,
+        support_p=support_p,
+    )
     opt = torch.optim.Adam(model.parameters(), lr=0.02)
     for _ in range(120):
         opt.zero_grad()
@@ -64,8 +70,17 @@ for ax, (name, model) in zip(axes[1:], models.items()):
         c, w = model.c.numpy(), model.w.abs().numpy()
         angles = model.angles[0].numpy() if hasattr(model, "angles") else [0.0] * c.shape[1]
     for k in range(c.shape[1]):
-        ax.add_patch(Ellipse((c[0, k], c[1, k]), 2 * level * w[0, k], 2 * level * w[1, k],
-                             angle=math.degrees(angles[k]), fill=False, color="w", lw=0.8))
+        ax.add_patch(
+            Ellipse(
+                (c[0, k], c[1, k]),
+                2 * level * w[0, k],
+                2 * level * w[1, k],
+                angle=math.degrees(angles[k]),
+                fill=False,
+                color="w",
+                lw=0.8,
+            )
+        )
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_title(f"{name}\nMSE {losses[name]:.1e}")

@@ -46,22 +46,23 @@ def fit(mode, steps=300, quiet=0.3, seed=3):
     torch.manual_seed(seed)
     c = torch.rand(2, 16)
     c[0] = 1.25 + 0.2 * c[0]
-    model = SlowSumOfBumpFcns(c, torch.full((2, 16), 0.1), 0.1 * torch.randn(16),
-                              [[-0.2, 1.5], [-0.2, 1.5]], [[0.03, 0.4], [0.03, 0.4]])
+    model = SlowSumOfBumpFcns(
+        c, torch.full((2, 16), 0.1), 0.1 * torch.randn(16), [[-0.2, 1.5], [-0.2, 1.5]], [[0.03, 0.4], [0.03, 0.4]]
+    )
     opt = torch.optim.Adam(model.parameters(), lr=0.02)
     quiet_from = int(steps * (1 - quiet))
     hooks = attach(opt, model, pert_grads=False, param_c_std=0.04 if mode == "noise" else 0.0)
     reloc = Relocation(every=20, stop=quiet_from, max_fraction=1.0, width=0.1) if mode == "relocate" else None
     paths, losses = [model.c.detach().clone()], []
     for step in range(steps):
-        if step == quiet_from:                  # no more noise: let the bumps settle
+        if step == quiet_from:  # no more noise: let the bumps settle
             hooks.remove()
             hooks = attach(opt, model, pert_grads=False)
         opt.zero_grad()
         pred = model(x)
         loss = ((pred - y) ** 2).mean()
         loss.backward()
-        opt.step()                              # the hooks add the noise and bound after the step
+        opt.step()  # the hooks add the noise and bound after the step
         if reloc is not None:
             reloc.step_post(model, opt, x, y - pred.detach(), step)
         paths.append(model.c.detach().clone())

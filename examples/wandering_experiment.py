@@ -100,9 +100,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # small tensors: threads cost more than they give
     t0 = time.perf_counter()
-    print(f"K={K} bumps, n={N_TRAIN} points, Adam lr=0.02, {args.steps} steps (last 30% without noise), "
-          f"median of {args.seeds} seeds; grad noise c_grad_std=0.05, param noise c_std=0.04, "
-          f"relocate: Relocation(every=20, max_fraction=1.0)")
+    print(
+        f"K={K} bumps, n={N_TRAIN} points, Adam lr=0.02, {args.steps} steps (last 30% without noise), "
+        f"median of {args.seeds} seeds; grad noise c_grad_std=0.05, param noise c_std=0.04, "
+        f"relocate: Relocation(every=20, max_fraction=1.0)"
+    )
     print(f"{'start':<10}{'noise':<10}{'test MSE':>12}{'R^2':>10}   R^2 over seeds (min..max)")
     for start in ("stranded", "placed"):
         for noise in ("none", "grad", "param", "relocate"):
@@ -118,9 +120,11 @@ def main(argv=None) -> int:
         (_, _), (xt, yt) = make_data(s)
         mse = float(((target(xt) - yt) ** 2).mean())
         oracle.append((mse, 1.0 - mse / float(yt.var(unbiased=False))))
-    print(f"{'oracle':<10}{'(truth)':<10}{statistics.median(o[0] for o in oracle):>12.5f}"
-          f"{statistics.median(o[1] for o in oracle):>10.3f}   "
-          f"{min(o[1] for o in oracle):.3f}..{max(o[1] for o in oracle):.3f}")
+    print(
+        f"{'oracle':<10}{'(truth)':<10}{statistics.median(o[0] for o in oracle):>12.5f}"
+        f"{statistics.median(o[1] for o in oracle):>10.3f}   "
+        f"{min(o[1] for o in oracle):.3f}..{max(o[1] for o in oracle):.3f}"
+    )
     print(f"({time.perf_counter() - t0:.1f} s)")
     return 0
 

@@ -40,7 +40,9 @@ def problem(n, d, K, P, seed, *, layout="uniform", widths=(0.05, 0.3), cancellin
     elif layout == "clustered":
         centres = rand(5, d)
         x = centres[torch.randint(0, 5, (n,), generator=g)] + 0.02 * torch.randn(n, d, generator=g, dtype=torch.float64)
-        c = (centres[torch.randint(0, 5, (K,), generator=g)] + 0.03 * torch.randn(K, d, generator=g, dtype=torch.float64)).T
+        c = (
+            centres[torch.randint(0, 5, (K,), generator=g)] + 0.03 * torch.randn(K, d, generator=g, dtype=torch.float64)
+        ).T
     else:
         raise ValueError(f"layout must be 'uniform' or 'clustered', but got {layout!r}")
     w = widths[0] + (widths[1] - widths[0]) * rand(d, K)

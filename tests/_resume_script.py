@@ -1,7 +1,7 @@
 """Subprocess for test_resume: run a training segment from a seed or from a checkpoint.
 
-    python _resume_script.py start SEED STEPS CKPT      # fresh run, save a checkpoint
-    python _resume_script.py resume STEPS CKPT OUT      # fresh process, load, continue, save params
+python _resume_script.py start SEED STEPS CKPT      # fresh run, save a checkpoint
+python _resume_script.py resume STEPS CKPT OUT      # fresh process, load, continue, save params
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _training_problem as tp  # noqa: E402
+import _training_problem as tp
 
-from wandering.nn.training import attach  # noqa: E402
+from wandering.nn.training import attach
 
 
 def build():

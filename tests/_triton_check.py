@@ -4,7 +4,9 @@ Run by test_triton_engine.py in a subprocess: TRITON_INTERPRET must be set befor
 triton and wandering are imported (the engine reads it at import), which a
 pytest process that imported wandering already cannot do. Usage:
 
-    python tests/_triton_check.py GROUP     # GROUP: parity-f32, parity-f64, op-module, oriented-f32, oriented-f64, accuracy
+    python tests/_triton_check.py GROUP
+
+    GROUP: parity-f32, parity-f64, op-module, oriented-f32, oriented-f64, accuracy
 
 Prints one line per check and exits non-zero at the first failure.
 """
@@ -17,12 +19,12 @@ import sys
 
 os.environ["TRITON_INTERPRET"] = "1"
 
-import torch  # noqa: E402
+import torch
 
-import wandering  # noqa: E402
-from wandering._engine import ENGINES, _torch_engine, _triton_engine, resolve_backend  # noqa: E402
-from wandering._engine._geometry import cutoffs, ellipsoid_halfwidths, support_halfwidths  # noqa: E402
-from wandering._engine._rotation import n_angles, precision_transforms, rotations  # noqa: E402
+import wandering
+from wandering._engine import ENGINES, _torch_engine, _triton_engine, resolve_backend
+from wandering._engine._geometry import cutoffs, ellipsoid_halfwidths, support_halfwidths
+from wandering._engine._rotation import n_angles, precision_transforms, rotations
 
 torch.set_num_threads(1)
 P_BIG = _triton_engine._MAX_BP + 1  # more outputs than one inner chunk holds
@@ -150,7 +152,7 @@ def op_module():
     print("ok module SlowSumOfBumpFcns(backend='triton') forward + backward")
 
     # one Adam step of the module through the engine moves the parameters as the reference's does
-    for b, mod in mods.items():
+    for mod in mods.values():
         opt = torch.optim.Adam(mod.parameters(), lr=0.01)
         opt.step()
         mod.bound()
@@ -253,7 +255,12 @@ def oriented_parity(dtype):
         assert gx is None
         for name, a, b in zip(("gc", "gU", "gm"), (gc, gU, gm), want[1:]):
             _close(f"engine need_x=False support_p={sp} {name}", a, b, dtype)
-        _close(f"engine y support_p={sp}", _triton_engine.oriented_forward(*ea, cull), _torch_engine.oriented_forward(*ea, cull), dtype)
+        _close(
+            f"engine y support_p={sp}",
+            _triton_engine.oriented_forward(*ea, cull),
+            _torch_engine.oriented_forward(*ea, cull),
+            dtype,
+        )
     x, c, U, m, r2, half = ea
     assert _triton_engine.oriented_forward(x[:0], c, U, m, r2, half, True).shape == (0, 2)
     assert _triton_engine.oriented_forward(x, c[:, :0], U[:, :, :0], m[:0], r2[:0], half[:, :0], True).abs().sum() == 0
@@ -281,7 +288,9 @@ def oriented_culling_skips(dtype=torch.float32):
     finally:
         _triton_engine.tile_counts = None
     _close("oriented culled vs tested-dense y", y, y_dense, dtype)
-    _close("oriented culled y vs reference", y[:, 0], wandering.oriented_bump_sum_reference(x, c, w, m, angles, sp), dtype)
+    _close(
+        "oriented culled y vs reference", y[:, 0], wandering.oriented_bump_sum_reference(x, c, w, m, angles, sp), dtype
+    )
     assert dense_evaluated == total and evaluated < 0.5 * total, (evaluated, total)
     assert bool((y != 0).float().mean() > 0.05), "too few points inside an ellipsoid for a test"  # ~10%
     print(f"ok oriented culling evaluated {evaluated} of {total} tiles")
@@ -379,6 +388,8 @@ def oriented_op_module():
             print(f"ok {kind} under WANDERING_BACKEND=triton, forward + backward")
     finally:
         del os.environ["WANDERING_BACKEND"]
+
+
 def accuracy():
     """float32 outputs and gradients against the exact sums of the same inputs: no worse than
     twice plain float32 autograd's error (measure and problems: tests/_accuracy.py)."""
@@ -398,7 +409,10 @@ def accuracy():
         label = f"n={n} d={d} K={K} P={P} {kw}"
         for name in acc.NAMES:
             assert got[name] <= 2 * plain[name] + floor, (label, name, got[name] / acc.EPS32, plain[name] / acc.EPS32)
-        print(f"ok accuracy {label}: " + " ".join(f"{k} {got[k] / acc.EPS32:.3f} eps (plain {plain[k] / acc.EPS32:.3f})" for k in acc.NAMES))
+        print(
+            f"ok accuracy {label}: "
+            + " ".join(f"{k} {got[k] / acc.EPS32:.3f} eps (plain {plain[k] / acc.EPS32:.3f})" for k in acc.NAMES)
+        )
 
 
 GROUPS = {

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from wandering import BumpRegressor, SlowOrientedSumOfBumpFcns, SlowSumOfBumpFcns
-from wandering.fit.checkpoint import CheckpointError, from_regressor, load, save, to_regressor
 from wandering.cli import main
+from wandering.fit.checkpoint import CheckpointError, from_regressor, load, save, to_regressor
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 
@@ -22,7 +22,7 @@ DATA = os.path.join(os.path.dirname(__file__), "data")
 def _data(n=300, d=2, P=None, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.uniform(-1, 2, size=(n, d))
-    y = np.sin(2 * x).sum(1) + np.exp(-((x[:, 0] - x[:, -1]) / 0.3) ** 2)
+    y = np.sin(2 * x).sum(1) + np.exp(-(((x[:, 0] - x[:, -1]) / 0.3) ** 2))
     if P is not None:
         y = np.stack([y + k for k in range(P)], axis=1)
     return x, y
@@ -84,10 +84,14 @@ def test_damaged_oriented_checkpoints_are_refused(tmp_path):
     cases = [
         ("shape must be 'axis' or 'oriented', but got 'round'", dict(good, shape="round")),
         ("no state_dict['bumps.angles']", without_angles(good)),
-        ("state_dict['bumps.angles'] must be a finite (1, 6) tensor",
-         dict(good, state_dict=dict(good["state_dict"], **{"bumps.angles": torch.zeros(2, 6)}))),
-        ("state_dict['bumps.angles'] must be a finite (1, 6) tensor",
-         dict(good, state_dict=dict(good["state_dict"], **{"bumps.angles": torch.full((1, 6), float("nan"))}))),
+        (
+            "state_dict['bumps.angles'] must be a finite (1, 6) tensor",
+            dict(good, state_dict=dict(good["state_dict"], **{"bumps.angles": torch.zeros(2, 6)})),
+        ),
+        (
+            "state_dict['bumps.angles'] must be a finite (1, 6) tensor",
+            dict(good, state_dict=dict(good["state_dict"], **{"bumps.angles": torch.full((1, 6), float("nan"))})),
+        ),
         ("angle_grad_std is not a number", dict(good, angle_grad_std="x")),
         (stray, dict(axis, state_dict=dict(axis["state_dict"], **{"bumps.angles": torch.zeros(1, 6)}))),
         (stray, {k: v for k, v in good.items() if k != "shape"}),  # angles without the shape that reads them
@@ -113,8 +117,20 @@ def test_fit_shape_oriented_is_the_oriented_regressor_and_predict_reads_it(tmp_p
     x, y = _data(200)
     data = _csv(tmp_path / "d.csv", x, y)
     out = tmp_path / "fit"
-    argv = ["--steps", "25", "--bumps", "7", "--quiet", "--no-plot", "--seed", "3", "--shape", "oriented",
-            "--lr-angle", "0.05"]
+    argv = [
+        "--steps",
+        "25",
+        "--bumps",
+        "7",
+        "--quiet",
+        "--no-plot",
+        "--seed",
+        "3",
+        "--shape",
+        "oriented",
+        "--lr-angle",
+        "0.05",
+    ]
     assert main(["fit", data, "--out", str(out), *argv]) == 0
     ckpt = load(str(out / "model.pt"))
     assert ckpt["shape"] == "oriented" and ckpt["state_dict"]["bumps.angles"].shape == (1, 7)

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from wandering.fit.checkpoint import FORMAT_TAG
 from wandering.cli import main
+from wandering.fit.checkpoint import FORMAT_TAG
 
 FAST = ["--steps", "60", "--bumps", "8", "--quiet"]
 
@@ -173,7 +173,7 @@ def test_predict_csv_without_value_column_and_reordered(tmp_path, capsys):
     assert main(["predict", str(out / "model.pt"), q, "-o", str(tmp_path / "p.csv")]) == 0
     assert main(["predict", str(out / "model.pt"), q_ref, "-o", str(tmp_path / "p_ref.csv")]) == 0
     h, v = read_out(tmp_path / "p.csv")
-    h_ref, v_ref = read_out(tmp_path / "p_ref.csv")
+    _h_ref, v_ref = read_out(tmp_path / "p_ref.csv")
     assert h == ["c1", "c0", "val_pred"] and len(v) == 7
     np.testing.assert_allclose(v[:, 2], v_ref[:, 2])
 
@@ -213,8 +213,11 @@ def test_predict_never_takes_another_column_for_a_missing_coordinate(tmp_path, c
 def test_predict_maps_columns_by_name_or_as_told(tmp_path, capsys, fitted_abc):
     model, x, ref = fitted_abc
     # Reordered, with extra columns before and after: by name.
-    q = write_csv(tmp_path / "q.csv", ["id", "c", "note", "a", "b"],
-                  [[i, r[2], "t", r[0], r[1]] for i, r in enumerate(x.tolist())])
+    q = write_csv(
+        tmp_path / "q.csv",
+        ["id", "c", "note", "a", "b"],
+        [[i, r[2], "t", r[0], r[1]] for i, r in enumerate(x.tolist())],
+    )
     assert main(["predict", model, q, "-o", str(tmp_path / "p.csv")]) == 0
     with open(tmp_path / "p.csv", newline="") as f:
         rows = list(csv.reader(f))
@@ -239,8 +242,18 @@ def test_predict_with_a_model_fitted_without_names(tmp_path, capsys):
     out = tmp_path / "fit"
     assert main(["fit", str(tmp_path / "d.npz"), "--out", str(out), *FAST, "--no-plot"]) == 0
     model = str(out / "model.pt")
-    assert main(["predict", model, write_csv(tmp_path / "ref.csv", ["x0", "x1"], x[:5].tolist()),
-                 "-o", str(tmp_path / "ref_pred.csv")]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                model,
+                write_csv(tmp_path / "ref.csv", ["x0", "x1"], x[:5].tolist()),
+                "-o",
+                str(tmp_path / "ref_pred.csv"),
+            ]
+        )
+        == 0
+    )
     ref = read_out(tmp_path / "ref_pred.csv")[1][:, -1]
     capsys.readouterr()
     q = write_csv(tmp_path / "q.csv", ["lon", "lat", "val"], np.column_stack([x[:5], y[:5]]).tolist())
@@ -417,7 +430,9 @@ def test_python_dash_m_runs_tiny_demo(tmp_path):
     out = tmp_path / "demo"
     r = subprocess.run(
         [sys.executable, "-m", "wandering", "demo", "--out", str(out), "--steps", "10", "--points", "100"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert r.returncode == 0, r.stderr
     assert "R^2" in r.stdout and "BumpRegressor" in r.stderr  # tqdm bar goes to stderr
@@ -441,11 +456,13 @@ def multi_data(n, d, seed=0):
     """Three smooth outputs of very different scales and offsets."""
     rng = np.random.default_rng(seed)
     x = rng.uniform(-1, 2, size=(n, d))
-    y = np.column_stack([
-        np.sin(2 * x).sum(1) + 5,
-        10 * np.cos(1.5 * x).sum(1) - 3,
-        0.01 * (x**2).sum(1),
-    ])
+    y = np.column_stack(
+        [
+            np.sin(2 * x).sum(1) + 5,
+            10 * np.cos(1.5 * x).sum(1) - 3,
+            0.01 * (x**2).sum(1),
+        ]
+    )
     return x, y + rng.normal(scale=0.01, size=y.shape) * y.std(0)
 
 
@@ -454,8 +471,9 @@ def own_output(ckpt, x):
     from wandering import SlowSumOfBumpFcns
 
     sd = ckpt["state_dict"]
-    bumps = SlowSumOfBumpFcns(sd["bumps.c"], sd["bumps.w"], sd["bumps.m"], ckpt["c_bounds"], ckpt["w_bounds"],
-                              support_p=ckpt["support_p"])
+    bumps = SlowSumOfBumpFcns(
+        sd["bumps.c"], sd["bumps.w"], sd["bumps.m"], ckpt["c_bounds"], ckpt["w_bounds"], support_p=ckpt["support_p"]
+    )
     xu = torch.as_tensor((x - ckpt["x_lo"].numpy()) / ckpt["x_scale"].numpy(), dtype=torch.float32)
     with torch.no_grad():
         yu = (bumps(xu) + sd["offset"]).double().numpy()
@@ -873,11 +891,11 @@ def test_ctrl_c_while_importing_torch_is_one_line(tmp_path, fitted):
 
 
 def test_predict_in_large_chunks_equals_small_chunks(fitted):
-    from wandering.cli._recipe import predict_arrays
     from wandering.cli import load_checkpoint
+    from wandering.cli._recipe import predict_arrays
 
     _, _, model = fitted
-    net, ckpt = load_checkpoint(model)
+    net, _ckpt = load_checkpoint(model)
     x = np.random.default_rng(5).uniform(-1, 2, size=(5000, 2))
     np.testing.assert_allclose(predict_arrays(net, x, chunk=777), predict_arrays(net, x), rtol=1e-6)
 
@@ -892,9 +910,19 @@ def test_fit_settings_defaults_are_bump_regressors():
 
     reg = inspect.signature(BumpRegressor).parameters
     s = FitSettings()
-    same = {"bumps": "n_bumps", "steps": "steps", "lr_position": "lr_position", "lr_magnitude": "lr_magnitude",
-            "c_grad_std": "c_grad_std", "w_grad_std": "w_grad_std", "m_grad_gain": "m_grad_gain",
-            "support_p": "support_p", "relocate": "relocate", "shape": "shape", "lr_angle": "lr_angle"}
+    same = {
+        "bumps": "n_bumps",
+        "steps": "steps",
+        "lr_position": "lr_position",
+        "lr_magnitude": "lr_magnitude",
+        "c_grad_std": "c_grad_std",
+        "w_grad_std": "w_grad_std",
+        "m_grad_gain": "m_grad_gain",
+        "support_p": "support_p",
+        "relocate": "relocate",
+        "shape": "shape",
+        "lr_angle": "lr_angle",
+    }
     for ours, theirs in same.items():
         assert getattr(s, ours) == reg[theirs].default, ours
     assert s.batch is None and reg["batch"].default == "auto"
@@ -908,8 +936,23 @@ def test_fit_command_is_the_regressor_on_the_training_rows(tmp_path, capsys):
 
     data, x, y = data_csv(tmp_path / "d.csv", n=200, d=2)
     out = tmp_path / "fit"
-    argv = ["--steps", "25", "--bumps", "7", "--quiet", "--no-plot", "--seed", "3", "--batch", "64",
-            "--lr-position", "0.2", "--c-grad-std", "0.01", "--relocate"]
+    argv = [
+        "--steps",
+        "25",
+        "--bumps",
+        "7",
+        "--quiet",
+        "--no-plot",
+        "--seed",
+        "3",
+        "--batch",
+        "64",
+        "--lr-position",
+        "0.2",
+        "--c-grad-std",
+        "0.01",
+        "--relocate",
+    ]
     assert main(["fit", data, "--out", str(out), *argv]) == 0
     cli_reg = to_regressor(load(str(out / "model.pt")))
     hold = np.sort(np.random.default_rng(3).permutation(len(x))[: round(0.1 * len(x))])
@@ -945,8 +988,9 @@ def test_fit_worse_than_a_constant_says_so_in_one_line(tmp_path, capsys):
     data = write_csv(tmp_path / "noise.csv", ["a", "b", "c", "d", "e", "v"], np.column_stack([x, y]).tolist())
     assert main(["fit", data, "--out", str(tmp_path / "o"), "--bumps", "64", "--steps", "100", "--quiet"]) == 0
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
-    assert len(err) == 1 and err[0].startswith("wandering: warning: BumpRegressor predicts its validation split "
-                                               "worse than a constant: validation R^2 -"), err
+    assert len(err) == 1 and err[0].startswith(
+        "wandering: warning: BumpRegressor predicts its validation split worse than a constant: validation R^2 -"
+    ), err
     m = json.loads((tmp_path / "o" / "metrics.json").read_text())
     assert m["validation_r2"] < 0 and f"validation R^2 {m['validation_r2']:.3g} " in err[0]
     assert "n_bumps='auto' picks" in err[0]
@@ -957,11 +1001,11 @@ def test_old_lr_option_sets_both_rates():
     from wandering.fit._settings import FitSettings
 
     reg = regressor_for(FitSettings(bumps=64, lr=0.02), d=2)
-    assert reg.lr_magnitude == 0.02 and reg.lr_position == pytest.approx(0.02 * 64 ** 0.5)  # 0.02 of the box
+    assert reg.lr_magnitude == 0.02 and reg.lr_position == pytest.approx(0.02 * 64**0.5)  # 0.02 of the box
     reg = regressor_for(FitSettings(bumps=64), d=2)
     assert (reg.lr_position, reg.lr_magnitude) == (0.1, 0.01)
     reg = regressor_for(FitSettings(lr=0.02), d=2, n=1000)  # auto: 1000 // 20 = 50 bumps
-    assert reg.n_bumps == "auto" and reg.lr_position == pytest.approx(0.02 * 50 ** 0.5)
+    assert reg.n_bumps == "auto" and reg.lr_position == pytest.approx(0.02 * 50**0.5)
     with pytest.raises(ValueError, match="needs n"):
         regressor_for(FitSettings(lr=0.02), d=2)
 

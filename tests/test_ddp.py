@@ -17,10 +17,10 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(__file__))
-import _training_problem as tp  # noqa: E402
-from _spawn import free_port, spawn  # noqa: E402
+import _training_problem as tp
+from _spawn import free_port, spawn
 
-from wandering.nn.training import attach  # noqa: E402
+from wandering.nn.training import attach
 
 WORLD = 2
 STEPS = 30

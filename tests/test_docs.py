@@ -23,7 +23,11 @@ import wandering
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-PUBLIC_SUBMODULES = ("wandering.nn.relocation", "wandering.fit.checkpoint", "wandering.nn.training")  # Relocation is relocation's
+PUBLIC_SUBMODULES = (
+    "wandering.nn.relocation",
+    "wandering.fit.checkpoint",
+    "wandering.nn.training",
+)  # Relocation is relocation's
 # Callables that take arguments but raise nothing of their own, and why.
 NOTHING_TO_RAISE = {"wandering.WanderingHooks": "built by attach(), which checks everything"}
 SECTION = re.compile(r"^\s*(Args|Arguments|Returns|Yields|Raises|Shape|Example|Examples|Attributes|Note|Notes):\s*$")
@@ -225,7 +229,11 @@ def test_the_site_builds_without_warnings(tmp_path):
     start = time.perf_counter()
     r = subprocess.run(
         [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html", "docs", "docs/_build/html"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=1200, env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env=env,
     )
     seconds = time.perf_counter() - start
     assert r.returncode == 0, f"sphinx failed after {seconds:.0f} s:\n{r.stdout[-6000:]}\n{r.stderr[-6000:]}"

@@ -13,17 +13,49 @@ SUMS = [SumOfBumpFcns, SlowSumOfBumpFcns]
 @pytest.mark.parametrize(
     "args, exc, match",
     [
-        ((C, torch.full((3, 2), 0.3), M, None, None), ValueError, r"w must have shape \(d, K\) like c = \(2, 3\), but got \(3, 2\)"),
-        ((C, W, torch.ones(4), None, None), ValueError, r"m must have shape \(K,\) or \(K, P\) with K = 3 \(one row per bump\), but got \(4,\)"),
-        ((C, W, torch.ones(4, 2), None, None), ValueError, r"m must have shape \(K,\) or \(K, P\) with K = 3.*but got \(4, 2\)"),
-        ((C, W, torch.ones(3, 2, 1), None, None), ValueError, r"m must have shape \(K,\) or \(K, P\).*but got \(3, 2, 1\)"),
+        (
+            (C, torch.full((3, 2), 0.3), M, None, None),
+            ValueError,
+            r"w must have shape \(d, K\) like c = \(2, 3\), but got \(3, 2\)",
+        ),
+        (
+            (C, W, torch.ones(4), None, None),
+            ValueError,
+            r"m must have shape \(K,\) or \(K, P\) with K = 3 \(one row per bump\), but got \(4,\)",
+        ),
+        (
+            (C, W, torch.ones(4, 2), None, None),
+            ValueError,
+            r"m must have shape \(K,\) or \(K, P\) with K = 3.*but got \(4, 2\)",
+        ),
+        (
+            (C, W, torch.ones(3, 2, 1), None, None),
+            ValueError,
+            r"m must have shape \(K,\) or \(K, P\).*but got \(3, 2, 1\)",
+        ),
         ((C[0], W[0], M, None, None), ValueError, r"c must have shape \(d, K\).*but got \(3,\)"),
-        ((C, W, M, torch.zeros(2, 3), None), ValueError, r"c_bounds must have shape \(d, 2\) = \(2, 2\), but got \(2, 3\)"),
+        (
+            (C, W, M, torch.zeros(2, 3), None),
+            ValueError,
+            r"c_bounds must have shape \(d, 2\) = \(2, 2\), but got \(2, 3\)",
+        ),
         ((C, W, M, None, torch.ones(2, 2, 1)), ValueError, r"w_bounds must have shape \(d, 2\)"),
-        ((C, W, M, torch.tensor([[1.0, 0.0], [0, 1]]), None), ValueError, r"c_bounds must have lower <= upper, but got lower=1.0 > upper=0.0 in dimension 0"),
-        ((C, W, M, None, torch.tensor([[0.0, 1.0], [2.0, 1]])), ValueError, r"w_bounds must have lower <= upper, but got lower=2.0 > upper=1.0 in dimension 1"),
+        (
+            (C, W, M, torch.tensor([[1.0, 0.0], [0, 1]]), None),
+            ValueError,
+            r"c_bounds must have lower <= upper, but got lower=1.0 > upper=0.0 in dimension 0",
+        ),
+        (
+            (C, W, M, None, torch.tensor([[0.0, 1.0], [2.0, 1]])),
+            ValueError,
+            r"w_bounds must have lower <= upper, but got lower=2.0 > upper=1.0 in dimension 1",
+        ),
         ((C, torch.zeros(2, 3), M, None, None), ValueError, r"w must be nonzero, but got 6 zero entries"),
-        ((C, W.index_fill(1, torch.tensor([1]), 0.0)[:, :], M, None, None), ValueError, r"w must be nonzero, but got 2 zero entries"),
+        (
+            (C, W.index_fill(1, torch.tensor([1]), 0.0)[:, :], M, None, None),
+            ValueError,
+            r"w must be nonzero, but got 2 zero entries",
+        ),
         ((C * float("nan"), W, M, None, None), ValueError, r"c must be finite"),
         (("abc", W, M, None, None), TypeError, r"c must be a tensor or array of numbers, but got str"),
         ((C, W, [1, 2, "x"], None, None), TypeError, r"m must be a tensor or array of numbers, but got list"),
@@ -46,7 +78,7 @@ def test_sum_constructor_errors(cls, args, exc, match):
         (dict(c_grad_std="big"), TypeError, r"c_grad_std must be a non-negative float, but got str"),
     ],
 )
-@pytest.mark.parametrize("cls", SUMS + [BumpFcn])
+@pytest.mark.parametrize("cls", [*SUMS, BumpFcn])
 def test_setting_errors(cls, kwargs, exc, match):
     if cls is BumpFcn:
         make = lambda: BumpFcn(C[:, 0], W[:, 0], 1.0, **kwargs)  # noqa: E731
@@ -61,10 +93,19 @@ def test_setting_errors(cls, kwargs, exc, match):
     [
         ((C, W[:, 0], 1.0), r"c must have shape \(d,\), but got \(2, 3\)"),
         ((C[:, 0], W[:1, 0], 1.0), r"w must have shape \(d,\) like c = \(2,\), but got \(1,\)"),
-        ((C[:, 0], W[:, 0], torch.ones(2, 2)), r"m must be a number or a 1-D tensor of P magnitudes, but got shape \(2, 2\)"),
+        (
+            (C[:, 0], W[:, 0], torch.ones(2, 2)),
+            r"m must be a number or a 1-D tensor of P magnitudes, but got shape \(2, 2\)",
+        ),
         ((C[:, 0], W[:, 0], torch.ones(0)), r"m must hold at least one magnitude, but got an empty tensor"),
-        ((C[:, 0], W[:, 0], 1.0, torch.zeros(2, 2, 2)), r"c_bounds must have shape \(2, d\) = \(2, 2\), but got \(2, 2, 2\)"),
-        ((C[:, 0], W[:, 0], 1.0, torch.tensor([[0.0, 2.0], [1.0, 1.0]])), r"c_bounds must have lower <= upper, but got lower=2.0 > upper=1.0 in dimension 1"),
+        (
+            (C[:, 0], W[:, 0], 1.0, torch.zeros(2, 2, 2)),
+            r"c_bounds must have shape \(2, d\) = \(2, 2\), but got \(2, 2, 2\)",
+        ),
+        (
+            (C[:, 0], W[:, 0], 1.0, torch.tensor([[0.0, 2.0], [1.0, 1.0]])),
+            r"c_bounds must have lower <= upper, but got lower=2.0 > upper=1.0 in dimension 1",
+        ),
     ],
 )
 def test_bump_fcn_constructor_errors(args, match):
@@ -72,7 +113,7 @@ def test_bump_fcn_constructor_errors(args, match):
         BumpFcn(*args)
 
 
-@pytest.mark.parametrize("cls", SUMS + [BumpFcn])
+@pytest.mark.parametrize("cls", [*SUMS, BumpFcn])
 def test_forward_input_errors(cls):
     module = BumpFcn(C[:, 0], W[:, 0], 1.0) if cls is BumpFcn else cls(C, W, M, None, None)
     with pytest.raises(TypeError, match=r"x must be a torch.Tensor, but got ndarray"):
@@ -87,7 +128,7 @@ def test_forward_input_errors(cls):
         module(torch.rand(4, 2, device="meta"))
 
 
-@pytest.mark.parametrize("cls", SUMS + [BumpFcn])
+@pytest.mark.parametrize("cls", [*SUMS, BumpFcn])
 @pytest.mark.parametrize(
     "name, value, exc, match",
     [
@@ -96,7 +137,12 @@ def test_forward_input_errors(cls):
         ("m_grad_gain", "x", TypeError, r"m_grad_gain must be a non-negative float, but got str"),
         ("support_p", 1.0, ValueError, r"support_p must be in \(0, 1\), but got 1.0"),
         ("support_p", "big", TypeError, r"support_p must be a float in \(0, 1\), but got str"),
-        ("backend", "nope", ValueError, r"backend must be one of \['auto', 'reference', 'torch', 'numba', 'triton'\], but got 'nope'"),
+        (
+            "backend",
+            "nope",
+            ValueError,
+            r"backend must be one of \['auto', 'reference', 'torch', 'numba', 'triton'\], but got 'nope'",
+        ),
         ("backend", 3, TypeError, r"backend must be a str, but got int"),
     ],
 )
@@ -123,7 +169,7 @@ def test_settings_changed_later_take_effect():
     torch.testing.assert_close(module(x), SumOfBumpFcns(C, W, M, None, None)(x))
 
 
-@pytest.mark.parametrize("cls", SUMS + [BumpFcn])
+@pytest.mark.parametrize("cls", [*SUMS, BumpFcn])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 def test_non_finite_x_is_refused_by_every_engine(cls, bad, engine):
     module = BumpFcn(C[:, 0], W[:, 0], 1.0) if cls is BumpFcn else cls(C, W, M, None, None)

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wandering import oriented_bump_sum_reference
-from wandering.fit import _lstsq
 from wandering._engine._rotation import n_angles
+from wandering.fit import _lstsq
 
 SP = 0.01
 PATHS = {"dense": 1e18, "numba": 0.0}  # _DENSE_WORK: everything dense, or everything through the kernel
@@ -25,8 +25,11 @@ def _problem(d, K, n, P, dtype, seed=0):
     # elongated bumps (aspect ratios up to 10) at every angle: boxes much wider than the ellipsoids
     w = 0.03 + 0.3 * torch.rand(d, K, generator=gen, dtype=torch.float64) ** 2
     angles = (2 * torch.rand(n_angles(d), K, generator=gen, dtype=torch.float64) - 1) * math.pi
-    y = torch.randn(n, generator=gen, dtype=torch.float64) if P is None else torch.randn(n, P, generator=gen,
-                                                                                          dtype=torch.float64)
+    y = (
+        torch.randn(n, generator=gen, dtype=torch.float64)
+        if P is None
+        else torch.randn(n, P, generator=gen, dtype=torch.float64)
+    )
     return tuple(t.to(dtype) for t in (x, y, c, w, angles))
 
 
@@ -76,7 +79,7 @@ def test_solve_magnitudes_is_the_least_squares_fit_of_the_reference_design(monke
 def test_exact_sum_and_the_cv_solve_take_the_angles():
     x, y, c, w, angles = _problem(3, 20, 500, None, torch.float64, seed=2)
     phi = _design(x, c, w, angles, None)
-    G, B = _lstsq.normal_equations(x, y, c, w, None, angles=angles)  # exact: the dense path, every pair
+    G, _B = _lstsq.normal_equations(x, y, c, w, None, angles=angles)  # exact: the dense path, every pair
     torch.testing.assert_close(G, phi.T @ phi, rtol=1e-10, atol=1e-9)
     val = torch.zeros(500, dtype=torch.bool)
     val[::7] = True

@@ -7,8 +7,8 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from problems import DEVICES, DTYPES, TOL, per_bump_loop, random_problem
+
 from wandering import BumpFcn, SlowSumOfBumpFcns, SumOfBumpFcns, WanderingModule
 from wandering._engine._geometry import support_halfwidths
 from wandering._engine._reference import bump_sum_reference
@@ -143,8 +143,14 @@ def test_bound_follows_every_change_to_the_bounds_buffers():
     import pickle
 
     def wide():
-        return make_sum(SlowSumOfBumpFcns, torch.full((2, 3), 5.0), torch.full((2, 3), 0.5), torch.ones(3),
-                        torch.tensor([[-10.0, 10.0]] * 2), torch.tensor([[0.1, 1.0]] * 2))
+        return make_sum(
+            SlowSumOfBumpFcns,
+            torch.full((2, 3), 5.0),
+            torch.full((2, 3), 0.5),
+            torch.ones(3),
+            torch.tensor([[-10.0, 10.0]] * 2),
+            torch.tensor([[0.1, 1.0]] * 2),
+        )
 
     def centre_bound_after_bound(module):
         module.c.data.fill_(5.0)
@@ -175,8 +181,13 @@ def test_forward_under_inference_mode_and_no_grad():
     """Inference tensors (no version counter) pass through every cache keyed on versions."""
     torch.manual_seed(3)
     d, K = 3, 100
-    module = SlowSumOfBumpFcns(torch.rand(d, K), 0.1 + 0.2 * torch.rand(d, K), 0.1 * torch.randn(K),
-                               torch.tensor([[0.0, 1.0]] * d), torch.tensor([[0.05, 0.5]] * d))
+    module = SlowSumOfBumpFcns(
+        torch.rand(d, K),
+        0.1 + 0.2 * torch.rand(d, K),
+        0.1 * torch.randn(K),
+        torch.tensor([[0.0, 1.0]] * d),
+        torch.tensor([[0.05, 0.5]] * d),
+    )
     x = torch.rand(1000, d)
     y = module(x)
     with torch.no_grad():
@@ -248,8 +259,9 @@ def test_m_grad_gain_subtracts_gain_times_m():
 
 def test_noise_statistics_mean_std_independence():
     k, steps, c_std, w_std = 200, 60, 0.3, 0.05
-    module = make_sum(SlowSumOfBumpFcns, torch.rand(3, k), torch.full((3, k), 0.2), torch.ones(k),
-                      c_grad_std=c_std, w_grad_std=w_std)
+    module = make_sum(
+        SlowSumOfBumpFcns, torch.rand(3, k), torch.full((3, k), 0.2), torch.ones(k), c_grad_std=c_std, w_grad_std=w_std
+    )
     c_draws, w_draws = [], []
     for _ in range(steps):
         module.c.grad = None
@@ -290,8 +302,13 @@ def test_random_walk_spread_matches_lr_std_sqrt_t():
     torch.manual_seed(1)
     k, steps, lr, std = 2000, 100, 0.01, 0.5
     c0 = torch.full((2, k), 0.5, dtype=torch.float64)
-    module = make_sum(SlowSumOfBumpFcns, c0, torch.full((2, k), 0.1, dtype=torch.float64),
-                      torch.zeros(k, dtype=torch.float64), c_grad_std=std)
+    module = make_sum(
+        SlowSumOfBumpFcns,
+        c0,
+        torch.full((2, k), 0.1, dtype=torch.float64),
+        torch.zeros(k, dtype=torch.float64),
+        c_grad_std=std,
+    )
     opt = torch.optim.SGD(module.parameters(), lr=lr)
     for _ in range(steps):
         opt.zero_grad()
@@ -326,8 +343,17 @@ def test_manual_seed_reproduces_a_noisy_run():
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_dtype_and_device_end_to_end(dtype, device):
-    module = make_sum(SlowSumOfBumpFcns, torch.rand(2, 4), torch.full((2, 4), 0.3), torch.ones(4),
-                      torch.tensor([[0.0, 1], [0, 1]]), None, dtype=dtype, device=device, c_grad_std=0.1)
+    module = make_sum(
+        SlowSumOfBumpFcns,
+        torch.rand(2, 4),
+        torch.full((2, 4), 0.3),
+        torch.ones(4),
+        torch.tensor([[0.0, 1], [0, 1]]),
+        None,
+        dtype=dtype,
+        device=device,
+        c_grad_std=0.1,
+    )
     assert all(p.dtype == dtype for p in module.parameters())
     assert module.c_bounds.dtype == dtype
     y = module(torch.rand(6, 2, dtype=dtype, device=device))
@@ -338,8 +364,14 @@ def test_dtype_and_device_end_to_end(dtype, device):
 
 
 def test_to_converts_parameters_and_bounds():
-    module = make_sum(SlowSumOfBumpFcns, torch.rand(2, 4), torch.full((2, 4), 0.3), torch.ones(4),
-                      torch.tensor([[0.0, 1], [0, 1]]), torch.tensor([[0.1, 1], [0.1, 1]]))
+    module = make_sum(
+        SlowSumOfBumpFcns,
+        torch.rand(2, 4),
+        torch.full((2, 4), 0.3),
+        torch.ones(4),
+        torch.tensor([[0.0, 1], [0, 1]]),
+        torch.tensor([[0.1, 1], [0.1, 1]]),
+    )
     module = module.to(torch.float64)
     assert module.c.dtype == module.c_bounds.dtype == module.w_bounds.dtype == torch.float64
     assert module.noise_step.dtype == torch.int64
@@ -350,11 +382,28 @@ def test_to_converts_parameters_and_bounds():
 def test_state_dict_round_trip_with_weights_only(cls):
     torch.manual_seed(0)
     if cls is BumpFcn:
-        make = lambda: BumpFcn(torch.rand(2), torch.full((2,), 0.3), 1.0,  # noqa: E731
-                               torch.tensor([[0.0, 0.0], [1.0, 1.0]]), None, c_grad_std=0.1)
+
+        def make():
+            return BumpFcn(
+                torch.rand(2),
+                torch.full((2,), 0.3),
+                1.0,
+                torch.tensor([[0.0, 0.0], [1.0, 1.0]]),
+                None,
+                c_grad_std=0.1,
+            )
     else:
-        make = lambda: cls(torch.rand(2, 3), torch.full((2, 3), 0.3), torch.ones(3),  # noqa: E731
-                           torch.tensor([[0.0, 1], [0, 1]]), None, c_grad_std=0.1)
+
+        def make():
+            return cls(
+                torch.rand(2, 3),
+                torch.full((2, 3), 0.3),
+                torch.ones(3),
+                torch.tensor([[0.0, 1], [0, 1]]),
+                None,
+                c_grad_std=0.1,
+            )
+
     a = make()
     a.pert_grads()
     buf = io.BytesIO()
@@ -374,11 +423,26 @@ def test_state_dict_round_trip_with_weights_only(cls):
 
 
 def test_extra_repr_shows_sizes_bounds_and_noise():
-    module = make_sum(SlowSumOfBumpFcns, torch.rand(3, 7), torch.full((3, 7), 0.3), torch.ones(7),
-                      torch.tensor([[0.0, 1], [0, 1], [0, 2]]), None, c_grad_std=0.1)
+    module = make_sum(
+        SlowSumOfBumpFcns,
+        torch.rand(3, 7),
+        torch.full((3, 7), 0.3),
+        torch.ones(7),
+        torch.tensor([[0.0, 1], [0, 1], [0, 2]]),
+        None,
+        c_grad_std=0.1,
+    )
     text = repr(module)
-    for part in ("d=3", "n_bumps=7", "support_p=0.01", "c_bounds=[(0, 1), (0, 1), (0, 2)]", "w_bounds=None",
-                 "c_grad_std=0.1", "w_grad_std=0.0", "m_grad_gain=0.0"):
+    for part in (
+        "d=3",
+        "n_bumps=7",
+        "support_p=0.01",
+        "c_bounds=[(0, 1), (0, 1), (0, 2)]",
+        "w_bounds=None",
+        "c_grad_std=0.1",
+        "w_grad_std=0.0",
+        "m_grad_gain=0.0",
+    ):
         assert part in text, part
 
 
@@ -412,13 +476,20 @@ def test_positional_seed_signatures():
 def test_end_to_end_fit_with_adam():
     torch.manual_seed(0)
     x = torch.rand(400, 2)
-    target = 1.5 * torch.exp(-(((x - torch.tensor([0.3, 0.6])) / 0.2) ** 2).sum(1)) \
-        - 0.8 * torch.exp(-(((x - torch.tensor([0.7, 0.3])) / torch.tensor([0.15, 0.3])) ** 2).sum(1))
+    target = 1.5 * torch.exp(-(((x - torch.tensor([0.3, 0.6])) / 0.2) ** 2).sum(1)) - 0.8 * torch.exp(
+        -(((x - torch.tensor([0.7, 0.3])) / torch.tensor([0.15, 0.3])) ** 2).sum(1)
+    )
     k = 9
     grid = torch.stack(torch.meshgrid(torch.linspace(0.15, 0.85, 3), torch.linspace(0.15, 0.85, 3), indexing="ij"))
-    module = SlowSumOfBumpFcns(grid.reshape(2, k), torch.full((2, k), 0.25), torch.zeros(k),
-                               torch.tensor([[0.0, 1], [0, 1]]), torch.tensor([[0.05, 1], [0.05, 1]]),
-                               c_grad_std=1e-3, w_grad_std=1e-4)
+    module = SlowSumOfBumpFcns(
+        grid.reshape(2, k),
+        torch.full((2, k), 0.25),
+        torch.zeros(k),
+        torch.tensor([[0.0, 1], [0, 1]]),
+        torch.tensor([[0.05, 1], [0.05, 1]]),
+        c_grad_std=1e-3,
+        w_grad_std=1e-4,
+    )
     opt = torch.optim.Adam(module.parameters(), lr=0.03)
     for _ in range(300):
         opt.zero_grad()

@@ -142,7 +142,11 @@ def test_keys_and_draws_are_pinned():
         assert _noise.stream_key(_noise.step_key(seed, step), stream) == _noise.mix_key(seed, step, stream)
     z = _noise.keyed_normal((5,), 1, 2, 0, torch.float64, torch.device("cpu"))
     assert z.tolist() == [
-        -0.06440932815871465, -0.37312849839810575, -2.4547717212279725, -0.4641569355275084, 1.4082864778329593
+        -0.06440932815871465,
+        -0.37312849839810575,
+        -2.4547717212279725,
+        -0.4641569355275084,
+        1.4082864778329593,
     ]
     z32 = _noise.keyed_normal((3, 100), 123456789, 17, 1, torch.float32, "cpu")
     assert z32.dtype == torch.float32

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from problems import random_problem
+
 from wandering import BumpFcn, SlowSumOfBumpFcns, SumOfBumpFcns, bump_sum, bump_sum_reference
 from wandering._engine import _op, resolve_backend
 from wandering._engine._geometry import support_halfwidths
@@ -75,7 +75,9 @@ def test_hessian_vector_products_match_the_reference(engine, support_p, P):
         x, c, w, m = _params(400, 3, 24, P, seed=3)
         loss = fn(x, c, w, m).pow(2).sum() + (c**3).sum()
         grads = torch.autograd.grad(loss, (x, c, w, m), create_graph=True)
-        vs = [torch.randn(g.shape, dtype=g.dtype, generator=torch.Generator().manual_seed(i)) for i, g in enumerate(grads)]
+        vs = [
+            torch.randn(g.shape, dtype=g.dtype, generator=torch.Generator().manual_seed(i)) for i, g in enumerate(grads)
+        ]
         total = sum((g * v).sum() for g, v in zip(grads, vs))
         return total, torch.autograd.grad(total, (x, c, w, m))
 
@@ -181,7 +183,9 @@ def test_seed_code_with_wide_bounds_trains_through_zero_width(engine):
     torch.manual_seed(0)
     d, K = 2, 16
     big = torch.tensor([[-1e6, 1e6]] * d)
-    model = SlowSumOfBumpFcns(torch.rand(d, K), torch.full((d, K), 0.05), torch.randn(K), big, big, 0.01, 0.01, 0.0, 0.01)
+    model = SlowSumOfBumpFcns(
+        torch.rand(d, K), torch.full((d, K), 0.05), torch.randn(K), big, big, 0.01, 0.01, 0.0, 0.01
+    )
     x = torch.rand(4000, d)
     y = torch.sin(5 * x[:, 0])
     opt = torch.optim.SGD(model.parameters(), lr=0.2)

@@ -7,11 +7,11 @@ import math
 
 import pytest
 import torch
+from conftest import ORIENTED_ENGINES
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from conftest import ORIENTED_ENGINES
 from problems import TOL
+
 from wandering import (
     OrientedSumOfBumpFcns,
     SlowOrientedSumOfBumpFcns,
@@ -37,7 +37,11 @@ def oriented_problem(n, d, K, P=None, dtype=torch.float64, seed=0, scales=(0.05,
     c = torch.rand(d, K, generator=gen, dtype=torch.float64)
     w = scales[0] + (scales[1] - scales[0]) * torch.rand(d, K, generator=gen, dtype=torch.float64)
     angles = math.pi * (2 * torch.rand(n_angles(d), K, generator=gen, dtype=torch.float64) - 1)
-    m = torch.randn(K, generator=gen, dtype=torch.float64) if P is None else torch.randn(K, P, generator=gen, dtype=torch.float64)
+    m = (
+        torch.randn(K, generator=gen, dtype=torch.float64)
+        if P is None
+        else torch.randn(K, P, generator=gen, dtype=torch.float64)
+    )
     if support_p is not None:
         U = precision_transforms(rotations(angles, d), w)
         z = torch.einsum("ajk,ijk->iak", U, x[:, :, None] - c[None])
@@ -58,7 +62,9 @@ def _grads(fn, x, c, w, m, angles, gy):
 def test_two_d_rotation_is_the_angle_and_agrees_with_the_matrix_exponential():
     theta = torch.tensor([[0.3, -1.2, 2.9]], dtype=torch.float64)
     R = rotations(theta, 2)
-    expected = torch.stack([torch.stack([theta[0].cos(), -theta[0].sin()]), torch.stack([theta[0].sin(), theta[0].cos()])])
+    expected = torch.stack(
+        [torch.stack([theta[0].cos(), -theta[0].sin()]), torch.stack([theta[0].sin(), theta[0].cos()])]
+    )
     torch.testing.assert_close(R, expected)
     gen = torch.zeros(3, 2, 2, dtype=torch.float64)
     gen[:, 1, 0], gen[:, 0, 1] = theta[0], -theta[0]
@@ -85,7 +91,7 @@ def test_three_d_angle_order_is_documented():
 def test_ellipsoid_box_is_tight_around_the_support():
     """Every point of the ellipsoid lies in the box, and the box's faces are touched."""
     d, K, sp = 3, 5, 0.01
-    _, c, w, _, a = oriented_problem(1, d, K)
+    _, _c, w, _, a = oriented_problem(1, d, K)
     R = rotations(a, d)
     r2 = cutoffs(w, sp)
     half = ellipsoid_halfwidths(R, w, r2)
@@ -155,7 +161,9 @@ def test_every_engine_matches_the_reference(oriented_engine, d, P, support_p, dt
     x, c, w, m, a = oriented_problem(700, d, 20, P, dtype, seed=d, support_p=support_p)
     gy = torch.randn(x.shape[0], *(() if P is None else (P,)), dtype=dtype, generator=torch.Generator().manual_seed(5))
     got = _grads(lambda *t: oriented_bump_sum(*t, support_p, oriented_engine), x, c, w, m, a, gy)
-    ref = _grads(lambda *t: oriented_bump_sum_reference(*t, support_p=support_p), *(t.double() for t in (x, c, w, m, a, gy)))
+    ref = _grads(
+        lambda *t: oriented_bump_sum_reference(*t, support_p=support_p), *(t.double() for t in (x, c, w, m, a, gy))
+    )
     tol = TOL[dtype] if dtype == torch.float64 else dict(rtol=2e-4, atol=2e-4)
     for name, g, r in zip(("y", "x", "c", "w", "m", "angles"), got, ref):
         assert g.dtype == dtype, name
@@ -190,7 +198,9 @@ def test_dead_bumps_count_nowhere_and_get_zero_gradients(oriented_engine):
         y.square().sum().backward()
         for t in ts[1:]:
             assert bool(torch.isfinite(t.grad).all())
-        assert ts[1].grad[:, 2].abs().max() == 0 and ts[3].grad[2].abs().max() == 0 and ts[4].grad[:, 2].abs().max() == 0
+        assert (
+            ts[1].grad[:, 2].abs().max() == 0 and ts[3].grad[2].abs().max() == 0 and ts[4].grad[:, 2].abs().max() == 0
+        )
 
 
 @pytest.mark.parametrize("support_p", [None, 0.05])
@@ -281,7 +291,9 @@ def test_torch_func_transforms_match_the_reference(engine, kind, support_p):
     x, c, w, m, a = oriented_problem(40, 3, 7, support_p=support_p, seed=4)
     f, r = _fn(kind, c, w, m, a, support_p), _ref(kind, c, w, m, a, support_p)
     tol = TOL[torch.float64]
-    torch.testing.assert_close(torch.func.grad(lambda t: f(t).sum())(x), torch.func.grad(lambda t: r(t).sum())(x), **tol)
+    torch.testing.assert_close(
+        torch.func.grad(lambda t: f(t).sum())(x), torch.func.grad(lambda t: r(t).sum())(x), **tol
+    )
     torch.testing.assert_close(torch.func.jacrev(f)(x[:5]), torch.autograd.functional.jacobian(r, x[:5]), **tol)
     torch.testing.assert_close(torch.func.jacfwd(f)(x[:5]), torch.autograd.functional.jacobian(r, x[:5]), **tol)
     h = torch.func.hessian(lambda t: f(t).square().sum())(x[:4])
@@ -324,14 +336,26 @@ def test_modules_compute_the_reference(oriented_engine, cls, P):
     f = _oriented_module(cls, d=3, K=10, P=P)
     x = torch.rand(500, 3)
     sp = f.support_p
-    torch.testing.assert_close(f(x), oriented_bump_sum_reference(x, f.c, f.w, f.m, f.angles, sp).detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        f(x), oriented_bump_sum_reference(x, f.c, f.w, f.m, f.angles, sp).detach(), rtol=1e-5, atol=1e-5
+    )
     assert f(x).shape == ((500,) if P is None else (500, P))
     assert [n for n, _ in f.named_parameters()] == ["c", "w", "m", "angles"]
 
 
 def test_slow_oriented_module_keeps_the_axis_modules_positions():
     """Swapping SlowSumOfBumpFcns for SlowOrientedSumOfBumpFcns runs the same call."""
-    args = (torch.rand(2, 4), torch.full((2, 4), 0.2), torch.zeros(4), [[0.0, 1.0]] * 2, [[0.05, 0.5]] * 2, 1e-3, 1e-4, 0.01, 0.05)
+    args = (
+        torch.rand(2, 4),
+        torch.full((2, 4), 0.2),
+        torch.zeros(4),
+        [[0.0, 1.0]] * 2,
+        [[0.05, 0.5]] * 2,
+        1e-3,
+        1e-4,
+        0.01,
+        0.05,
+    )
     f = SlowOrientedSumOfBumpFcns(*args)
     g = SlowSumOfBumpFcns(*args)
     for name in ("c_grad_std", "w_grad_std", "m_grad_gain", "support_p"):

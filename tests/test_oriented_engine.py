@@ -164,7 +164,10 @@ def test_matches_the_torch_engine(dtype, d):
     for cull in (False, True):
         with forced_cull():
             got = run_engine(x, c, U, m, r2, half, gy, cull)
-        want = (te.oriented_forward(x, c, U, m, r2, half, cull), te.oriented_backward(gy, x, c, U, m, r2, half, cull, True))
+        want = (
+            te.oriented_forward(x, c, U, m, r2, half, cull),
+            te.oriented_backward(gy, x, c, U, m, r2, half, cull, True),
+        )
         tol = dict(rtol=2e-4, atol=2e-4) if dtype == torch.float32 else dict(rtol=1e-9, atol=1e-10)
         torch.testing.assert_close(got[0], want[0], **tol)
         for a, b in zip(got[1], want[1]):
@@ -195,8 +198,12 @@ def test_through_the_op_matches_the_plain_reference(dtype, support_p, d):
         return (y.detach(), *torch.autograd.grad((y * gy.to(y.dtype)).sum(), ts))
 
     with forced_cull():
-        got = grads(lambda *t: wandering.oriented_bump_sum(*t, support_p, "numba"), [t.to(dtype) for t in (x, c, w, m, angles)])
-    ref = grads(lambda x, c, w, m, a: wandering.oriented_bump_sum_reference(x, c, w, m, a, support_p), (x, c, w, m, angles))
+        got = grads(
+            lambda *t: wandering.oriented_bump_sum(*t, support_p, "numba"), [t.to(dtype) for t in (x, c, w, m, angles)]
+        )
+    ref = grads(
+        lambda x, c, w, m, a: wandering.oriented_bump_sum_reference(x, c, w, m, a, support_p), (x, c, w, m, angles)
+    )
     tol = dict(rtol=2e-4, atol=2e-4) if dtype == torch.float32 else dict(rtol=1e-9, atol=1e-10)
     for name, a, b in zip(("y", "x", "c", "w", "m", "angles"), got, ref):
         assert a.dtype == dtype, name
@@ -211,7 +218,7 @@ def test_culled_pairs_equal_brute_force_counts(dtype, d, aspect):
     path's candidates: the culled count equals the brute-force count over all n * K pairs.
     No margin here: many points sit within rounding of a boundary."""
     scales = (0.01, 0.05) if d < 4 else (0.04, 0.12)
-    x, c, U, m, r2, half, gy = problem(20000, d, 60, 1, dtype, seed=d, scales=scales, aspect=aspect, margin=0)
+    x, c, U, _m, r2, half, _gy = problem(20000, d, 60, 1, dtype, seed=d, scales=scales, aspect=aspect, margin=0)
     with forced_cull():
         culled = ne.oriented_pair_count(x, c, U, r2, half)
     brute = ne.oriented_pair_count(x, c, U, r2, half, culled=False)
@@ -238,7 +245,12 @@ def test_points_on_the_boundary_are_never_skipped(dtype, d):
     pts = []
     for k in range(K):
         y = torch.randn(400, d, generator=g, dtype=torch.float64)
-        y = y / y.norm(dim=1, keepdim=True) * math.sqrt(r2[k]) * (1 + 1e-7 * torch.randn(400, 1, generator=g, dtype=torch.float64))
+        y = (
+            y
+            / y.norm(dim=1, keepdim=True)
+            * math.sqrt(r2[k])
+            * (1 + 1e-7 * torch.randn(400, 1, generator=g, dtype=torch.float64))
+        )
         pts.append(c[:, k] + (y * w[:, k]) @ R[:, :, k].T)  # x = c + R diag(w) y
     x_bound = torch.cat(pts)
     for filler in (200, 50000):  # coarse and fine grids
@@ -253,7 +265,9 @@ def test_points_on_the_boundary_are_never_skipped(dtype, d):
 def test_elongated_bumps_cost_what_their_ellipsoid_holds():
     """Thin rotated bumps (aspect 8:1): the ellipsoid registration visits far fewer candidates
     than their bounding boxes hold, and not many more than the pairs that count."""
-    x, c, U, m, r2, half, gy = problem(200000, 2, 200, 1, torch.float32, seed=5, scales=(0.004, 0.006), aspect=8.0, margin=0)
+    x, c, U, _m, r2, half, _gy = problem(
+        200000, 2, 200, 1, torch.float32, seed=5, scales=(0.004, 0.006), aspect=8.0, margin=0
+    )
     with forced_cull():
         _, plan = ne.make_plan(x, c, half, oriented=(U, r2))
         _, box_plan = ne.make_plan(x, c, half)  # the same bumps registered by their boxes
@@ -291,7 +305,7 @@ def test_dead_bumps_count_nowhere(path):
     x, c, U, m, r2, half, gy = problem(3000, 3, 16, 2, torch.float64, seed=1, dead=True)
     assert r2[0] == 0 and half[:, 0].abs().max() == 0 and U[2, :, 0].abs().max() == 0
     with forced_cull():
-        y, (gx, gc, gU, gm) = run_engine(x, c, U, m, r2, half, gy, path == "culled")
+        y, (_gx, gc, gU, gm) = run_engine(x, c, U, m, r2, half, gy, path == "culled")
         live = torch.arange(16) > 0
         y_live, _ = run_engine(x, c[:, live], U[:, :, live], m[live], r2[live], half[:, live], gy, path == "culled")
     torch.testing.assert_close(y, y_live, rtol=1e-12, atol=1e-12)
@@ -305,7 +319,9 @@ def test_empty(n, K, P, cull):
     x, c, U, m, r2, half, gy = problem(n, 3, K, max(P, 1), torch.float32, seed=0)
     m, gy = m[:, :P], gy[:, :P]
     y, (gx, gc, gU, gm) = run_engine(x, c, U, m, r2, half, gy, cull)
-    assert y.shape == (n, P) and gx.shape == (n, 3) and gc.shape == (3, K) and gU.shape == (3, 3, K) and gm.shape == (K, P)
+    assert (
+        y.shape == (n, P) and gx.shape == (n, 3) and gc.shape == (3, K) and gU.shape == (3, 3, K) and gm.shape == (K, P)
+    )
     for t in (y, gx, gc, gU, gm):
         assert t.dtype == torch.float32 and t.abs().sum() == 0
     assert ne.oriented_backward(gy, x, c, U, m, r2, half, cull, False)[0] is None
@@ -365,7 +381,7 @@ def test_binning_is_shared_with_axis_bumps_and_plans_are_cached(monkeypatch):
 
 
 def test_exact_sums_run_dense():
-    x, c, U, m, r2, half, gy = problem(2000, 2, 10, 1, torch.float64, seed=4, support_p=None)
+    x, c, U, _m, r2, half, _gy = problem(2000, 2, 10, 1, torch.float64, seed=4, support_p=None)
     assert ne.oriented_pair_count(x, c, U, r2, half) is None
 
 
@@ -375,7 +391,7 @@ def test_exact_sums_run_dense():
 def test_y_at_a_point_has_the_same_bits_on_both_paths_and_among_any_other_points(dtype, P, d):
     """BumpRegressor.predict relies on it: y at a point may not depend on the path (dense or
     culled: a different grid) or on which other points came along."""
-    x, c, U, m, r2, half, gy = problem(4000, d, 37, P, dtype, seed=d, scales=(0.03, 0.12), aspect=3.0, dead=True)
+    x, c, U, m, r2, half, _gy = problem(4000, d, 37, P, dtype, seed=d, scales=(0.03, 0.12), aspect=3.0, dead=True)
     dense = ne.oriented_forward(x, c, U, m, r2, half, False)
     with forced_cull():
         culled = ne.oriented_forward(x, c, U, m, r2, half, True)

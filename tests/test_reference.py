@@ -6,16 +6,15 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from problems import DTYPES, TOL, per_bump_loop, random_problem
-from wandering._engine._geometry import support_scale
-from wandering._engine._geometry import support_halfwidths
+
+from wandering._engine._geometry import support_halfwidths, support_scale
 from wandering._engine._reference import bump_sum_reference, support_mask_reference
 
 
 def test_support_scale_is_where_bump_falls_to_support_p():
     for p in (0.5, 0.01, 1e-6):
-        assert math.exp(-support_scale(p) ** 2) == pytest.approx(p, rel=1e-12)
+        assert math.exp(-(support_scale(p) ** 2)) == pytest.approx(p, rel=1e-12)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

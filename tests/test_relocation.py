@@ -10,10 +10,13 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-
 from _spawn import free_port, spawn
+
 from wandering import (
-    SlowOrientedSumOfBumpFcns, SlowSumOfBumpFcns, bump_sum_reference, oriented_bump_sum_reference,
+    SlowOrientedSumOfBumpFcns,
+    SlowSumOfBumpFcns,
+    bump_sum_reference,
+    oriented_bump_sum_reference,
 )
 from wandering._engine._rotation import rotations
 from wandering.nn.relocation import _phi
@@ -36,8 +39,13 @@ def _model(P=None, seed=0, oriented=False):
     shape = (K,) if P is None else (K, P)
     m = torch.sign(torch.randn(shape, dtype=torch.float64)) * (0.5 + torch.rand(shape, dtype=torch.float64))
     m[4:7] = 1e-4  # three bumps with negligible magnitude
-    args = (c, torch.full((D, K), 0.1, dtype=torch.float64), m, torch.tensor([[-1.0, 4.0]] * D),
-            torch.tensor([[0.01, 1.0]] * D))
+    args = (
+        c,
+        torch.full((D, K), 0.1, dtype=torch.float64),
+        m,
+        torch.tensor([[-1.0, 4.0]] * D),
+        torch.tensor([[0.01, 1.0]] * D),
+    )
     if not oriented:
         return SlowSumOfBumpFcns(*args, backend="reference")
     args[1][0] = 0.2  # elongated, at random angles
@@ -93,7 +101,7 @@ def test_only_dead_bumps_move_and_exactly_their_optimizer_state_is_reset(P, orie
             else:
                 assert torch.equal(val, old), key  # Adam's scalar step is left alone
     # the moved bumps now sit where the residual was: the error drops
-    err_before = float((resid ** 2).mean())
+    err_before = float((resid**2).mean())
     err_after = float((((y if P is None else y[:, None]) - model(x).detach()) ** 2).mean())
     assert err_after < err_before
 
@@ -104,8 +112,9 @@ def test_oriented_occupancy_is_the_ellipsoid_not_its_box():
     w = torch.tensor([[0.4, 0.1], [0.02, 0.1]], dtype=torch.float64)
     x = torch.tensor([[0.8, 0.2], [0.2, 0.8], [0.75, 0.3], [0.9, 0.1]], dtype=torch.float64)
     for angle, empty in ((math.pi / 4, True), (-math.pi / 4, False)):
-        mod = SlowOrientedSumOfBumpFcns(c, w, torch.ones(2, dtype=torch.float64),
-                                        angles=torch.tensor([[angle, 0.0]], dtype=torch.float64))
+        mod = SlowOrientedSumOfBumpFcns(
+            c, w, torch.ones(2, dtype=torch.float64), angles=torch.tensor([[angle, 0.0]], dtype=torch.float64)
+        )
         dead = Relocation(min_rel_m=0.0).dead(mod, x)
         assert dead.tolist() == [empty, False]
 
@@ -124,8 +133,9 @@ def test_one_bump_values_are_the_reference_sums(support_p):
         torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-14)
         got = _phi(x, c[:, 0], w[:, 0], support_p)  # no axes: the axis-aligned bump and its box
         torch.testing.assert_close(got, bump_sum_reference(x, c, w, one, support_p), rtol=1e-12, atol=1e-14)
-    assert not _phi(x, c[:, 0], torch.tensor([0.1, 0.0, 0.2], dtype=torch.float64), 0.01, torch.eye(3,
-                    dtype=torch.float64)).any()  # a zero scale counts nowhere
+    assert not _phi(
+        x, c[:, 0], torch.tensor([0.1, 0.0, 0.2], dtype=torch.float64), 0.01, torch.eye(3, dtype=torch.float64)
+    ).any()  # a zero scale counts nowhere
 
 
 def test_max_fraction_caps_and_prefers_empty_boxes():
@@ -244,8 +254,10 @@ def _ddp_worker(rank: int, port: int, outdir: str, oriented: bool) -> None:
             reloc.step_post(ddp, opt, xr, yr - pred.detach(), step)
             torch.rand(rank + 1)
         out = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        torch.save({"seed": seed, "state": out, "moved": sum(n for _, n in reloc.history)},
-                   os.path.join(outdir, f"rank{rank}.pt"))
+        torch.save(
+            {"seed": seed, "state": out, "moved": sum(n for _, n in reloc.history)},
+            os.path.join(outdir, f"rank{rank}.pt"),
+        )
     finally:
         dist.destroy_process_group()
 

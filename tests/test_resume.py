@@ -14,8 +14,8 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-import _resume_script as rs  # noqa: E402
-import _training_problem as tp  # noqa: E402
+import _resume_script as rs
+import _training_problem as tp
 
 # every engine, one and several outputs, axis-aligned and oriented bumps
 pytestmark = pytest.mark.usefixtures("engine", "outputs", "shape")
@@ -25,9 +25,7 @@ SEED, T = 21, 12
 
 
 def _run(*args):
-    proc = subprocess.run(
-        [sys.executable, SCRIPT, *map(str, args)], capture_output=True, text=True, timeout=120
-    )
+    proc = subprocess.run([sys.executable, SCRIPT, *map(str, args)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
 
 

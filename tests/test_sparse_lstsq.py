@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wandering import bump_sum, oriented_bump_sum
-from wandering.fit._lstsq import solve_magnitudes, solve_magnitudes_cv
 from wandering._engine._rotation import n_angles
+from wandering.fit._lstsq import solve_magnitudes, solve_magnitudes_cv
 from wandering.fit._sparse_lstsq import solve_magnitudes_sparse, solve_magnitudes_sparse_cv, sparse_design
 
 
@@ -27,8 +27,14 @@ def _problem(seed, n, d, K, P, dtype=torch.float64):
 
 
 @settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 10_000), n=st.integers(1, 120), d=st.integers(1, 4), K=st.integers(1, 30),
-       oriented=st.booleans(), support_p=st.sampled_from([0.5, 0.01, 1e-6]))
+@given(
+    seed=st.integers(0, 10_000),
+    n=st.integers(1, 120),
+    d=st.integers(1, 4),
+    K=st.integers(1, 30),
+    oriented=st.booleans(),
+    support_p=st.sampled_from([0.5, 0.01, 1e-6]),
+)
 def test_design_is_the_modules_culled_sum(seed, n, d, K, oriented, support_p):
     x, c, w, a, _ = _problem(seed, n, d, K, 1)
     eye = torch.eye(K, dtype=x.dtype)

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-import _training_problem as tp  # noqa: E402
+import _training_problem as tp
 
-from wandering import BumpFcn, SlowSumOfBumpFcns, WanderingModule  # noqa: E402
-from wandering.nn.training import (  # noqa: E402
+from wandering import BumpFcn, SlowSumOfBumpFcns, WanderingModule
+from wandering.nn.training import (
     WanderingHooks,
     attach,
     bound_params,
@@ -410,7 +410,7 @@ def test_errors_name_the_argument():
 def test_frozen_parameters_get_no_noise_even_in_an_attached_optimizer():
     torch.manual_seed(0)
     model = tp.make_model()
-    x, y = tp.data()
+    _x, _y = tp.data()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     attach(opt, model, param_c_std=0.1, param_w_std=0.1, param_m_std=0.1)
     model.requires_grad_(False)  # frozen, but still in the optimizer
@@ -432,7 +432,9 @@ def test_attach_twice_is_refused_and_allowed_again_after_remove():
     model = tp.make_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     hooks = attach(opt, model)
-    with pytest.raises(ValueError, match=r"SlowSumOfBumpFcns must be attached once, but it is already attached to this optimizer"):
+    with pytest.raises(
+        ValueError, match=r"SlowSumOfBumpFcns must be attached once, but it is already attached to this optimizer"
+    ):
         attach(opt, model)
     hooks.remove()
     attach(opt, model).remove()
@@ -444,7 +446,9 @@ def test_one_module_split_over_two_attached_optimizers_is_refused():
     opt_cw = torch.optim.SGD([model.c, model.w], lr=0.1)
     opt_m = torch.optim.Adam([model.m], lr=0.1)
     attach(opt_cw, model)
-    with pytest.raises(ValueError, match=r"already attached to another optimizer, so its noise would be added twice per step"):
+    with pytest.raises(
+        ValueError, match=r"already attached to another optimizer, so its noise would be added twice per step"
+    ):
         attach(opt_m, model)
 
 

@@ -20,11 +20,11 @@ import os
 
 import torch
 
+from wandering._engine import _op
 from wandering._engine._checks import check_support_p
 from wandering._engine._geometry import cutoffs, ellipsoid_halfwidths, support_halfwidths
-from wandering._engine._rotation import n_angles, precision_transforms, rotations
-from wandering._engine import _op
 from wandering._engine._registry import AUTO, BACKENDS, ENGINES, ENV_VAR, SMALL_WORK, Engine
+from wandering._engine._rotation import n_angles, precision_transforms, rotations
 
 __all__ = [
     "bump_sum", "oriented_bump_sum", "resolve_backend", "check_backend", "BACKENDS", "ENGINES", "ENV_VAR",

@@ -29,9 +29,7 @@ def as_float_tensor(
             # Convert straight to the target dtype: a Python float must not round through float32.
             t = torch.as_tensor(value, dtype=dtype)
         except (TypeError, ValueError, RuntimeError) as exc:
-            raise TypeError(
-                f"{name} must be a tensor or array of numbers, but got {type(value).__name__}"
-            ) from exc
+            raise TypeError(f"{name} must be a tensor or array of numbers, but got {type(value).__name__}") from exc
     if t.dtype == torch.bool or t.is_complex():
         raise TypeError(f"{name} must hold real numbers, but got dtype {t.dtype}")
     if dtype is None:

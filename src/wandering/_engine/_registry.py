@@ -60,8 +60,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -126,9 +126,16 @@ def _engine(name, module, devices, dtypes, culls, priority) -> Engine:
     except ImportError as exc:
         raise ImportError(f"wandering's {name!r} engine failed to import: {exc}") from exc
     return Engine(
-        name, frozenset(devices), frozenset(dtypes), culls, priority, mod.forward, mod.backward,
-        oriented_forward=getattr(mod, "oriented_forward", None), oriented_backward=getattr(mod, "oriented_backward", None),
-    )  # fmt: skip
+        name,
+        frozenset(devices),
+        frozenset(dtypes),
+        culls,
+        priority,
+        mod.forward,
+        mod.backward,
+        oriented_forward=getattr(mod, "oriented_forward", None),
+        oriented_backward=getattr(mod, "oriented_backward", None),
+    )
 
 
 def _optional_engine(
@@ -175,9 +182,16 @@ ENGINES: dict[str, Engine] = {
         _engine("torch", "._torch_engine", _ANY_DEVICE, _FLOATS, culls=False, priority=10),
         _engine("numba", "._numba_engine", ("cpu",), (torch.float32, torch.float64), culls=True, priority=20),
         _optional_engine(
-            "triton", "._triton_engine", "triton", ("cuda", "cpu") if _triton_interpreting() else ("cuda",),
-            (torch.float32, torch.float64), culls=True, priority=30, auto_devices=("cuda",), oriented=True,
-        ),  # fmt: skip
+            "triton",
+            "._triton_engine",
+            "triton",
+            ("cuda", "cpu") if _triton_interpreting() else ("cuda",),
+            (torch.float32, torch.float64),
+            culls=True,
+            priority=30,
+            auto_devices=("cuda",),
+            oriented=True,
+        ),
     )
 }
 

@@ -192,7 +192,7 @@ def _forward_kernel(
         if hit:
             if COUNT:  # tests: how many (tile, bump block) pairs were evaluated
                 tl.atomic_add(count_ptr, 1)
-            z, e = _pair_terms(xt, rmask, cb, iwb, hb, kmask, jmask)
+            _z, e = _pair_terms(xt, rmask, cb, iwb, hb, kmask, jmask)
             if ONE_CHUNK:
                 mb = _load_block(m_ptr, ks, kmask, ps, ps < P, P)
                 acc += tl.sum(e[:, :, None] * mb[None, :, :], axis=1).to(tl.float64)

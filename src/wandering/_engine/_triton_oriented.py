@@ -50,8 +50,17 @@ import triton
 import triton.language as tl
 
 from wandering._engine import _triton_engine as _axis
-from wandering._engine._triton_engine import _check_device, _chunks, _config, _inverse_perm, _load_block, _on_device, _points
-from wandering._engine._triton_engine import _tile_hits, morton_order
+from wandering._engine._triton_engine import (
+    _check_device,
+    _chunks,
+    _config,
+    _inverse_perm,
+    _load_block,
+    _on_device,
+    _points,
+    _tile_hits,
+    morton_order,
+)
 
 _CULL_MARGIN = 2.0**-10
 """Relative widening of the ellipsoids' boxes for the tile skip (see the module docstring)."""
@@ -142,7 +151,7 @@ def _oriented_forward_kernel(
         if hit:
             if COUNT:  # tests: how many (tile, bump block) pairs were evaluated
                 tl.atomic_add(count_ptr, 1)
-            z, e = _pair_terms(x_ptr, rows, rmask, ct_ptr, ut_ptr, r2_ptr, ks, kmask, cols, jmask, D)
+            _z, e = _pair_terms(x_ptr, rows, rmask, ct_ptr, ut_ptr, r2_ptr, ks, kmask, cols, jmask, D)
             if ONE_CHUNK:
                 mb = _load_block(m_ptr, ks, kmask, ps, ps < P, P)
                 acc += tl.sum(e[:, :, None] * mb[None, :, :], axis=1).to(tl.float64)

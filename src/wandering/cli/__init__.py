@@ -41,7 +41,9 @@ def _written_by_demo(out: str) -> bool:
         return False
 
 
-def _prepare_out_dir(out: str, names: list[str], force: bool, stale: tuple[str, ...] | list[str] = (), own: bool = False) -> list[str]:
+def _prepare_out_dir(
+    out: str, names: list[str], force: bool, stale: tuple[str, ...] | list[str] = (), own: bool = False
+) -> list[str]:
     """Creates DIR and checks that it can be written, before any fitting.
 
     Refuses to overwrite a file in ``names`` unless ``force`` (or ``own``: the caller
@@ -60,8 +62,10 @@ def _prepare_out_dir(out: str, names: list[str], force: bool, stale: tuple[str, 
     if clash and not (force or own):
         raise CliError(f"--out {out}: would overwrite {', '.join(clash)} (use --force)")
     if old and not (force or own):
-        raise CliError(f"--out {out}: holds {', '.join(old)} from an earlier run, which would be left beside "
-                       f"the new model (use --force to replace the earlier run, or another --out)")
+        raise CliError(
+            f"--out {out}: holds {', '.join(old)} from an earlier run, which would be left beside "
+            f"the new model (use --force to replace the earlier run, or another --out)"
+        )
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as e:
@@ -120,7 +124,7 @@ def _fmt(v) -> str:
     return "n/a" if v is None else f"{v:.4g}"
 
 
-def _parse_bounds(text: str | None, d: int) -> "np.ndarray | None":
+def _parse_bounds(text: str | None, d: int) -> np.ndarray | None:
     """'lo:hi' for every dimension, or 'lo:hi,lo:hi,...' one per dimension."""
     if text is None:
         return None
@@ -185,11 +189,24 @@ def _settings(a: argparse.Namespace, d: int) -> FitSettings:
     if not (0 <= a.holdout < 1):
         raise CliError(f"--holdout must be in [0, 1), but got {a.holdout}")
     return FitSettings(
-        bumps=a.bumps, steps=a.steps, lr_position=a.lr_position, lr_magnitude=a.lr_magnitude, lr=a.lr,
-        batch=_batch(a.batch), c_grad_std=a.c_grad_std, w_grad_std=a.w_grad_std, m_grad_gain=a.m_grad_gain,
-        support_p=a.support_p, relocate=a.relocate, holdout=a.holdout, seed=a.seed,
-        bounds=_parse_bounds(a.bounds, d), device=a.device, progress=not a.quiet,
-        shape=a.shape, lr_angle=a.lr_angle,
+        bumps=a.bumps,
+        steps=a.steps,
+        lr_position=a.lr_position,
+        lr_magnitude=a.lr_magnitude,
+        lr=a.lr,
+        batch=_batch(a.batch),
+        c_grad_std=a.c_grad_std,
+        w_grad_std=a.w_grad_std,
+        m_grad_gain=a.m_grad_gain,
+        support_p=a.support_p,
+        relocate=a.relocate,
+        holdout=a.holdout,
+        seed=a.seed,
+        bounds=_parse_bounds(a.bounds, d),
+        device=a.device,
+        progress=not a.quiet,
+        shape=a.shape,
+        lr_angle=a.lr_angle,
     )
 
 
@@ -204,8 +221,10 @@ def _check_magnitudes(table, path: str) -> None:
         for name, v in cols:
             bad = not np.isfinite(v.max() - v.min()) or not np.isfinite(v.std())
             if bad:
-                raise CliError(f"{path}: column {name!r}: values too large to fit (from {v.min():.3g} to "
-                               f"{v.max():.3g}; their spread overflows double precision); rescale them")
+                raise CliError(
+                    f"{path}: column {name!r}: values too large to fit (from {v.min():.3g} to "
+                    f"{v.max():.3g}; their spread overflows double precision); rescale them"
+                )
 
 
 def _check_query(x, ckpt: dict, names: list[str], path: str) -> None:
@@ -217,8 +236,10 @@ def _check_query(x, ckpt: dict, names: list[str], path: str) -> None:
         ok = xu < np.finfo(np.float32).max
     if not ok.all():
         i, j = (int(v[0]) for v in np.nonzero(~ok))
-        raise CliError(f"{path}: row {i + 1} of the data, column {names[j]!r}: {x[i, j]:.3g} is too far outside "
-                       f"the range the model was fitted on to evaluate")
+        raise CliError(
+            f"{path}: row {i + 1} of the data, column {names[j]!r}: {x[i, j]:.3g} is too far outside "
+            f"the range the model was fitted on to evaluate"
+        )
 
 
 def _cmd_fit(a: argparse.Namespace) -> int:
@@ -258,18 +279,26 @@ def _cmd_fit(a: argparse.Namespace) -> int:
     if multi:
         width = max(len(name) for name in table.y_names)
         for name, o in m["outputs"].items():
-            print(f"  {name:<{width}}  held-out R^2 {_fmt(o['r2'])}  RMSE {_fmt(o['rmse'])}  "
-                  f"(train R^2 {_fmt(o['train_r2'])})")
-        print(f"mean over {len(table.y_names)} outputs: held-out R^2 {_fmt(m['r2'])}  RMSE {_fmt(m['rmse'])}  "
-              f"(train R^2 {_fmt(m['train_r2'])})  time {m['seconds']:.1f} s")
+            print(
+                f"  {name:<{width}}  held-out R^2 {_fmt(o['r2'])}  RMSE {_fmt(o['rmse'])}  "
+                f"(train R^2 {_fmt(o['train_r2'])})"
+            )
+        print(
+            f"mean over {len(table.y_names)} outputs: held-out R^2 {_fmt(m['r2'])}  RMSE {_fmt(m['rmse'])}  "
+            f"(train R^2 {_fmt(m['train_r2'])})  time {m['seconds']:.1f} s"
+        )
     else:
-        print(f"held-out R^2 {_fmt(m['r2'])}  RMSE {_fmt(m['rmse'])}  (train R^2 {_fmt(m['train_r2'])})  "
-              f"time {m['seconds']:.1f} s")
+        print(
+            f"held-out R^2 {_fmt(m['r2'])}  RMSE {_fmt(m['rmse'])}  (train R^2 {_fmt(m['train_r2'])})  "
+            f"time {m['seconds']:.1f} s"
+        )
     if d > 3:
         print(f"no fit.png: plots are made for d <= 3, this data has d = {d}")
     elif plot and multi and len(table.y_names) > PLOT_OUTPUTS:
-        print(f"fit.png shows the first {PLOT_OUTPUTS} of {len(table.y_names)} outputs "
-              f"({', '.join(table.y_names[:PLOT_OUTPUTS])})")
+        print(
+            f"fit.png shows the first {PLOT_OUTPUTS} of {len(table.y_names)} outputs "
+            f"({', '.join(table.y_names[:PLOT_OUTPUTS])})"
+        )
     if stale:
         print(f"removed the earlier run's {', '.join(stale)}")
     print(f"wrote {', '.join(os.path.join(a.out, o) for o in outputs)}")
@@ -285,8 +314,8 @@ def _cmd_predict(a: argparse.Namespace) -> int:
     if folder and not os.path.isdir(folder):
         raise CliError(f"-o {a.output}: no folder {folder}")
     _check_writable(folder, f"-o {a.output}")
-    from wandering.fit import checkpoint
     from wandering.cli._data import check_data_file, read_table, write_predictions
+    from wandering.fit import checkpoint
 
     try:  # wrong files are one line at once, before torch is imported
         checkpoint.check_file(a.model)
@@ -309,8 +338,10 @@ def _cmd_predict(a: argparse.Namespace) -> int:
     else:
         pred_names = [t.strip() for t in a.name.split(",")] if len(names) > 1 else [a.name]
         if len(pred_names) != len(names) or not all(pred_names) or len(set(pred_names)) != len(pred_names):
-            raise CliError(f"--name: the model has {len(names)} outputs, so give {len(names)} different, "
-                           f"comma-separated names, but got {a.name!r}")
+            raise CliError(
+                f"--name: the model has {len(names)} outputs, so give {len(names)} different, "
+                f"comma-separated names, but got {a.name!r}"
+            )
     pred = predict_arrays(reg, table.x)
     write_predictions(a.output, table, pred, pred_names if len(names) > 1 else pred_names[0])
     outs = "" if len(names) == 1 else f" of {len(names)} outputs"
@@ -362,8 +393,7 @@ def _cmd_demo(a: argparse.Namespace) -> int:
     _write_json(res.metrics, os.path.join(a.out, "metrics.json"))
     m = res.metrics
     print(f"held-out R^2 {_fmt(m['r2'])}  RMSE {_fmt(m['rmse'])}  (train R^2 {_fmt(m['train_r2'])})")
-    print(f"warm-up (one-off compilation) {warm:.1f} s; fit {m['seconds']:.1f} s; "
-          f"{m['seconds_total']:.1f} s in all")
+    print(f"warm-up (one-off compilation) {warm:.1f} s; fit {m['seconds']:.1f} s; {m['seconds_total']:.1f} s in all")
     print(f"wrote {', '.join(os.path.join(a.out, o) for o in outputs)}")
     return 0
 
@@ -375,25 +405,56 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_fit_options(p: argparse.ArgumentParser, defaults: FitSettings, hidden: bool = False) -> None:
-    h = (lambda text: argparse.SUPPRESS) if hidden else (lambda text: text + " (default: %(default)s)")  # noqa: E731
-    p.add_argument("--bumps", type=_bumps, default=defaults.bumps, metavar="K",
-                   help=h("number of bumps, or auto: training points / (4 (2d + 1)), at most 256"))
+    h = (lambda text: argparse.SUPPRESS) if hidden else (lambda text: text + " (default: %(default)s)")
+    p.add_argument(
+        "--bumps",
+        type=_bumps,
+        default=defaults.bumps,
+        metavar="K",
+        help=h("number of bumps, or auto: training points / (4 (2d + 1)), at most 256"),
+    )
     p.add_argument("--steps", type=int, default=defaults.steps, metavar="S", help=h("optimizer steps"))
-    p.add_argument("--lr-position", type=float, default=defaults.lr_position,
-                   help=h("Adam learning rate of centres and widths, in bump spacings"))
-    p.add_argument("--lr-magnitude", type=float, default=defaults.lr_magnitude,
-                   help=h("Adam learning rate of magnitudes and offset (standardised target)"))
-    p.add_argument("--shape", choices=SHAPES, default=defaults.shape,
-                   help=h("bump shape: axis-aligned, or oriented (rotated ellipsoids, full covariance)"))
-    p.add_argument("--lr-angle", type=float, default=defaults.lr_angle,
-                   help=h("Adam learning rate of the oriented bumps' rotation angles, in radians"))
-    p.add_argument("--lr", type=float, default=None,
-                   help=argparse.SUPPRESS if hidden else "one Adam learning rate for every parameter (unit box and "
-                   "standardised target; replaces --lr-position and --lr-magnitude)")
-    p.add_argument("--batch", default="auto",
-                   help=h("points per step: auto (all up to 131072, else 65536) or an integer"))
-    p.add_argument("--relocate", action="store_true",
-                   help=argparse.SUPPRESS if hidden else "move dead bumps to where the residual is large")
+    p.add_argument(
+        "--lr-position",
+        type=float,
+        default=defaults.lr_position,
+        help=h("Adam learning rate of centres and widths, in bump spacings"),
+    )
+    p.add_argument(
+        "--lr-magnitude",
+        type=float,
+        default=defaults.lr_magnitude,
+        help=h("Adam learning rate of magnitudes and offset (standardised target)"),
+    )
+    p.add_argument(
+        "--shape",
+        choices=SHAPES,
+        default=defaults.shape,
+        help=h("bump shape: axis-aligned, or oriented (rotated ellipsoids, full covariance)"),
+    )
+    p.add_argument(
+        "--lr-angle",
+        type=float,
+        default=defaults.lr_angle,
+        help=h("Adam learning rate of the oriented bumps' rotation angles, in radians"),
+    )
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help=argparse.SUPPRESS
+        if hidden
+        else "one Adam learning rate for every parameter (unit box and "
+        "standardised target; replaces --lr-position and --lr-magnitude)",
+    )
+    p.add_argument(
+        "--batch", default="auto", help=h("points per step: auto (all up to 131072, else 65536) or an integer")
+    )
+    p.add_argument(
+        "--relocate",
+        action="store_true",
+        help=argparse.SUPPRESS if hidden else "move dead bumps to where the residual is large",
+    )
     p.add_argument("--c-grad-std", type=float, default=defaults.c_grad_std, help=h("noise std on centre gradients"))
     p.add_argument("--w-grad-std", type=float, default=defaults.w_grad_std, help=h("noise std on width gradients"))
     p.add_argument("--m-grad-gain", type=float, default=defaults.m_grad_gain, help=h("decay gain on magnitudes"))
@@ -425,8 +486,11 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--x-cols", help="comma-separated coordinate columns (default: all but the value)")
     p.add_argument("--y-col", help="value column (default: the last column)")
-    p.add_argument("--y-cols", metavar="A,B,...",
-                   help="several comma-separated value columns, fitted together with one shared set of bumps")
+    p.add_argument(
+        "--y-cols",
+        metavar="A,B,...",
+        help="several comma-separated value columns, fitted together with one shared set of bumps",
+    )
     p.add_argument("--bounds", help="centre bounds 'lo:hi' or 'lo:hi,lo:hi,...' (default: the data's range)")
     _add_fit_options(p, FitSettings())
     p.add_argument("--no-plot", action="store_true", help="skip fit.png")
@@ -436,8 +500,13 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="predict with a fitted model")
     p.add_argument("model", metavar="MODEL", help="model.pt written by fit or demo")
     p.add_argument("data", metavar="DATA", help="CSV with a header, or .npz with array x")
-    p.add_argument("-o", "--output", required=True, metavar="OUT.csv",
-                   help="CSV to write (a name ending in .npz writes arrays x, y_pred, pred_names)")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUT.csv",
+        help="CSV to write (a name ending in .npz writes arrays x, y_pred, pred_names)",
+    )
     p.add_argument("--x-cols", help="coordinate columns (default: the names the model was fitted on)")
     p.add_argument("--y-col", help="value column to echo, if present")
     p.add_argument("--name", help="prediction column name; one per output, comma-separated (default: <value>_pred)")

@@ -71,8 +71,7 @@ def _check_readable(path: str) -> None:
         raise CliError(f"{path}: cannot be read (permission denied)")
 
 
-def check_data_file(path: str, x_cols: str | None = None, y_col: str | None = None,
-                    y_cols: str | None = None) -> None:
+def check_data_file(path: str, x_cols: str | None = None, y_col: str | None = None, y_cols: str | None = None) -> None:
     """The checks of :func:`read_table` that need no parsing: the column options, the file
     (exists, is readable, is not empty), an .npz's zip signature, a CSV's header row and
     the columns the options name in it. Standard library only, so that ``fit`` and
@@ -227,13 +226,22 @@ def _read_csv(path, x_names, y_names, need_y, default_x, n_dims) -> Table:
         as_model = ""
         if not need_y and x_names is None and default_x and not _generated(default_x) and c in (n_dims, n_dims + 1):
             as_model = f" (read as the model's coordinates {', '.join(default_x)}, in this order)"
-        print(f"wandering: note: {path}: the first row is all numbers, so it is data, not a header; "
-              f"the columns are named {', '.join(header)}{as_model}", file=sys.stderr)
+        print(
+            f"wandering: note: {path}: the first row is all numbers, so it is data, not a header; "
+            f"the columns are named {', '.join(header)}{as_model}",
+            file=sys.stderr,
+        )
     _check_unique(path, header)
     try:
         frame = pd.read_csv(
-            path, header=None if headerless else 0, names=header, index_col=False, encoding="utf-8-sig",
-            keep_default_na=False, na_values=[""], skipinitialspace=True,
+            path,
+            header=None if headerless else 0,
+            names=header,
+            index_col=False,
+            encoding="utf-8-sig",
+            keep_default_na=False,
+            na_values=[""],
+            skipinitialspace=True,
         )
     except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError) as e:
         reason = " ".join(str(e).split())  # one line
@@ -289,16 +297,23 @@ def _model_coordinates(path: str, header: list[str], headerless: bool, default_x
     nameless = not names or _generated(names)
     if headerless or (nameless and len(missing) == len(names)):
         if n_dims is None or len(header) not in (n_dims, n_dims + 1):
-            raise CliError(f"{path}: cannot tell which columns are coordinates; the model needs {n_dims} "
-                           f"({', '.join(names)}) and the file has {len(header)} columns; give --x-cols")
+            raise CliError(
+                f"{path}: cannot tell which columns are coordinates; the model needs {n_dims} "
+                f"({', '.join(names)}) and the file has {len(header)} columns; give --x-cols"
+            )
         if not headerless:
-            print(f"wandering: note: {path}: the model was fitted without column names ({', '.join(names)}); "
-                  f"the columns {', '.join(header[:n_dims])} are taken as them, in this order", file=sys.stderr)
+            print(
+                f"wandering: note: {path}: the model was fitted without column names ({', '.join(names)}); "
+                f"the columns {', '.join(header[:n_dims])} are taken as them, in this order",
+                file=sys.stderr,
+            )
         return header[:n_dims]
     plural = "s" if len(missing) > 1 else ""
-    raise CliError(f"{path}: no column{plural} {', '.join(repr(n) for n in missing)} (the model's coordinates are "
-                   f"{', '.join(names)}; the file has {_listed(header)}); give --x-cols to say which columns "
-                   f"hold them, in that order")
+    raise CliError(
+        f"{path}: no column{plural} {', '.join(repr(n) for n in missing)} (the model's coordinates are "
+        f"{', '.join(names)}; the file has {_listed(header)}); give --x-cols to say which columns "
+        f"hold them, in that order"
+    )
 
 
 def _listed(names: list[str], most: int = 12) -> str:
@@ -312,9 +327,11 @@ def _check_order(x_names: list[str], model_names: list[str]) -> None:
     """--x-cols feeds the model's coordinates in order; a coordinate's own name in another place is a mistake."""
     for i, name in enumerate(x_names):
         if name in model_names and model_names.index(name) != i:
-            raise CliError(f"--x-cols: {name!r} is the model's coordinate {model_names.index(name) + 1} of "
-                           f"{len(model_names)} ({', '.join(model_names)}), but is given in place {i + 1}; "
-                           f"list the columns in the model's order")
+            raise CliError(
+                f"--x-cols: {name!r} is the model's coordinate {model_names.index(name) + 1} of "
+                f"{len(model_names)} ({', '.join(model_names)}), but is given in place {i + 1}; "
+                f"list the columns in the model's order"
+            )
 
 
 def _numbers(frame, names: list[str], path: str, first_row: int) -> np.ndarray:

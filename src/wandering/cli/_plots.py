@@ -118,8 +118,9 @@ def plot_fit(path, table, res, n_grid: int = 120, max_outputs: int = 4) -> None:
     lo, hi = x.min(0), x.max(0)
     names = table.x_names
     if d == 1:
-        fig, axes = plt.subplots(rows, 1, figsize=(9, 5 if rows == 1 else 3.5 * rows), dpi=100,
-                                 constrained_layout=True, squeeze=False)
+        fig, axes = plt.subplots(
+            rows, 1, figsize=(9, 5 if rows == 1 else 3.5 * rows), dpi=100, constrained_layout=True, squeeze=False
+        )
         gx = np.linspace(lo[0], hi[0], 600)[:, None]
         g_pred = pred_fn(gx)
         c = _centres(res)[:, 0]
@@ -140,7 +141,7 @@ def plot_fit(path, table, res, n_grid: int = 120, max_outputs: int = 4) -> None:
         fig, axes = plt.subplots(rows, 3, figsize=(16, 5 * rows), dpi=100, constrained_layout=True, squeeze=False)
         sel = np.random.default_rng(0).permutation(len(x))[:20000]  # keep triangulation quick
         pred = pred_fn(x[sel])
-        g0, g1, pts = _grid(lo, hi, n_grid)
+        g0, _g1, pts = _grid(lo, hi, n_grid)
         g_pred = pred_fn(pts)
         c = _centres(res)
         for r in range(rows):
@@ -158,8 +159,15 @@ def plot_fit(path, table, res, n_grid: int = 120, max_outputs: int = 4) -> None:
             fig.colorbar(t, ax=ax)
             ax.set_title(f"target{label} (interpolated between data points)")
             ax = axes[r, 1]
-            im = ax.imshow(g_pred[:, r].reshape(g0.shape), origin="lower", extent=(lo[0], hi[0], lo[1], hi[1]),
-                           aspect="auto", cmap="viridis", vmin=vmin, vmax=vmax)
+            im = ax.imshow(
+                g_pred[:, r].reshape(g0.shape),
+                origin="lower",
+                extent=(lo[0], hi[0], lo[1], hi[1]),
+                aspect="auto",
+                cmap="viridis",
+                vmin=vmin,
+                vmax=vmax,
+            )
             ax.plot(c[:, 0], c[:, 1], "w.", ms=5, mec="k", mew=0.5, label="bump centres")
             ax.set_xlim(lo[0], hi[0])
             ax.set_ylim(lo[1], hi[1])
@@ -181,17 +189,33 @@ def plot_fit(path, table, res, n_grid: int = 120, max_outputs: int = 4) -> None:
         qs = np.quantile(x[:, 2], [0.2, 0.5, 0.8])
         slab = 0.05 * max(hi[2] - lo[2], 1e-12)
         fig, axes = plt.subplots(rows, 3, figsize=(16, 5 * rows), dpi=100, constrained_layout=True, squeeze=False)
-        g0, g1, pts = _grid(lo, hi, n_grid)
+        g0, _g1, pts = _grid(lo, hi, n_grid)
         slices = [pred_fn(np.concatenate([pts, np.full((len(pts), 1), q)], 1)) for q in qs]
         nears = [np.flatnonzero(np.abs(x[:, 2] - q) < slab)[:300] for q in qs]  # few enough that the fit shows
         for r in range(rows):
             y = ys[:, r]
             vmin, vmax = float(y.min()), float(y.max())
             for ax, q, g_pred, near in zip(axes[r], qs, slices, nears):
-                im = ax.imshow(g_pred[:, r].reshape(g0.shape), origin="lower", extent=(lo[0], hi[0], lo[1], hi[1]),
-                               aspect="auto", cmap="viridis", vmin=vmin, vmax=vmax)
-                ax.scatter(x[near, 0], x[near, 1], c=y[near], s=12, cmap="viridis", vmin=vmin, vmax=vmax,
-                           edgecolors="k", linewidths=0.3)
+                im = ax.imshow(
+                    g_pred[:, r].reshape(g0.shape),
+                    origin="lower",
+                    extent=(lo[0], hi[0], lo[1], hi[1]),
+                    aspect="auto",
+                    cmap="viridis",
+                    vmin=vmin,
+                    vmax=vmax,
+                )
+                ax.scatter(
+                    x[near, 0],
+                    x[near, 1],
+                    c=y[near],
+                    s=12,
+                    cmap="viridis",
+                    vmin=vmin,
+                    vmax=vmax,
+                    edgecolors="k",
+                    linewidths=0.3,
+                )
                 what = f"{y_names[r]}: fit" if multi else "fit"
                 ax.set_title(f"{what} at {names[2]} = {q:.3g}; dots: data within \u00b1{slab:.2g}")
                 ax.set_xlabel(names[0])

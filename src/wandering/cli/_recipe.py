@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from wandering.fit import checkpoint
 from wandering.cli._errors import CliError, require
+from wandering.fit import checkpoint
 from wandering.fit._settings import FitSettings
 from wandering.fit.regressor import BumpRegressor, FitQualityWarning, auto_n_bumps
 
@@ -74,11 +74,23 @@ def regressor_for(s: FitSettings, d: int, callback=None, n: int | None = None) -
         lr_position = s.lr * k ** (1.0 / d)  # the regressor counts it in bump spacings
         lr_magnitude = s.lr
     return BumpRegressor(
-        s.bumps, steps=s.steps, batch="auto" if s.batch is None else s.batch, lr_position=lr_position,
-        lr_magnitude=lr_magnitude, c_grad_std=s.c_grad_std, w_grad_std=s.w_grad_std, m_grad_gain=s.m_grad_gain,
-        support_p=s.support_p, bounds=s.bounds, relocate=s.relocate, random_state=s.seed, device=s.device,
-        progress=s.progress, callback=callback,
-        shape=s.shape, lr_angle=s.lr_angle,
+        s.bumps,
+        steps=s.steps,
+        batch="auto" if s.batch is None else s.batch,
+        lr_position=lr_position,
+        lr_magnitude=lr_magnitude,
+        c_grad_std=s.c_grad_std,
+        w_grad_std=s.w_grad_std,
+        m_grad_gain=s.m_grad_gain,
+        support_p=s.support_p,
+        bounds=s.bounds,
+        relocate=s.relocate,
+        random_state=s.seed,
+        device=s.device,
+        progress=s.progress,
+        callback=callback,
+        shape=s.shape,
+        lr_angle=s.lr_angle,
     )
 
 
@@ -96,9 +108,7 @@ def _mean_or_none(values) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
-def fit_arrays(
-    x: np.ndarray, y: np.ndarray, s: FitSettings, x_names: list[str], y_name: str | list[str]
-) -> FitResult:
+def fit_arrays(x: np.ndarray, y: np.ndarray, s: FitSettings, x_names: list[str], y_name: str | list[str]) -> FitResult:
     """Fits a BumpRegressor to the training share of (x, y); returns it, its checkpoint and metrics.
 
     y (n,) with one name fits one output. y (n, P) with P names fits P outputs with ONE
@@ -114,7 +124,7 @@ def fit_arrays(
         raise CliError(f"too few rows: {n} (at least {MIN_ROWS} are needed)")
     rng = np.random.default_rng(s.seed)
     perm = rng.permutation(n)
-    n_hold = int(round(s.holdout * n))
+    n_hold = round(s.holdout * n)
     if n - n_hold < MIN_ROWS // 2:
         raise CliError(f"too few rows: {n} rows leave {n - n_hold} for training after --holdout {s.holdout}")
     hold_idx, train_idx = np.sort(perm[:n_hold]), np.sort(perm[n_hold:])
@@ -159,13 +169,13 @@ def fit_arrays(
     metrics = {
         **head,
         "seconds": reg.fit_seconds_,
-        "n_train": int(len(train_idx)),
-        "n_holdout": int(len(hold_idx)),
+        "n_train": len(train_idx),
+        "n_holdout": len(hold_idx),
         "d": int(d),
         "bumps": int(reg.n_bumps_),
         "shape": s.shape,
         "validation_r2": reg.validation_score_,
-        "steps": int(len(losses)),
+        "steps": len(losses),
         "final_loss": losses[-1] if losses else None,
         "device": str(reg.module_.offset.device),
         "seed": int(s.seed),

@@ -52,6 +52,8 @@ _SPARSE_BUMPS = 1536
 
 def _sparse_pays(x: torch.Tensor, c: torch.Tensor, support_p: float | None) -> bool:
     return _HAVE_NUMBA and support_p is not None and c.shape[1] >= _SPARSE_BUMPS
+
+
 # The sparse kernel's chunks of points, each with its own float64 (K+1, K+1) partial summed
 # in chunk order: their count depends on the problem only (never on the thread count),
 # so the normal equations are bitwise the same for any number of threads.
@@ -114,7 +116,6 @@ if _HAVE_NUMBA:
                     for v in range(u, cnt):
                         G[ch, ku, idx[v]] += vu * val[v]
         return G.sum(axis=0), B.sum(axis=0)
-
 
     @njit(parallel=True, cache=True)
     def _oriented_gram_kernel(x, y, c, U, r2, box, c0, hmax0, nchunks):  # pragma: no cover - compiled
@@ -247,8 +248,9 @@ def normal_equations(
         xs, ys, c0 = x.contiguous().numpy(), y2.double().cpu().contiguous().numpy(), cs[:, 0].contiguous().numpy()
         if oriented:
             Us = U[:, :, order].permute(2, 0, 1).contiguous()
-            g, b = _oriented_gram_kernel(xs, ys, cs.numpy(), Us.numpy(), r2[order].contiguous().numpy(), hs.numpy(),
-                                         c0, hmax0, nchunks)
+            g, b = _oriented_gram_kernel(
+                xs, ys, cs.numpy(), Us.numpy(), r2[order].contiguous().numpy(), hs.numpy(), c0, hmax0, nchunks
+            )
         else:
             big = torch.finfo(w.dtype).max
             iws = (1.0 / w[:, order]).clamp(-big, big).T.contiguous()
@@ -355,8 +357,7 @@ def solve_magnitudes_cv(
     if _sparse_pays(x, c, support_p):
         from wandering.fit._sparse_lstsq import solve_magnitudes_sparse_cv
 
-        return solve_magnitudes_sparse_cv(x, y, c, w, support_p, val_mask, ridges, refit_all, return_sse,
-                                          angles=angles)
+        return solve_magnitudes_sparse_cv(x, y, c, w, support_p, val_mask, ridges, refit_all, return_sse, angles=angles)
     fit, val = ~val_mask, val_mask
     G1, B1 = normal_equations(x[fit], y[fit], c, w, support_p, angles=angles)
     G2, B2 = normal_equations(x[val], y[val], c, w, support_p, angles=angles)

@@ -21,11 +21,10 @@ import numpy as np
 import torch
 
 from wandering._engine._geometry import cutoffs, ellipsoid_halfwidths, inverse_widths, support_halfwidths
-from wandering.fit._lstsq import RIDGE_GRID
 from wandering._engine._rotation import precision_transforms, rotations
+from wandering.fit._lstsq import RIDGE_GRID
 
 try:
-    import numba
     from numba import njit, prange
 
     _HAVE_NUMBA = True
@@ -232,8 +231,9 @@ def solve_magnitudes_sparse(x, y, c, w, support_p: float, ridge: float = 1e-6, *
     return _split(_solve_sparse(eqs, ridge), torch.as_tensor(y).dim() == 1)
 
 
-def solve_magnitudes_sparse_cv(x, y, c, w, support_p: float, val_mask, ridges=RIDGE_GRID, refit_all=True,
-                               return_sse=False, *, angles=None):
+def solve_magnitudes_sparse_cv(
+    x, y, c, w, support_p: float, val_mask, ridges=RIDGE_GRID, refit_all=True, return_sse=False, *, angles=None
+):
     """:func:`solve_magnitudes_sparse` with the ridge picked on the held-out points ``val_mask``,
     as :func:`wandering.fit._lstsq.solve_magnitudes_cv`.
 

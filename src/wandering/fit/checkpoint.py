@@ -27,9 +27,16 @@ from __future__ import annotations
 import os
 
 __all__ = [
-    "FORMAT_TAG", "FORMAT_VERSION", "FORMAT_VERSION_MULTI", "CheckpointError", "check_file", "save", "load",
+    "FORMAT_TAG",
+    "FORMAT_VERSION",
+    "FORMAT_VERSION_MULTI",
+    "CheckpointError",
+    "check_file",
+    "save",
+    "load",
     "output_names",
-    "from_regressor", "to_regressor",
+    "from_regressor",
+    "to_regressor",
 ]
 
 #: The ``format`` entry of every checkpoint.
@@ -81,8 +88,9 @@ def from_regressor(reg, x_names: list[str], y_name: str | list[str]) -> dict:
     multi = not isinstance(y_name, str)
     model, bumps = reg.module_, reg.module_.bumps
     if multi != (reg._y_ndim == 2) or (multi and len(y_name) != reg.n_outputs_):
-        raise ValueError(f"y_name must be one name for a 1-D target or {reg.n_outputs_} names for a 2-D one, "
-                         f"but got {y_name!r}")
+        raise ValueError(
+            f"y_name must be one name for a 1-D target or {reg.n_outputs_} names for a 2-D one, but got {y_name!r}"
+        )
     ckpt = {
         "format": FORMAT_TAG,
         "version": FORMAT_VERSION_MULTI if multi else FORMAT_VERSION,
@@ -131,28 +139,49 @@ def to_regressor(ckpt: dict, device: str = "cpu"):
     import numpy as np
     import torch
 
+    from wandering.fit.regressor import _BumpModel, _restored
     from wandering.nn.modules import SlowSumOfBumpFcns
     from wandering.nn.oriented import SlowOrientedSumOfBumpFcns
-    from wandering.fit.regressor import _BumpModel, _restored
 
     try:
         sd = ckpt["state_dict"]
         multi = ckpt["version"] == FORMAT_VERSION_MULTI
         shape = ckpt.get("shape", "axis")
-        args = (sd["bumps.c"], sd["bumps.w"], sd["bumps.m"], ckpt["c_bounds"], ckpt["w_bounds"], ckpt["c_grad_std"],
-                ckpt["w_grad_std"], ckpt["m_grad_gain"], ckpt["support_p"])
+        args = (
+            sd["bumps.c"],
+            sd["bumps.w"],
+            sd["bumps.m"],
+            ckpt["c_bounds"],
+            ckpt["w_bounds"],
+            ckpt["c_grad_std"],
+            ckpt["w_grad_std"],
+            ckpt["m_grad_gain"],
+            ckpt["support_p"],
+        )
         bumps: SlowSumOfBumpFcns | SlowOrientedSumOfBumpFcns
         if shape == "oriented":
-            bumps = SlowOrientedSumOfBumpFcns(*args, angles=sd["bumps.angles"],
-                                              angle_grad_std=ckpt.get("angle_grad_std", 0.0), device=device)
+            bumps = SlowOrientedSumOfBumpFcns(
+                *args, angles=sd["bumps.angles"], angle_grad_std=ckpt.get("angle_grad_std", 0.0), device=device
+            )
         else:
             bumps = SlowSumOfBumpFcns(*args, device=device)
         model = _BumpModel(bumps, torch.zeros(sd["offset"].shape, dtype=bumps.c.dtype, device=device))
         model.load_state_dict(sd)
-        params = {"n_bumps": int(ckpt["n_bumps"]), "support_p": float(ckpt["support_p"]), "shape": shape,
-                  "device": device}
-        reg = _restored(model, ckpt["x_lo"].numpy(), ckpt["x_scale"].numpy(), np.asarray(ckpt["y_mean"]),
-                        np.asarray(ckpt["y_std"]), 2 if multi else 1, **params)
+        params = {
+            "n_bumps": int(ckpt["n_bumps"]),
+            "support_p": float(ckpt["support_p"]),
+            "shape": shape,
+            "device": device,
+        }
+        reg = _restored(
+            model,
+            ckpt["x_lo"].numpy(),
+            ckpt["x_scale"].numpy(),
+            np.asarray(ckpt["y_mean"]),
+            np.asarray(ckpt["y_std"]),
+            2 if multi else 1,
+            **params,
+        )
     except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as e:
         raise CheckpointError(f"damaged wandering checkpoint ({type(e).__name__}: {e})") from None
     return reg
@@ -241,8 +270,23 @@ def _problem(ckpt: dict) -> str | None:
         return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
 
     multi = ckpt["version"] == FORMAT_VERSION_MULTI
-    keys = ["d", "n_bumps", "c_bounds", "w_bounds", "c_grad_std", "w_grad_std", "m_grad_gain", "support_p",
-            "state_dict", "x_lo", "x_scale", "y_mean", "y_std", "x_names", "y_names" if multi else "y_name"]
+    keys = [
+        "d",
+        "n_bumps",
+        "c_bounds",
+        "w_bounds",
+        "c_grad_std",
+        "w_grad_std",
+        "m_grad_gain",
+        "support_p",
+        "state_dict",
+        "x_lo",
+        "x_scale",
+        "y_mean",
+        "y_std",
+        "x_names",
+        "y_names" if multi else "y_name",
+    ]
     missing = [k for k in keys if k not in ckpt]
     if missing:
         return f"no {', '.join(missing)}"

@@ -13,10 +13,9 @@ from typing import Any
 
 import torch
 
-from wandering._engine import _checks
-from wandering.nn import _noise
-from wandering._engine import check_backend, check_magnitudes, evaluate_checked
+from wandering._engine import _checks, check_backend, check_magnitudes, evaluate_checked
 from wandering._engine._geometry import support_halfwidths, support_mask
+from wandering.nn import _noise
 
 __all__ = ["WanderingModule", "BumpFcn", "SumOfBumpFcns", "SlowSumOfBumpFcns"]
 
@@ -204,7 +203,9 @@ class _BumpModule(WanderingModule):
             for param, std, stream in self._grad_noise():
                 # A frozen parameter (requires_grad False) gets no noise: freezing must hold.
                 if std > 0 and param.requires_grad:
-                    noise = _noise.normal_from_key(param.shape, _noise.stream_key(key, stream), param.dtype, param.device)
+                    noise = _noise.normal_from_key(
+                        param.shape, _noise.stream_key(key, stream), param.dtype, param.device
+                    )
                     _add_to_grad(param, noise.mul_(std))
             if m_gain > 0 and self.m.requires_grad:
                 _add_to_grad(self.m, self.m.detach() * (-m_gain))
@@ -409,7 +410,19 @@ class _SumModule(_BumpModule):
     _bounds_dim = 1
 
     def _init_sum(
-        self, c, w, m, c_bounds, w_bounds, c_grad_std, w_grad_std, m_grad_gain, support_p_checked, backend, device, dtype
+        self,
+        c,
+        w,
+        m,
+        c_bounds,
+        w_bounds,
+        c_grad_std,
+        w_grad_std,
+        m_grad_gain,
+        support_p_checked,
+        backend,
+        device,
+        dtype,
     ) -> None:
         c_t, w_t, m_t = _stacked_params(c, w, m, device, dtype)
         self._n_outputs = None if m_t.dim() == 1 else int(m_t.shape[1])

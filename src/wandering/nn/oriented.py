@@ -17,10 +17,9 @@ from typing import Any
 
 import torch
 
-from wandering._engine import _checks
-from wandering.nn import _noise
-from wandering._engine import check_angles, evaluate_oriented_checked
+from wandering._engine import _checks, check_angles, evaluate_oriented_checked
 from wandering._engine._rotation import n_angles, rotations
+from wandering.nn import _noise
 from wandering.nn.modules import _SumModule
 
 __all__ = ["OrientedSumOfBumpFcns", "SlowOrientedSumOfBumpFcns"]

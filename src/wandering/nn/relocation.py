@@ -42,11 +42,11 @@ from typing import Any
 
 import torch
 
-from wandering.nn import _noise
-from wandering._engine._checks import check_nonneg
 from wandering._engine import bump_sum, oriented_bump_sum
+from wandering._engine._checks import check_nonneg
 from wandering._engine._geometry import support_halfwidths
 from wandering._engine._rotation import rotations
+from wandering.nn import _noise
 from wandering.nn.modules import _BumpModule
 
 __all__ = ["Relocation"]
@@ -255,13 +255,21 @@ class Relocation:
         angles = _angles(module)
         with torch.enable_grad():
             if angles is None:
-                out = bump_sum(x, module.c.detach(), module.w.detach(), ones, support_p=module.support_p,
-                               backend=module.backend)
+                out = bump_sum(
+                    x, module.c.detach(), module.w.detach(), ones, support_p=module.support_p, backend=module.backend
+                )
             else:
-                out = oriented_bump_sum(x, module.c.detach(), module.w.detach(), ones, angles.detach(),
-                                        support_p=module.support_p, backend=module.backend)
+                out = oriented_bump_sum(
+                    x,
+                    module.c.detach(),
+                    module.w.detach(),
+                    ones,
+                    angles.detach(),
+                    support_p=module.support_p,
+                    backend=module.backend,
+                )
             (occ,) = torch.autograd.grad(out.sum(), ones)
-        rank, world = self._world()
+        _rank, world = self._world()
         if world > 1:
             import torch.distributed as dist
 
@@ -312,8 +320,9 @@ class Relocation:
         if x.dim() != 2 or x.shape[1] != d:
             raise ValueError(f"x must have shape (n, {d}), but got {tuple(x.shape)}")
         if residual.shape[0] != x.shape[0] or residual.dim() > 2:
-            raise ValueError(f"residual must have shape (n,) or (n, P) with n = {x.shape[0]}, "
-                             f"but got {tuple(residual.shape)}")
+            raise ValueError(
+                f"residual must have shape (n,) or (n, P) with n = {x.shape[0]}, but got {tuple(residual.shape)}"
+            )
         x = x.detach().to(device=device, dtype=dtype)
         r = residual.detach().reshape(x.shape[0], -1).to(dtype=torch.float64, device="cpu")
         n_out = 1 if m_p.dim() == 1 else m_p.shape[1]
@@ -328,7 +337,7 @@ class Relocation:
             occupancy = self._occupancy(mod, x)
             dead = self._dead_from(mod, occupancy).cpu()
             n_dead = int(dead.sum())
-            cap = int(math.floor(self.max_fraction * K))
+            cap = math.floor(self.max_fraction * K)
             idx = torch.nonzero(dead).squeeze(1)
             if n_dead > cap:
                 # the emptiest first, then the smallest |m|; ties by index (stable)
@@ -396,8 +405,9 @@ class Relocation:
     def _candidates(self, x, r, seed, counter, rank, world):
         n = x.shape[0]
         per_rank = max(1, -(-self.n_sample // world))
-        gen = _noise.keyed_generator(_noise.mix_key(seed, rank, _noise.STREAM_RELOCATE_SAMPLE), counter,
-                                     _noise.STREAM_RELOCATE_SAMPLE)
+        gen = _noise.keyed_generator(
+            _noise.mix_key(seed, rank, _noise.STREAM_RELOCATE_SAMPLE), counter, _noise.STREAM_RELOCATE_SAMPLE
+        )
         if world == 1 and n <= per_rank:
             pick = torch.arange(n)
         elif n >= per_rank:
@@ -437,7 +447,10 @@ def _angles(module: torch.nn.Module) -> torch.nn.Parameter | None:
 
 
 def _phi(
-    x64: torch.Tensor, centre: torch.Tensor, width: torch.Tensor, support_p: float | None,
+    x64: torch.Tensor,
+    centre: torch.Tensor,
+    width: torch.Tensor,
+    support_p: float | None,
     axes: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One bump's values at the points x64 (n, d), culled as the modules cull: in its box, or, with
@@ -456,9 +469,7 @@ def _phi(
     return torch.exp(-s) * inside
 
 
-def reset_optimizer_entries(
-    optimizer: torch.optim.Optimizer, params: Any, index: torch.Tensor
-) -> None:
+def reset_optimizer_entries(optimizer: torch.optim.Optimizer, params: Any, index: torch.Tensor) -> None:
     """Zeroes the optimizer's per-entry state (Adam's exp_avg, exp_avg_sq, max_exp_avg_sq, a
     per-entry step) for the given slices: for each ``(param, dim)``, the entries at ``index``
     along ``dim``. State tensors of another shape (a scalar ``step`` shared by all entries)

@@ -17,7 +17,7 @@ DDP rank adds the same noise without a collective, and ``state_dict`` resumes it
 from __future__ import annotations
 
 import weakref
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
@@ -76,8 +76,7 @@ def _require_modules(model: torch.nn.Module, fn: str) -> list[WanderingModule]:
         # A loop that calls these on a model without wandering modules is almost surely
         # wired to the wrong model; silently doing nothing would hide it.
         raise ValueError(
-            f"model must contain at least one WanderingModule for {fn}(), but got a "
-            f"{type(model).__name__} with none"
+            f"model must contain at least one WanderingModule for {fn}(), but got a {type(model).__name__} with none"
         )
     return mods
 
@@ -155,7 +154,9 @@ def perturb_params(
         ValueError: a std is negative or not finite; ``model`` has no wandering module;
             ``angle_std > 0`` and no module is oriented.
     """
-    stds = dict(c_std=check_nonneg(c_std, "c_std"), w_std=check_nonneg(w_std, "w_std"), m_std=check_nonneg(m_std, "m_std"))
+    stds = dict(
+        c_std=check_nonneg(c_std, "c_std"), w_std=check_nonneg(w_std, "w_std"), m_std=check_nonneg(m_std, "m_std")
+    )
     mods = _require_modules(model, "perturb_params")
     _check_param_noise_support(mods)
     for mod, kwargs in _param_noise_calls(mods, stds, check_nonneg(angle_std, "angle_std"), "angle_std", model):
@@ -169,8 +170,10 @@ def _param_noise_calls(mods, stds: dict, angle_std: float, angle_name: str, mode
     """(module, perturb_params kwargs) per module: oriented modules also take ``angle_std``."""
     oriented = [isinstance(getattr(mod, "angles", None), torch.nn.Parameter) for mod in mods]
     if angle_std > 0 and not any(oriented):
-        raise ValueError(f"{angle_name} > 0 needs oriented wandering modules (with angles), but got "
-                         f"{angle_name}={angle_std} for a {type(model).__name__} with none")
+        raise ValueError(
+            f"{angle_name} > 0 needs oriented wandering modules (with angles), but got "
+            f"{angle_name}={angle_std} for a {type(model).__name__} with none"
+        )
     return [(mod, {**stds, "angle_std": angle_std} if has else stds) for mod, has in zip(mods, oriented)]
 
 
@@ -184,7 +187,7 @@ def _check_param_noise_support(mods: list[WanderingModule]) -> None:
 
 
 # Which live hooks perturb each module: attaching a module twice would add its noise twice per step.
-_ATTACHED: "weakref.WeakKeyDictionary[WanderingModule, WanderingHooks]" = weakref.WeakKeyDictionary()
+_ATTACHED: weakref.WeakKeyDictionary[WanderingModule, WanderingHooks] = weakref.WeakKeyDictionary()
 
 
 class WanderingHooks:
@@ -221,7 +224,7 @@ class WanderingHooks:
         """True while the hooks are on an optimizer that still exists."""
         return bool(self._handles) and self._optimizer() is not None
 
-    def __enter__(self) -> "WanderingHooks":
+    def __enter__(self) -> WanderingHooks:
         return self
 
     def __exit__(self, *exc) -> None:
