@@ -1,7 +1,7 @@
 """CPU engine on the Numba kernels: dense fused sum and grid-culled sum, P outputs.
 
 Implements the engine contract of ``_registry``, axis-aligned bumps (``_kernels``) and
-oriented ones (``_kernels_oriented``): plain functions on detached tensors, no autograd
+oriented ones (``_kernels._oriented``): plain functions on detached tensors, no autograd
 here (the op layer owns it). Backward recomputes the pairs.
 
 The culled path bins the points on a grid (cached per x, by value; the same binning
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from wandering._engine import _kernels
-from wandering._engine import _kernels_oriented as _ko
+from wandering._engine._kernels import _oriented as _ko
 
 # Target points per grid cell; a bump then visits ~(box/h + 1)**3 cells.
 _POINTS_PER_CELL = 16

@@ -48,7 +48,8 @@ from numba import carray, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from wandering._engine._kernels import _cell_range, neg_exp
+from wandering._engine._kernels._culled import _cell_range
+from wandering._engine._kernels._exp import neg_exp
 
 # As the axis kernels' flags, without reassoc: no sum may be reordered by the compiler.
 FMO = {"nsz", "arcp", "contract", "afn"}
@@ -608,7 +609,7 @@ def finish_gradients(U, S):
 @njit(parallel=True, fastmath=FMO, cache=True)
 def culled_forward(xs, perm, c, U, r2, m, row_pts, row_start, reg_k, reg_p0, reg_p1, bounds, maxrow, maxseg, y):
     """y (n, P), original order; rows, registrations and partitions as ``_kernels.culled_forward``."""
-    d, n = xs.shape
+    _d, _n = xs.shape
     P = m.shape[1]
     dt = xs.dtype
     npart = bounds.shape[0] - 1
@@ -660,7 +661,7 @@ def culled_backward(
 ):
     """gs (n, P) is the upstream gradient in sorted order, gx (n, d) in original order;
     partition q adds its moments into ps[q] and its dL/dm into pm[q]."""
-    d, n = xs.shape
+    d, _n = xs.shape
     P = m.shape[1]
     dt = xs.dtype
     nq = d + d * (d + 1) // 2
@@ -717,7 +718,7 @@ def culled_backward(
 def culled_pair_count(xs, c, U, r2, row_start, reg_k, reg_p0, reg_p1, bounds, maxseg):
     """Pairs with exp(-s) > 0 and s < r2 among the registered candidates, by the kernels' own
     arithmetic (test instrumentation: it must equal :func:`dense_pair_count`)."""
-    d = xs.shape[0]
+    xs.shape[0]
     npart = bounds.shape[0] - 1
     counts = np.zeros(npart, np.int64)
     for q in prange(npart):
