@@ -57,6 +57,9 @@ nitpick_ignore_regex = [
     ("py:class", r"torch\.(device|dtype)"),
     ("py:obj", r"(torch|np|numpy)\..*"),
     ("py:exc", r"(torch\..*|sklearn\..*|NotFittedError)"),  # scikit-learn's when installed
+    # The bump modules' private base, named in signatures for type checkers; the docstrings
+    # name the public classes.
+    ("py:class", r"wandering\.nn\.modules\._BumpModule"),
 ]
 
 # -- autodoc / autosummary / napoleon (the code's docstrings are Google style) -------------
