@@ -79,7 +79,10 @@ from wandering._engine._kernels._dense import (
     dense_forward,
     neg_exp_block,
 )
-from wandering._engine._kernels._exp import (
+from wandering._engine._kernels._exp import (  # the limits and bit casts: for the exp's tests and scans
+    _LIM32,
+    _LIM64,
+    _f32_from_bits,
     fma,
     neg_exp,
 )
@@ -95,6 +98,9 @@ from wandering._engine._kernels._prep import (
 )
 
 __all__ = [
+    "_LIM32",
+    "_LIM64",
+    "_f32_from_bits",
     "FLUSH_EVERY",
     "_B",
     "_pair_block",
