@@ -24,6 +24,7 @@ import numba
 import numpy as np
 import torch
 
+from .. import _buffers
 from . import _kernels
 from . import _kernels_oriented as _ko
 
@@ -387,7 +388,7 @@ def forward(x, c, w, m, half, cull):
     if n == 0 or K == 0 or P == 0:
         return torch.zeros((n, P), dtype=x.dtype)
     b, plan, xn, cn, iw, hn, mn = _prepare(x, c, w, m, half, cull)
-    y = torch.empty((n, P), dtype=x.dtype)
+    y = _buffers.empty((n, P), x.dtype)  # large: a dead output's memory, already mapped
     with _threads_capped(_work(n, K, P, plan)):
         if plan is None:
             _kernels.dense_forward(xn, cn, iw, hn, mn, y.numpy(), _dense_parts(n, d, K, P))
@@ -407,7 +408,7 @@ def backward(gy, x, c, w, m, half, cull, need_x):
         return gx, torch.zeros((d, K), dtype=c.dtype), torch.zeros((d, K), dtype=w.dtype), torch.zeros((K, P), dtype=m.dtype)
     b, plan, xn, cn, iw, hn, mn = _prepare(x, c, w, m, half, cull, trust_forward=True)
     g = _np(gy.to(x.dtype))
-    gx = torch.empty((n, d) if (need_x or plan is None) else (0, d), dtype=x.dtype)
+    gx = _buffers.empty((n, d) if (need_x or plan is None) else (0, d), x.dtype)
     with _threads_capped(2 * _work(n, K, P, plan)):
         if plan is None:
             npart = _dense_parts(n, d, K, P)
@@ -474,7 +475,7 @@ def oriented_forward(x, c, U, m, r2, half, cull):
     if n == 0 or K == 0 or P == 0:
         return torch.zeros((n, P), dtype=x.dtype)
     b, plan, xn, cn, Un, r2n, mn = _oriented_prepare(x, c, U, m, r2, half, cull)
-    y = torch.empty((n, P), dtype=x.dtype)
+    y = _buffers.empty((n, P), x.dtype)  # large: a dead output's memory, already mapped
     width = _moment_count(d) + P
     with _threads_capped(_oriented_work(n, d, K, P, plan)):
         if plan is None:
@@ -495,7 +496,7 @@ def oriented_backward(gy, x, c, U, m, r2, half, cull, need_x):
         return gx, torch.zeros((d, K), dtype=c.dtype), torch.zeros((d, d, K), dtype=U.dtype), torch.zeros((K, P), dtype=m.dtype)
     b, plan, xn, cn, Un, r2n, mn = _oriented_prepare(x, c, U, m, r2, half, cull, trust_forward=True)
     g = _np(gy.to(x.dtype))
-    gx = torch.empty((n, d) if need_x else (0, d), dtype=x.dtype)
+    gx = _buffers.empty((n, d) if need_x else (0, d), x.dtype)
     # A = U^T U per bump (float64): grad x's v = 2 t A diff.
     A = _ko.gram(Un) if need_x else np.empty((d, d, 0))
     nq = _moment_count(d)
