@@ -112,3 +112,32 @@ def test_backward_output_reuse_and_budget(monkeypatch):
     (bump_sum_reference(xr, c, w, m) * gy).sum().backward()
     torch.testing.assert_close(outs[0], xr.grad)
     assert _buffers.cached_bytes() <= 64 << 10
+
+
+@pytest.mark.parametrize("keep_y", [False, True])
+def test_backward_scratch_never_overwrites_a_live_output(keep_y):
+    """The culled backward's sorted-gradient scratch (the output's size) comes from the cache:
+    it takes a dead output's memory, never a live one's; the gradients are right either way."""
+    x, c, w, m = _problem(3, torch.float32, n=3000)
+    half = support_halfwidths(w, 0.01)
+    gy = torch.randn(3000, m.shape[1])
+    old = ne._CULL_FRACTION
+    ne._CULL_FRACTION = math.inf  # the grid path, which sorts the upstream gradient
+    try:
+        y = ne.forward(x, c, w, m, half, True)
+        y_before = y.clone()
+        if not keep_y:
+            del y
+        grads = ne.backward(gy, x, c, w, m, half, True, True)
+    finally:
+        ne._CULL_FRACTION = old
+    # Buffers: y's, gx's (returned), and the scratch's own only while y is alive (too
+    # large for gx to take y's: reuse takes at most twice the size asked).
+    assert len(_buffers._bufs) == (3 if keep_y else 2)
+    if keep_y:
+        assert (y == y_before).all()
+        assert all(not _overlap(y, g) for g in grads if g is not None)
+    xr, cr, wr, mr = (t.clone().requires_grad_() for t in (x, c, w, m))
+    (bump_sum_reference(xr, cr, wr, mr, 0.01) * gy).sum().backward()
+    for got, want in zip(grads, (xr.grad, cr.grad, wr.grad, mr.grad)):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)

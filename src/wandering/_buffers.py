@@ -5,7 +5,9 @@ allocator maps large blocks anew for each allocation and unmaps them on free. Wi
 outputs of 1e6 points (256 MB, float32) those faults cost about as much system time as
 the culled forward's arithmetic (measured: 63k faults, 0.28 s per step, one thread). So
 outputs of at least ``MIN_BYTES`` come from this cache: the byte buffer of a dead output
-is handed out again, already mapped.
+is handed out again, already mapped. The Numba engine's backward draws its large scratch
+(the upstream gradient in sorted order, the size of the output) from here too, so in a
+training step it reuses the dead output's memory rather than holding a second buffer.
 
 "Dead" is decided by reference count: a handed-out tensor (``torch.from_numpy``) holds a
 reference to its numpy view, which holds the buffer; every torch view of the tensor
@@ -54,12 +56,20 @@ def _aligned(buf: np.ndarray, shape: tuple, dtype) -> np.ndarray:
 def empty(shape: tuple, dtype: torch.dtype) -> torch.Tensor:
     """Uninitialised CPU tensor of ``shape`` and ``dtype`` (float32 or float64), 64-byte
     aligned; from the cache of dead buffers when it needs at least ``MIN_BYTES``."""
+    if dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"dtype must be torch.float32 or torch.float64, but got {dtype}")
     np_dtype = np.float32 if dtype == torch.float32 else np.float64
-    count = int(np.prod(shape))
-    nbytes = count * np.dtype(np_dtype).itemsize
-    if nbytes < MIN_BYTES:
+    if int(np.prod(shape)) * np.dtype(np_dtype).itemsize < MIN_BYTES:
         return torch.empty(shape, dtype=dtype)
-    need = nbytes + 64
+    return torch.from_numpy(empty_array(shape, np_dtype))
+
+
+def empty_array(shape: tuple, dtype) -> np.ndarray:
+    """Uninitialised, 64-byte aligned numpy array of ``shape`` and ``dtype``, from the cache
+    of dead buffers (whatever its size: callers send only large ones). Scratch drawn from
+    here (the backward's sorted upstream gradient, the size of the forward's output) reuses
+    the memory of the output that just died instead of holding a buffer of its own."""
+    need = int(np.prod(shape)) * np.dtype(dtype).itemsize + 64
     with _lock:
         best = -1
         for i in range(len(_bufs)):
@@ -70,11 +80,10 @@ def empty(shape: tuple, dtype: torch.dtype) -> torch.Tensor:
         if best >= 0:
             buf = _bufs.pop(best)
         else:
-            buf = np.empty(need, np.uint8)
             _trim(MAX_BYTES - need)
+            buf = np.empty(need, np.uint8)
         _bufs.append(buf)  # most recently used last
-        arr = _aligned(buf, shape, np_dtype)
-    return torch.from_numpy(arr)
+        return _aligned(buf, shape, dtype)
 
 
 def _trim(budget: int) -> None:

@@ -113,6 +113,9 @@ _scratch = threading.local()
 
 
 def _sorted_gradient_buffer(shape: tuple, dtype) -> np.ndarray:
+    if int(np.prod(shape)) * np.dtype(dtype).itemsize >= _buffers.MIN_BYTES:
+        # Large: the memory of the forward's dead output (the same size), not a second buffer.
+        return _buffers.empty_array(shape, dtype)
     buf = getattr(_scratch, "buf", None)
     out = _line_aligned_empty(shape, dtype, buf)
     if out.base is not buf:
