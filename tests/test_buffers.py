@@ -141,3 +141,12 @@ def test_backward_scratch_never_overwrites_a_live_output(keep_y):
     (bump_sum_reference(xr, cr, wr, mr, 0.01) * gy).sum().backward()
     for got, want in zip(grads, (xr.grad, cr.grad, wr.grad, mr.grad)):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_a_buffer_larger_than_the_budget_is_not_kept(monkeypatch):
+    monkeypatch.setattr(_buffers, "MAX_BYTES", 4096)
+    y = _buffers.empty((100, 20), torch.float32)  # 8000 bytes
+    assert y.shape == (100, 20) and y.dtype == torch.float32 and y.data_ptr() % 64 == 0
+    assert _buffers.cached_bytes() == 0
+    with pytest.raises(TypeError, match="dtype must be"):
+        _buffers.empty((100, 20), torch.int32)

@@ -70,6 +70,8 @@ def empty_array(shape: tuple, dtype) -> np.ndarray:
     here (the backward's sorted upstream gradient, the size of the forward's output) reuses
     the memory of the output that just died instead of holding a buffer of its own."""
     need = int(np.prod(shape)) * np.dtype(dtype).itemsize + 64
+    if need > MAX_BYTES:  # larger than the whole cache: an ordinary, uncached buffer
+        return _aligned(np.empty(need, np.uint8), shape, dtype)
     with _lock:
         best = -1
         for i in range(len(_bufs)):

@@ -108,7 +108,8 @@ def _line_aligned_empty(shape: tuple, dtype, buf: np.ndarray | None = None) -> n
 # Per thread, the buffer of the last upstream gradient put into sorted order. Reusing it
 # spares the backward a fresh (n, P) allocation each step, whose page faults cost as
 # much as sorting into it (P = 64, 1e6 points: ~60 ms, and now and then 0.5-1 s of
-# system time where the kernel gave huge pages). It stays allocated between steps.
+# system time where the kernel gave huge pages). It stays allocated between steps. Only
+# small ones live here: large ones come from ``_buffers`` (a dead output's memory).
 _scratch = threading.local()
 
 
