@@ -24,7 +24,7 @@ import numba
 import numpy as np
 import torch
 
-from wandering._engine import _kernels
+from wandering._engine import _buffers, _kernels
 from wandering._engine._kernels import _oriented as _ko
 
 # Target points per grid cell; a bump then visits ~(box/h + 1)**3 cells.
@@ -107,11 +107,15 @@ def _line_aligned_empty(shape: tuple, dtype, buf: np.ndarray | None = None) -> n
 # Per thread, the buffer of the last upstream gradient put into sorted order. Reusing it
 # spares the backward a fresh (n, P) allocation each step, whose page faults cost as
 # much as sorting into it (P = 64, 1e6 points: ~60 ms, and now and then 0.5-1 s of
-# system time where the kernel gave huge pages). It stays allocated between steps.
+# system time where the kernel gave huge pages). It stays allocated between steps. Only
+# small ones live here: large ones come from ``_buffers`` (a dead output's memory).
 _scratch = threading.local()
 
 
 def _sorted_gradient_buffer(shape: tuple, dtype) -> np.ndarray:
+    if int(np.prod(shape)) * np.dtype(dtype).itemsize >= _buffers.MIN_BYTES:
+        # Large: the memory of the forward's dead output (the same size), not a second buffer.
+        return _buffers.empty_array(shape, dtype)
     buf = getattr(_scratch, "buf", None)
     out = _line_aligned_empty(shape, dtype, buf)
     if out.base is not buf:
@@ -387,7 +391,7 @@ def forward(x, c, w, m, half, cull):
     if n == 0 or K == 0 or P == 0:
         return torch.zeros((n, P), dtype=x.dtype)
     b, plan, xn, cn, iw, hn, mn = _prepare(x, c, w, m, half, cull)
-    y = torch.empty((n, P), dtype=x.dtype)
+    y = _buffers.empty((n, P), x.dtype)  # large: a dead output's memory, already mapped
     with _threads_capped(_work(n, K, P, plan)):
         if plan is None:
             _kernels.dense_forward(xn, cn, iw, hn, mn, y.numpy(), _dense_parts(n, d, K, P))
@@ -407,7 +411,7 @@ def backward(gy, x, c, w, m, half, cull, need_x):
         return gx, torch.zeros((d, K), dtype=c.dtype), torch.zeros((d, K), dtype=w.dtype), torch.zeros((K, P), dtype=m.dtype)
     b, plan, xn, cn, iw, hn, mn = _prepare(x, c, w, m, half, cull, trust_forward=True)
     g = _np(gy.to(x.dtype))
-    gx = torch.empty((n, d) if (need_x or plan is None) else (0, d), dtype=x.dtype)
+    gx = _buffers.empty((n, d) if (need_x or plan is None) else (0, d), x.dtype)
     with _threads_capped(2 * _work(n, K, P, plan)):
         if plan is None:
             npart = _dense_parts(n, d, K, P)
@@ -474,7 +478,7 @@ def oriented_forward(x, c, U, m, r2, half, cull):
     if n == 0 or K == 0 or P == 0:
         return torch.zeros((n, P), dtype=x.dtype)
     b, plan, xn, cn, Un, r2n, mn = _oriented_prepare(x, c, U, m, r2, half, cull)
-    y = torch.empty((n, P), dtype=x.dtype)
+    y = _buffers.empty((n, P), x.dtype)  # large: a dead output's memory, already mapped
     width = _moment_count(d) + P
     with _threads_capped(_oriented_work(n, d, K, P, plan)):
         if plan is None:
@@ -495,7 +499,7 @@ def oriented_backward(gy, x, c, U, m, r2, half, cull, need_x):
         return gx, torch.zeros((d, K), dtype=c.dtype), torch.zeros((d, d, K), dtype=U.dtype), torch.zeros((K, P), dtype=m.dtype)
     b, plan, xn, cn, Un, r2n, mn = _oriented_prepare(x, c, U, m, r2, half, cull, trust_forward=True)
     g = _np(gy.to(x.dtype))
-    gx = torch.empty((n, d) if need_x else (0, d), dtype=x.dtype)
+    gx = _buffers.empty((n, d) if need_x else (0, d), x.dtype)
     # A = U^T U per bump (float64): grad x's v = 2 t A diff.
     A = _ko.gram(Un) if need_x else np.empty((d, d, 0))
     nq = _moment_count(d)
