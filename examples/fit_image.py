@@ -39,7 +39,9 @@ def main() -> None:
     ap.add_argument("--image", default="astronaut", help="a picture in skimage.data (astronaut, coffee, ...)")
     ap.add_argument("--size", type=int, default=None, help="resize to this width first (default: full size)")
     ap.add_argument("--bumps", type=int, default=10_000)
-    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--steps", type=int, default=500)
+    ap.add_argument("--grow-from", type=int, default=None,
+                    help="start with this many bumps and grow to --bumps where the error is (default: no growth)")
     ap.add_argument("--shape", default="oriented", choices=["oriented", "axis"])
     ap.add_argument("--out", default=None, help="save the picture and its fit side by side to this PNG")
     args = ap.parse_args()
@@ -51,7 +53,8 @@ def main() -> None:
     y = img.reshape(-1, 3)  # (n, 3) colours
 
     t0 = time.perf_counter()
-    reg = BumpRegressor(args.bumps, shape=args.shape, steps=args.steps, batch=len(x), random_state=0)
+    reg = BumpRegressor(args.bumps, shape=args.shape, steps=args.steps, batch=len(x), grow_from=args.grow_from,
+                        random_state=0)
     reg.fit(x, y)
     fit = np.clip(reg.predict(x).reshape(H, W, 3), 0, 1)
     seconds = time.perf_counter() - t0
