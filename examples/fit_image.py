@@ -4,7 +4,8 @@ Every pixel centre (column + 0.5, row + 0.5) is a 2-D point and its RGB colour t
 outputs, so one sum of K bumps with magnitudes of shape (K, 3) draws the whole picture:
 each bump has a centre, two scales, an angle and a colour, 8 numbers. ``BumpRegressor``
 does the fitting (k-means start weighted by where a first least-squares fit errs,
-least-squares colours, Adam on every pixel at each step, a final least-squares polish).
+least-squares colours, Adam on every pixel at each step, error-guided growth from a quarter
+of the bumps during the first half of the steps, a final least-squares polish).
 
     python examples/fit_image.py                          # astronaut, 512 x 512, 10,000 bumps (minutes)
     python examples/fit_image.py --size 96 --bumps 300 --steps 150   # seconds
@@ -40,8 +41,9 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=None, help="resize to this width first (default: full size)")
     ap.add_argument("--bumps", type=int, default=10_000)
     ap.add_argument("--steps", type=int, default=500)
-    ap.add_argument("--grow-from", type=int, default=None,
-                    help="start with this many bumps and grow to --bumps where the error is (default: no growth)")
+    ap.add_argument("--grow", type=float, default=0.25,
+                    help="start with this fraction of the bumps and split the ones under the largest error until "
+                         "there are --bumps, in the first half of the steps (0: all bumps from the start)")
     ap.add_argument("--shape", default="oriented", choices=["oriented", "axis"])
     ap.add_argument("--out", default=None, help="save the picture and its fit side by side to this PNG")
     args = ap.parse_args()
@@ -53,8 +55,8 @@ def main() -> None:
     y = img.reshape(-1, 3)  # (n, 3) colours
 
     t0 = time.perf_counter()
-    reg = BumpRegressor(args.bumps, shape=args.shape, steps=args.steps, batch=len(x), grow_from=args.grow_from,
-                        random_state=0)
+    grow = dict(grow_from=max(1, round(args.grow * args.bumps)), grow_every=max(1, args.steps // 20)) if args.grow else {}
+    reg = BumpRegressor(args.bumps, shape=args.shape, steps=args.steps, batch=len(x), random_state=0, **grow)
     reg.fit(x, y)
     fit = np.clip(reg.predict(x).reshape(H, W, 3), 0, 1)
     seconds = time.perf_counter() - t0

@@ -154,6 +154,8 @@ def test_fit_input_errors(X, y, exc, match):
         (dict(grow_from=4, grow_until=1.5), ValueError, r"grow_until must be in \(0, 1.0\], but got 1.5"),
         (dict(grow_from=4, grow_every=30), ValueError,
          "grow_every must be < grow_until \\* steps = 30 for growth to reach n_bumps, but got 30"),
+        (dict(grow_from=1, grow_every=10), ValueError,
+         r"grow_from must be >= n_bumps / 2\*\*2 \(growth events\) = 4 to reach n_bumps = 16, but got 1"),
     ],
 )
 def test_parameter_errors(params, exc, match):

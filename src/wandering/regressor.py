@@ -581,6 +581,10 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
         if K0 < K and p["grow_every"] >= int(p["grow_until"] * p["steps"]):
             raise ValueError(f"grow_every must be < grow_until * steps = {int(p['grow_until'] * p['steps'])} for "
                              f"growth to reach n_bumps, but got {p['grow_every']}")
+        events = len(range(p["grow_every"], int(p["grow_until"] * p["steps"]), p["grow_every"]))
+        if K0 < K and K0 * 2**events < K:  # an event at most doubles K
+            raise ValueError(f"grow_from must be >= n_bumps / 2**{events} (growth events) = {K / 2**events:g} to reach "
+                             f"n_bumps = {K}, but got {K0} (or take more steps or a smaller grow_every)")
         w0 = p["width"] * K0 ** (-1.0 / d)
         if p["bounds"] is None:
             c_bounds = np.tile([0.0, 1.0], (d, 1))
