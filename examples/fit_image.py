@@ -5,7 +5,7 @@ outputs, so one sum of K bumps with magnitudes of shape (K, 3) draws the whole p
 each bump has a centre, two scales, an angle and a colour, 8 numbers. ``BumpRegressor``
 does the fitting (k-means start weighted by where a first least-squares fit errs,
 least-squares colours, Adam on every pixel at each step, error-guided growth from a quarter
-of the bumps during the first half of the steps, a final least-squares polish).
+of the bumps during the first half of the steps (oriented bumps), a final least-squares polish).
 
     python examples/fit_image.py                          # astronaut, 512 x 512, 10,000 bumps (minutes)
     python examples/fit_image.py --size 96 --bumps 300 --steps 150   # seconds
@@ -41,9 +41,10 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=None, help="resize to this width first (default: full size)")
     ap.add_argument("--bumps", type=int, default=10_000)
     ap.add_argument("--steps", type=int, default=500)
-    ap.add_argument("--grow", type=float, default=0.25,
+    ap.add_argument("--grow", type=float, default=None,
                     help="start with this fraction of the bumps and split the ones under the largest error until "
-                         "there are --bumps, in the first half of the steps (0: all bumps from the start)")
+                         "there are --bumps, in the first half of the steps (0: all bumps from the start; "
+                         "default 0.25 for oriented bumps, 0 for axis-aligned ones, as benchmarks/fit_images.py)")
     ap.add_argument("--shape", default="oriented", choices=["oriented", "axis"])
     ap.add_argument("--out", default=None, help="save the picture and its fit side by side to this PNG")
     args = ap.parse_args()
@@ -55,7 +56,8 @@ def main() -> None:
     y = img.reshape(-1, 3)  # (n, 3) colours
 
     t0 = time.perf_counter()
-    grow = dict(grow_from=max(1, round(args.grow * args.bumps)), grow_every=max(1, args.steps // 20)) if args.grow else {}
+    frac = (0.25 if args.shape == "oriented" else 0.0) if args.grow is None else args.grow
+    grow = dict(grow_from=max(1, round(frac * args.bumps)), grow_every=max(1, args.steps // 20)) if frac else {}
     reg = BumpRegressor(args.bumps, shape=args.shape, steps=args.steps, batch=len(x), random_state=0, **grow)
     reg.fit(x, y)
     fit = np.clip(reg.predict(x).reshape(H, W, 3), 0, 1)
