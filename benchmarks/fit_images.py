@@ -300,8 +300,6 @@ def main(argv=None) -> int:
     if args.quick:
         args.size, args.bumps, settings["steps"], args.out = args.size or 128, 400, 200, ""
     settings.update(dict(_setting(s) for s in args.set))
-    import torch
-
     print(f"{threads()}, load {os.getloadavg()[0]:.2f}, settings {settings}", flush=True)
     if args.reuse and not args.cache:
         ap.error("--reuse needs --cache")

@@ -10,8 +10,8 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-
 from _spawn import free_port, spawn
+
 from wandering import SlowOrientedSumOfBumpFcns, SlowSumOfBumpFcns, bump_sum_reference
 from wandering.growth import Growth, ScheduledGrowth, bump_statistics, resize_bumps
 
@@ -244,7 +244,10 @@ def test_scheduled_growth_follows_its_geometric_schedule_and_resumes():
         torch.manual_seed(0)
         model = _model(P=2)  # K = 12
         opt = torch.optim.Adam(model.parameters(), lr=0.01)
-        make = lambda: ScheduledGrowth(initial_bumps=12, max_bumps=100, every=2, stop=10)  # noqa: E731
+
+        def make():
+            return ScheduledGrowth(initial_bumps=12, max_bumps=100, every=2, stop=10)
+
         growth, sizes = make(), []
         for step in range(14):
             if step == split_at:

@@ -47,7 +47,7 @@ from ._engine import bump_sum, oriented_bump_sum
 from ._rotation import rotations
 from .modules import WanderingModule
 
-__all__ = ["Growth", "ScheduledGrowth", "resize_bumps", "bump_statistics"]
+__all__ = ["Growth", "ScheduledGrowth", "bump_statistics", "resize_bumps"]
 
 
 def _as_int(value: Any, name: str, minimum: int) -> int:
@@ -432,7 +432,7 @@ class ScheduledGrowth(Growth):
         ratio = self.max_bumps / self.initial_bumps
         return min(self.max_bumps, int(round(self.initial_bumps * ratio ** (event / self.events))))
 
-    def grow(self, model, optimizer, x, residual):  # noqa: D102 - Growth.grow with the schedule's fraction
+    def grow(self, model, optimizer, x, residual):
         n_now = self._find_module(model).n_bumps
         want = self.target(self.counter + 1) - n_now
         # floor(fraction * n_now) == want exactly (the 0.5 keeps rounding off the boundary)

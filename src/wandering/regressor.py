@@ -24,9 +24,9 @@ from ._engine import ENGINES
 from ._fit_settings import DEFAULT_SHAPE, SHAPES
 from ._kmeans import nearest_centre
 from ._lstsq import RIDGE_GRID, solve_magnitudes, solve_magnitudes_cv
+from .growth import ScheduledGrowth
 from .modules import SlowSumOfBumpFcns
 from .oriented import SlowOrientedSumOfBumpFcns
-from .growth import ScheduledGrowth
 from .relocation import Relocation
 from .training import attach
 
