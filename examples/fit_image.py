@@ -5,6 +5,8 @@ outputs, so one sum of K bumps with magnitudes of shape (K, 3) draws the whole p
 each bump has a centre, two scales, an angle and a colour, 8 numbers. ``BumpRegressor``
 does the fitting (k-means start weighted by where a first least-squares fit errs,
 least-squares colours, Adam on every pixel at each step, a final least-squares polish).
+``--grow 0.25`` starts from a quarter of the bumps and grows the rest where the error stays
+high during the first half of the steps (it helped astronaut and hurt coffee: off by default).
 
     python examples/fit_image.py                          # astronaut, 512 x 512, 10,000 bumps (minutes)
     python examples/fit_image.py --size 96 --bumps 300 --steps 150   # seconds
@@ -39,7 +41,11 @@ def main() -> None:
     ap.add_argument("--image", default="astronaut", help="a picture in skimage.data (astronaut, coffee, ...)")
     ap.add_argument("--size", type=int, default=None, help="resize to this width first (default: full size)")
     ap.add_argument("--bumps", type=int, default=10_000)
-    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--steps", type=int, default=500)
+    ap.add_argument("--grow", type=float, default=0.0,
+                    help="start with this fraction of the bumps and split the ones under the largest error until "
+                         "there are --bumps, in the first half of the steps (default 0: all bumps from the start, "
+                         "as benchmarks/fit_images.py)")
     ap.add_argument("--shape", default="oriented", choices=["oriented", "axis"])
     ap.add_argument("--out", default=None, help="save the picture and its fit side by side to this PNG")
     args = ap.parse_args()
@@ -51,7 +57,9 @@ def main() -> None:
     y = img.reshape(-1, 3)  # (n, 3) colours
 
     t0 = time.perf_counter()
-    reg = BumpRegressor(args.bumps, shape=args.shape, steps=args.steps, batch=len(x), random_state=0)
+    frac = args.grow
+    grow = dict(grow_from=max(1, round(frac * args.bumps)), grow_every=max(1, args.steps // 20)) if frac else {}
+    reg = BumpRegressor(args.bumps, shape=args.shape, steps=args.steps, batch=len(x), random_state=0, **grow)
     reg.fit(x, y)
     fit = np.clip(reg.predict(x).reshape(H, W, 3), 0, 1)
     seconds = time.perf_counter() - t0

@@ -10,10 +10,10 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-
 from _spawn import free_port, spawn
+
 from wandering import SlowOrientedSumOfBumpFcns, SlowSumOfBumpFcns, bump_sum_reference
-from wandering.nn.growth import Growth, bump_statistics, resize_bumps
+from wandering.nn.growth import Growth, ScheduledGrowth, bump_statistics, resize_bumps
 
 D, K = 2, 12
 
@@ -237,9 +237,55 @@ def test_argument_errors():
         Growth(max_bumps=20, distributed=True).grow(model, None, x, y)
 
 
+def test_scheduled_growth_follows_its_geometric_schedule_and_resumes():
+    x, y = _data()
+
+    def run(split_at=None):
+        torch.manual_seed(0)
+        model = _model(P=2)  # K = 12
+        opt = torch.optim.Adam(model.parameters(), lr=0.01)
+
+        def make():
+            return ScheduledGrowth(initial_bumps=12, max_bumps=100, every=2, stop=10)
+
+        growth, sizes = make(), []
+        for step in range(14):
+            if step == split_at:
+                saved = growth.state_dict()
+                growth = make()
+                growth.load_state_dict(saved)
+            opt.zero_grad()
+            pred = model(x)
+            ((pred - y[:, None]) ** 2).mean().backward()
+            opt.step()
+            growth.step_post(model, opt, x, y[:, None] - pred.detach(), step)
+            sizes.append(model.n_bumps)
+        return model.state_dict(), sizes
+
+    a, sizes = run()
+    # events at steps 2, 4, 6, 8: K = round(12 * (100 / 12) ** (i / 4)), the last exactly 100
+    want = [round(12 * (100 / 12) ** (i / 4)) for i in (1, 2, 3)] + [100]
+    assert sizes == [12, 12] + [k for k in want for _ in range(2)] + [100] * 4
+    c, sizes_c = run(split_at=5)
+    assert sizes_c == sizes and all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_scheduled_growth_errors():
+    with pytest.raises(ValueError, match="initial_bumps must be <= max_bumps = 5, but got 6"):
+        ScheduledGrowth(initial_bumps=6, max_bumps=5, every=2, stop=10)
+    with pytest.raises(ValueError, match="initial_bumps must be >= 1, but got 0"):
+        ScheduledGrowth(initial_bumps=0, max_bumps=5, every=2, stop=10)
+    with pytest.raises(TypeError, match="initial_bumps must be an int, but got float"):
+        ScheduledGrowth(initial_bumps=2.0, max_bumps=5, every=2, stop=10)
+    with pytest.raises(ValueError, match="stop must leave at least one event after start = 4, but got stop=4"):
+        ScheduledGrowth(initial_bumps=2, max_bumps=5, every=4, stop=4)
+    with pytest.raises(TypeError, match="stop must be an int"):
+        ScheduledGrowth(initial_bumps=2, max_bumps=5, every=2, stop=None)
+
+
 # ---------------------------------------------------------------- DDP
 WORLD = 2
-TIMEOUT_S = 120
+TIMEOUT_S = 600  # a guard against a hung process group, not a timing: a loaded machine compiles slowly
 
 
 def _ddp_worker(rank: int, port: int, outdir: str) -> None:

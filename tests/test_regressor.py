@@ -146,6 +146,16 @@ def test_fit_input_errors(X, y, exc, match):
         (dict(shape=None), ValueError, "shape must be one of"),
         (dict(lr_angle=-0.1), ValueError, r"lr_angle must be in \[0, inf\), but got -0.1"),
         (dict(lr_angle="fast"), TypeError, "lr_angle must be a number, but got str"),
+        (dict(grow_from=0), ValueError, "grow_from must be >= 1, but got 0"),
+        (dict(grow_from=4.0), TypeError, "grow_from must be an int, but got float"),
+        (dict(grow_from=17), ValueError, "grow_from must be <= n_bumps = 16, but got 17"),
+        (dict(grow_from=4, grow_every=0), ValueError, "grow_every must be >= 1, but got 0"),
+        (dict(grow_from=4, grow_until=0.0), ValueError, r"grow_until must be in \(0, 1.0\], but got 0.0"),
+        (dict(grow_from=4, grow_until=1.5), ValueError, r"grow_until must be in \(0, 1.0\], but got 1.5"),
+        (dict(grow_from=4, grow_every=30), ValueError,
+         "grow_every must be < grow_until \\* steps = 30 for growth to reach n_bumps, but got 30"),
+        (dict(grow_from=1, grow_every=10), ValueError,
+         r"grow_from must be >= n_bumps / 2\*\*2 \(growth events\) = 4 to reach n_bumps = 16, but got 1"),
     ],
 )
 def test_parameter_errors(params, exc, match):
@@ -489,3 +499,35 @@ def test_oriented_fit_relocates_and_stops_early():
     est = BumpRegressor(relocate=True, early_stopping=True, validation_every=20, **kw).fit(x, y)
     assert est.relocated_ > 0 and est.best_step_ is not None
     assert est.score(x, y) > 0.95
+
+
+@pytest.mark.parametrize("shape, P", [("axis", None), ("oriented", 2)])
+def test_growth_reaches_n_bumps_on_schedule_and_is_deterministic(shape, P):
+    x, y = _data(600)
+    if P:
+        y = np.stack([y, np.cos(x[:, 0])], 1)
+    events = []
+
+    def watch(step, loss, model):
+        events.append(model.bumps.n_bumps)
+
+    kw = dict(n_bumps=40, steps=60, grow_from=10, grow_every=5, grow_until=0.5, shape=shape, random_state=0)
+    est = BumpRegressor(callback=watch, **kw).fit(x, y)
+    assert est.n_bumps_ == 40 and est.module_.bumps.n_bumps == 40 and est.grown_ == 30
+    assert est.module_.bumps.m.shape == ((40,) if P is None else (40, P))
+    # K: 10 until the first event (after step 5), then growing at steps 5, 10, ..., 25, 40 from step 25 on
+    assert events[:5] == [10] * 5 and events[5] > 10
+    assert all(a <= b for a, b in zip(events, events[1:])) and events[25:] == [40] * 35
+    assert len(set(events)) == 6  # one K per event (5 events) and the start
+    assert est.n_params_ == sum(t.numel() for t in est.module_.parameters())
+    again = BumpRegressor(**kw).fit(x, y)
+    np.testing.assert_array_equal(est.predict(x), again.predict(x))
+    assert est.score(x, y) > 0.9
+    assert BumpRegressor().grow_from is None  # off by default
+
+
+def test_growth_with_early_stopping_keeps_a_final_size_best():
+    x, y = _data(600)
+    est = BumpRegressor(n_bumps=24, steps=60, grow_from=8, grow_every=10, grow_until=0.5, early_stopping=True,
+                        validation_every=5, random_state=0).fit(x, y)
+    assert est.module_.bumps.n_bumps == 24 and est.best_step_ >= 21  # after the last event (step 20)

@@ -22,7 +22,9 @@ import torch
 from wandering.nn import _noise
 from wandering._engine import ENGINES
 from wandering.fit._settings import DEFAULT_SHAPE, SHAPES
+from wandering.fit._kmeans import nearest_centre
 from wandering.fit._lstsq import RIDGE_GRID, solve_magnitudes, solve_magnitudes_cv
+from wandering.nn.growth import ScheduledGrowth
 from wandering.nn.modules import SlowSumOfBumpFcns
 from wandering.nn.oriented import SlowOrientedSumOfBumpFcns
 from wandering.nn.relocation import Relocation
@@ -86,6 +88,7 @@ __all__ = ["BumpRegressor", "FitQualityWarning", "NotFittedError", "HAVE_SKLEARN
 _WIDTH_LO = 0.1  # widths bounded to [0.1, 4] times the bump spacing,
 _WIDTH_LO_POINTS = 1.0  # and below by this many point spacings n**(-1/d): a narrower bump fits single points
 _TRAIN_RIDGE = 1.0  # Adam minimises the MSE plus this times the start's ridge penalty on the magnitudes
+_INIT_POINTS, _INIT_POINTS_PER_BUMP = 20000, 32  # the placement's k-means sees at most max(these) points
 _AUTO_MAX_BUMPS = 256  # n_bumps="auto": at most this many bumps,
 _AUTO_POINTS_PER_PARAMETER = 4  # and at least this many points per parameter of one output ((2d + 1) K)
 
@@ -223,12 +226,8 @@ def _weighted_kmeans(xs: np.ndarray, k: int, weights: np.ndarray, rng: np.random
     cent = xs[rng.choice(n, size=k, replace=k > n, p=p)].copy()
     if k >= n:
         return cent + rng.normal(scale=1e-3, size=cent.shape)
-    xx = (xs * xs).sum(1)
     for _ in range(iters):
-        lab = np.empty(n, dtype=np.int64)
-        for i in range(0, n, 8192):  # (chunk, k) distances, never (n, k, d)
-            blk = xs[i : i + 8192]
-            lab[i : i + 8192] = ((cent * cent).sum(1)[None] - 2.0 * blk @ cent.T).argmin(1)
+        lab = nearest_centre(xs, cent)[0]  # a grid search in d <= 3: O(n), not O(n k)
         mass = np.bincount(lab, weights=weights, minlength=k)
         sums = np.zeros_like(cent)
         for j in range(d):
@@ -237,7 +236,6 @@ def _weighted_kmeans(xs: np.ndarray, k: int, weights: np.ndarray, rng: np.random
         cent[filled] = sums[filled] / mass[filled, None]
         if not filled.all():  # an empty cluster restarts at a heavy point
             cent[~filled] = xs[rng.choice(n, size=int((~filled).sum()), p=p)]
-    del xx
     return cent
 
 
@@ -299,6 +297,13 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
         relocate_until: Relocation stops after this fraction of the steps.
         relocate_min_rel_m: Dead below this fraction of the largest |m|.
         relocate_max_fraction: At most this fraction of the bumps moves per event.
+        grow_from: None (default: K bumps from the start) or an int K0 <= K: error-guided growth
+            (:class:`wandering.nn.growth.ScheduledGrowth`). The fit starts with K0 bumps placed and
+            solved as above (widths ``width`` times K0's spacing) and every ``grow_every`` steps
+            splits the bumps under which the squared residual is largest, K growing
+            geometrically to ``n_bumps`` by ``grow_until`` of the steps. Deterministic (no draw).
+        grow_every: Steps between growth events.
+        grow_until: Growth ends after this fraction of the steps, in (0, 1].
         ridge: Ridge penalty of the least-squares solves, relative to the mean of the design's
             diagonal; "auto" picks it from ``wandering.fit._lstsq.RIDGE_GRID`` by the error on a
             held-out 10% of the training points (the solve then uses all points; the polish
@@ -331,6 +336,7 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
         y_mean_, y_std_: The target standardisation, (P,).
         loss_curve_: Training loss (standardised MSE) at every step.
         relocated_: Number of bumps moved by relocation in all.
+        grown_: Bumps added by growth in all (0 without ``grow_from``).
         validation_loss_: With early stopping, (steps taken, validation MSE) at every check,
             from (0, ...) before the first step; else empty.
         best_step_: With early stopping, the steps taken by the kept parameters; else None.
@@ -374,6 +380,9 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
         relocate_until: float = 0.5,
         relocate_min_rel_m: float = 0.02,
         relocate_max_fraction: float = 0.1,
+        grow_from: Any = None,
+        grow_every: int = 25,
+        grow_until: float = 0.5,
         ridge: Any = "auto",
         polish: bool = True,
         early_stopping: bool = False,
@@ -403,6 +412,9 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
         self.relocate_until = relocate_until
         self.relocate_min_rel_m = relocate_min_rel_m
         self.relocate_max_fraction = relocate_max_fraction
+        self.grow_from = grow_from
+        self.grow_every = grow_every
+        self.grow_until = grow_until
         self.ridge = ridge
         self.polish = polish
         self.early_stopping = early_stopping
@@ -465,6 +477,9 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
             "n_bumps": "auto" if isinstance(self.n_bumps, str) and self.n_bumps == "auto" else pos_int("n_bumps"),
             "steps": pos_int("steps"),
             "relocate_every": pos_int("relocate_every"),
+            "grow_every": pos_int("grow_every"),
+            "grow_from": None if self.grow_from is None else pos_int("grow_from"),
+            "grow_until": pos_float("grow_until", upper=1.0),
             "validation_every": pos_int("validation_every"),
             "lr_position": pos_float("lr_position", allow_zero=True),
             "lr_magnitude": pos_float("lr_magnitude", allow_zero=True),
@@ -560,7 +575,17 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
         K = auto_n_bumps(n, d, self.shape) if p["n_bumps"] == "auto" else p["n_bumps"]
         self.n_bumps_ = K
         spacing = K ** (-1.0 / d)
-        w0 = p["width"] * spacing
+        K0 = K if p["grow_from"] is None else p["grow_from"]  # growth: K0 bumps at the start
+        if K0 > K:
+            raise ValueError(f"grow_from must be <= n_bumps = {K}, but got {K0}")
+        if K0 < K and p["grow_every"] >= int(p["grow_until"] * p["steps"]):
+            raise ValueError(f"grow_every must be < grow_until * steps = {int(p['grow_until'] * p['steps'])} for "
+                             f"growth to reach n_bumps, but got {p['grow_every']}")
+        events = len(range(p["grow_every"], int(p["grow_until"] * p["steps"]), p["grow_every"]))
+        if K0 < K and K0 * 2**events < K:  # an event at most doubles K
+            raise ValueError(f"grow_from must be >= n_bumps / 2**{events} (growth events) = {K / 2**events:g} to reach "
+                             f"n_bumps = {K}, but got {K0} (or take more steps or a smaller grow_every)")
+        w0 = p["width"] * K0 ** (-1.0 / d)
         if p["bounds"] is None:
             c_bounds = np.tile([0.0, 1.0], (d, 1))
         else:
@@ -580,17 +605,17 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
         val_mask = self._validation_mask(n, rng, dev) if few else None
         if few:
             fit_np = ~val_mask.cpu().numpy()
-            cent = self._init_centres(xu[fit_np], yu[fit_np], xt[~val_mask], yt[~val_mask], K, w0, p, rng)
+            cent = self._init_centres(xu[fit_np], yu[fit_np], xt[~val_mask], yt[~val_mask], K0, w0, p, rng)
         else:
-            cent = self._init_centres(xu, yu, xt, yt, K, w0, p, rng)
+            cent = self._init_centres(xu, yu, xt, yt, K0, w0, p, rng)
         cent = np.clip(cent, c_bounds[:, 0], c_bounds[:, 1])
 
         # Oriented bumps start with angles 0: the axis-aligned start.
         kind = SlowOrientedSumOfBumpFcns if self.shape == "oriented" else SlowSumOfBumpFcns
         with torch.random.fork_rng(devices=[]):  # the module's seed draw must not touch global state
             bumps = kind(
-                torch.as_tensor(cent.T, dtype=dtype), torch.full((d, K), w0, dtype=dtype),
-                torch.zeros((K,) if P == 1 else (K, P), dtype=dtype),
+                torch.as_tensor(cent.T, dtype=dtype), torch.full((d, K0), w0, dtype=dtype),
+                torch.zeros((K0,) if P == 1 else (K0, P), dtype=dtype),
                 torch.as_tensor(c_bounds, dtype=dtype), torch.as_tensor(w_bounds, dtype=dtype),
                 p["c_grad_std"], p["w_grad_std"], p["m_grad_gain"], p["support_p"], device=dev,
             )
@@ -684,7 +709,8 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
 
     def _init_centres(self, xu, yu, xt, yt, K, w0, p, rng) -> np.ndarray:
         n = len(xu)
-        sub = rng.choice(n, size=min(n, 20000), replace=False) if n > 20000 else np.arange(n)
+        size = max(_INIT_POINTS, _INIT_POINTS_PER_BUMP * K)  # many bumps (pictures): enough points per bump
+        sub = rng.choice(n, size=size, replace=False) if n > size else np.arange(n)
         xs = xu[sub]
         cent = _weighted_kmeans(xs, K, np.ones(len(xs)), rng)
         if self.init == "kmeans" or n < 2:
@@ -735,6 +761,10 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
                 min_rel_m=p["relocate_min_rel_m"], max_fraction=p["relocate_max_fraction"], width=w0,
                 distributed=False,
             )
+        growth = None
+        if p["grow_from"] is not None and bumps.n_bumps < self.n_bumps_:
+            growth = ScheduledGrowth(bumps, initial_bumps=bumps.n_bumps, max_bumps=self.n_bumps_,
+                                     every=p["grow_every"], stop=int(p["grow_until"] * steps), distributed=False)
         gen = torch.Generator(device="cpu").manual_seed(seed)
         bar = None
         if self.progress:
@@ -746,6 +776,7 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
                 bar = None
         losses: list[float] = []
         self.relocated_ = 0
+        self.grown_ = 0
         self.validation_loss_ = []
         self.best_step_ = None
         best = None
@@ -791,6 +822,11 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
                 opt.step()
                 if reloc is not None:
                     self.relocated_ += reloc.step_post(bumps, opt, xb, yb - pred.detach(), step)
+                if growth is not None:
+                    added = growth.step_post(bumps, opt, xb, yb - pred.detach(), step)
+                    self.grown_ += added
+                    if added:
+                        best = None  # early stopping's saved parameters have the old K
                 lv = float(loss.detach())
                 losses.append(lv)
                 if bar is not None:
@@ -874,6 +910,6 @@ def _restored(module: _BumpModel, x_lo, x_scale, y_mean, y_std, y_ndim: int, **p
     reg.x_scale_ = np.asarray(x_scale, dtype=np.float64).reshape(d)
     reg.y_mean_ = np.asarray(y_mean, dtype=np.float64).reshape(reg.n_outputs_)
     reg.y_std_ = np.asarray(y_std, dtype=np.float64).reshape(reg.n_outputs_)
-    reg.loss_curve_, reg.relocated_, reg.fit_seconds_ = [], 0, 0.0
+    reg.loss_curve_, reg.relocated_, reg.grown_, reg.fit_seconds_ = [], 0, 0, 0.0
     reg.n_bumps_, reg.validation_score_ = int(module.bumps.c.shape[1]), None
     return reg

@@ -47,7 +47,7 @@ from wandering._engine import bump_sum, oriented_bump_sum
 from wandering._engine._rotation import rotations
 from wandering.nn.modules import WanderingModule
 
-__all__ = ["Growth", "resize_bumps", "bump_statistics"]
+__all__ = ["Growth", "ScheduledGrowth", "bump_statistics", "resize_bumps"]
 
 
 def _as_int(value: Any, name: str, minimum: int) -> int:
@@ -382,3 +382,59 @@ class Growth:
         if a is not None:
             first["angles"], second["angles"] = a, a.clone()
         return second, first
+
+
+class ScheduledGrowth(Growth):
+    """:class:`Growth` that takes K from ``initial_bumps`` to ``max_bumps`` geometrically over its events.
+
+    The events are the steps ``start, start + every, ...`` before ``stop``; before event i (1-based)
+    of E, the fraction split is set so that K becomes ``round(initial_bumps * r**(i / E))`` with
+    ``r = max_bumps / initial_bumps`` (exactly ``max_bumps`` after the last event; no pruning). The
+    target is a function of the event counter alone, so a resumed fit (counter restored) follows the
+    same schedule, and DDP ranks (statistics summed over ranks) split the same bumps.
+
+    Args:
+        module: As :class:`Growth`.
+        initial_bumps: K when the fit starts (>= 1, <= ``max_bumps``).
+        max_bumps: K after the last event.
+        every, start: As :class:`Growth`.
+        stop: No event at this step or later; required (the schedule needs the number of events).
+        distributed: As :class:`Growth`.
+
+    Raises:
+        TypeError, ValueError: a count that is not an int or out of range; ``stop`` giving no event.
+    """
+
+    def __init__(
+        self,
+        module: WanderingModule | None = None,
+        *,
+        initial_bumps: int,
+        max_bumps: int,
+        every: int,
+        stop: int,
+        start: int | None = None,
+        distributed: Any = "auto",
+    ) -> None:
+        super().__init__(module, max_bumps=max_bumps, every=every, start=start, stop=_as_int(stop, "stop", 0),
+                         fraction=0.0, distributed=distributed)
+        self.initial_bumps = _as_int(initial_bumps, "initial_bumps", 1)
+        if self.initial_bumps > self.max_bumps:
+            raise ValueError(f"initial_bumps must be <= max_bumps = {self.max_bumps}, but got {initial_bumps}")
+        self.events = len(range(self.start, self.stop, self.every))
+        if self.events < 1 and self.initial_bumps < self.max_bumps:
+            raise ValueError(f"stop must leave at least one event after start = {self.start}, but got stop={stop}")
+
+    def target(self, event: int) -> int:
+        """K after event ``event`` (1-based) of the schedule."""
+        if event >= self.events:
+            return self.max_bumps
+        ratio = self.max_bumps / self.initial_bumps
+        return min(self.max_bumps, int(round(self.initial_bumps * ratio ** (event / self.events))))
+
+    def grow(self, model, optimizer, x, residual):
+        n_now = self._find_module(model).n_bumps
+        want = self.target(self.counter + 1) - n_now
+        # floor(fraction * n_now) == want exactly (the 0.5 keeps rounding off the boundary)
+        self.fraction = min(1.0, max(0.0, (want + 0.5) / max(1, n_now))) if want > 0 else 0.0
+        return super().grow(model, optimizer, x, residual)
