@@ -163,7 +163,6 @@ def _baseline_step(old, xs_new, x, c, w, m, gy, sp):
     autograd.Function, one output) runs whole through its own entry point instead; that
     is then its whole path, checks and autograd included. Returns None where it cannot run
     the case (P > 1)."""
-    import torch
 
     from wandering._engine import _op, _registry
     from wandering._engine._geometry import support_halfwidths
@@ -224,7 +223,7 @@ def _matched_uniform_scale(case, target_pairs):
     scale = 1.0
     d = CASES[case][2]
     for _ in range(4):
-        x, c, w, m, gy, sp = _inputs(case, width_scale=scale, layout="uniform")
+        x, c, w, _m, _gy, sp = _inputs(case, width_scale=scale, layout="uniform")
         w[:, : c.shape[1] // 10] /= 10.0  # matched data: all bumps narrow
         p = _pairs(x, c, w, sp)
         scale *= (target_pairs / max(p, 1)) ** (1.0 / d)
@@ -244,7 +243,7 @@ def _worker(case, threads, repeats, quick, baseline_dir, per_bump=True):
             "zero-cost engine": _train_worker(repeats, zero_engine=True),
             "torch-only model": _torch_only_worker(repeats),
         }
-    from wandering._engine import _numba_engine, bump_sum
+    from wandering._engine import bump_sum
 
     x, c, w, m, gy, sp = _inputs(case)
     n, d = x.shape
@@ -253,7 +252,11 @@ def _worker(case, threads, repeats, quick, baseline_dir, per_bump=True):
     pairs = _pairs(x, c, w, sp)
     c.requires_grad_(), w.requires_grad_(), m.requires_grad_()
     newx = case == "culled-newx"
-    xs_new = [torch.rand(n, d, generator=torch.Generator().manual_seed(100 + r)) for r in range(repeats + 1)] if newx else None
+    xs_new = (
+        [torch.rand(n, d, generator=torch.Generator().manual_seed(100 + r)) for r in range(repeats + 1)]
+        if newx
+        else None
+    )
 
     def new_step(r):
         xr = xs_new[r] if newx else x
@@ -428,7 +431,7 @@ def _oriented_worker(case, threads, repeats):
     try:
         axis_step(), oriented_step()  # warm-up: compile-cache load, binning, plans
         ta, to = [], []
-        for r in range(repeats):
+        for _r in range(repeats):
             ta.append(axis_step())
             to.append(oriented_step())
     finally:
@@ -488,7 +491,9 @@ def _train_worker(repeats, fused=False, zero_engine=False):
             gx = torch.zeros_like(x) if need_x else None
             return gx, torch.zeros_like(c), torch.zeros_like(w), torch.zeros_like(m)
 
-    reg.ENGINES["numba"] = reg.Engine(eng.name, eng.devices, eng.dtypes, eng.culls, eng.priority, timed(fwd), timed(bwd))
+    reg.ENGINES["numba"] = reg.Engine(
+        eng.name, eng.devices, eng.dtypes, eng.culls, eng.priority, timed(fwd), timed(bwd)
+    )
     try:
         steps, engine = [], []
         for i in range(repeats * 20 + 20):
@@ -659,7 +664,10 @@ def main(argv=None) -> int:
                 print(f"    cost per in-support pair, {case} / uniform-matched (median of paired ratios): {ratio:.2f}")
             if not args.no_rss and case in ("culled", "culled-P16", "culled-newx"):
                 rss = _run(["--worker", "rss", case, str(nt)])
-                print(f"    peak RSS (new engine only, whole process): {rss.get('rss_mb', float('nan')):.0f} MB", flush=True)
+                print(
+                    f"    peak RSS (new engine only, whole process): {rss.get('rss_mb', float('nan')):.0f} MB",
+                    flush=True,
+                )
     return 0
 
 

@@ -229,9 +229,9 @@ def main(argv=None) -> None:
                       flush=True)  # fmt: skip
         args.rss_only = True
     if not args.rss_only:
-        from wandering._engine import _numba_engine as eng
-
         from bench_engine import _load_baseline  # the one loader of an older engine (same folder)
+
+        from wandering._engine import _numba_engine as eng
 
         old = _load_baseline(args.baseline_dir) if args.baseline_dir else None
         if 1 not in args.Ps:

@@ -126,8 +126,10 @@ def _kron_ridge(Ay: np.ndarray, Ax: np.ndarray, Y: np.ndarray, ridge: float) -> 
     dy, Vy = np.linalg.eigh(Ay.T @ Ay)
     dx, Vx = np.linalg.eigh(Ax.T @ Ax)
     lam = ridge * np.mean(np.sum(Ay * Ay, 0)) * np.mean(np.sum(Ax * Ax, 0))
-    out = [Vy @ ((Vy.T @ (Ay.T @ Y[:, :, p] @ Ax) @ Vx) / (dy[:, None] * dx[None, :] + lam)) @ Vx.T
-           for p in range(Y.shape[2])]
+    out = [
+        Vy @ ((Vy.T @ (Ay.T @ Y[:, :, p] @ Ax) @ Vx) / (dy[:, None] * dx[None, :] + lam)) @ Vx.T
+        for p in range(Y.shape[2])
+    ]
     return np.stack(out, axis=2)
 
 
@@ -174,8 +176,10 @@ def score(img: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
     pred = np.clip(pred, 0.0, 1.0)
-    return (float(peak_signal_noise_ratio(img, pred, data_range=1.0)),
-            float(structural_similarity(img, pred, channel_axis=2, data_range=1.0)))
+    return (
+        float(peak_signal_noise_ratio(img, pred, data_range=1.0)),
+        float(structural_similarity(img, pred, channel_axis=2, data_range=1.0)),
+    )
 
 
 def save_panel(name: str, img: np.ndarray, preds: dict, rows: list, path: str) -> None:
@@ -220,8 +224,19 @@ def cache_key(image: str, method: str, budget: int, seed: int, settings: dict, s
     return f"{image}_{method}_{hashlib.sha1(text.encode()).hexdigest()[:12]}"
 
 
-def run(image: str, methods, budget: int, seed: int, settings: dict, size: int | None, out: str | None,
-        cache: str | None = None, reuse: bool = False, grow: float | None = None, suffix: str = "") -> list:
+def run(
+    image: str,
+    methods,
+    budget: int,
+    seed: int,
+    settings: dict,
+    size: int | None,
+    out: str | None,
+    cache: str | None = None,
+    reuse: bool = False,
+    grow: float | None = None,
+    suffix: str = "",
+) -> list:
     img = load(image, size)
     rows, preds = [], {}
     base = settings
@@ -246,10 +261,20 @@ def run(image: str, methods, budget: int, seed: int, settings: dict, size: int |
             pred, numbers, info = bumps(img, budget, method, seed, settings)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         psnr, ssim = score(img, pred)
-        row = {"image": image, "method": method, "psnr": psnr, "ssim": ssim, "numbers": numbers,
-               "seconds": wall, "cpu_seconds": cpu, "load": os.getloadavg()[0], **threads(), **info}
+        row = {
+            "image": image,
+            "method": method,
+            "psnr": psnr,
+            "ssim": ssim,
+            "numbers": numbers,
+            "seconds": wall,
+            "cpu_seconds": cpu,
+            "load": os.getloadavg()[0],
+            **threads(),
+            **info,
+        }
         if method in NUMBERS_PER_BUMP:
-            row["settings"] = {k: v for k, v in settings.items()}
+            row["settings"] = dict(settings.items())
         print(row, flush=True)
         if key:
             os.makedirs(cache, exist_ok=True)
@@ -264,11 +289,15 @@ def run(image: str, methods, budget: int, seed: int, settings: dict, size: int |
 
 
 def markdown(rows: list) -> str:
-    lines = ["| image | method | PSNR (dB) | SSIM | stored numbers | K | wall s | CPU s |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| image | method | PSNR (dB) | SSIM | stored numbers | K | wall s | CPU s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r['image']} | {r['method']} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['numbers']:,} | "
-                     f"{r.get('K', '')} | {r['seconds']:.1f} | {r['cpu_seconds']:.1f} |")
+        lines.append(
+            f"| {r['image']} | {r['method']} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['numbers']:,} | "
+            f"{r.get('K', '')} | {r['seconds']:.1f} | {r['cpu_seconds']:.1f} |"
+        )
     return "\n".join(lines)
 
 
@@ -291,8 +320,12 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=os.path.join(ROOT, "docs"), help="folder for the pictures ('' for none)")
     ap.add_argument("--quick", action="store_true", help="128 px wide, 400 bumps, 200 steps, no pictures")
     ap.add_argument("--json", default=None, help="write the rows to this JSON file")
-    ap.add_argument("--grow", type=float, default=None,
-                    help=f"bump methods grow from this fraction of K (grow_from); 0: no growth (default {GROW})")
+    ap.add_argument(
+        "--grow",
+        type=float,
+        default=None,
+        help=f"bump methods grow from this fraction of K (grow_from); 0: no growth (default {GROW})",
+    )
     ap.add_argument("--cache", default=None, help="folder keeping every fitted picture and its row")
     ap.add_argument("--reuse", action="store_true", help="take fitted pictures from --cache instead of fitting")
     args = ap.parse_args(argv)
@@ -305,8 +338,19 @@ def main(argv=None) -> int:
         ap.error("--reuse needs --cache")
     rows = []
     for image in args.images:
-        rows += run(image, args.methods, 8 * args.bumps, args.seed, settings, args.size, args.out or None,
-                    args.cache, args.reuse, args.grow, "" if args.grow is None else f"_grow{args.grow:g}")
+        rows += run(
+            image,
+            args.methods,
+            8 * args.bumps,
+            args.seed,
+            settings,
+            args.size,
+            args.out or None,
+            args.cache,
+            args.reuse,
+            args.grow,
+            "" if args.grow is None else f"_grow{args.grow:g}",
+        )
     print(markdown(rows))
     if args.json:
         with open(args.json, "w") as f:

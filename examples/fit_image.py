@@ -42,10 +42,14 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=None, help="resize to this width first (default: full size)")
     ap.add_argument("--bumps", type=int, default=10_000)
     ap.add_argument("--steps", type=int, default=500)
-    ap.add_argument("--grow", type=float, default=0.0,
-                    help="start with this fraction of the bumps and split the ones under the largest error until "
-                         "there are --bumps, in the first half of the steps (default 0: all bumps from the start, "
-                         "as benchmarks/fit_images.py)")
+    ap.add_argument(
+        "--grow",
+        type=float,
+        default=0.0,
+        help="start with this fraction of the bumps and split the ones under the largest error until "
+        "there are --bumps, in the first half of the steps (default 0: all bumps from the start, "
+        "as benchmarks/fit_images.py)",
+    )
     ap.add_argument("--shape", default="oriented", choices=["oriented", "axis"])
     ap.add_argument("--out", default=None, help="save the picture and its fit side by side to this PNG")
     args = ap.parse_args()
@@ -66,8 +70,10 @@ def main() -> None:
 
     mse = float(np.mean((fit - img) ** 2))
     psnr = 10 * np.log10(1.0 / mse)
-    print(f"{args.image} {W}x{H}: {args.bumps} {args.shape} bumps, {reg.n_params_:,} numbers "
-          f"(the picture has {img.size:,}), PSNR {psnr:.2f} dB, {seconds:.1f} s")
+    print(
+        f"{args.image} {W}x{H}: {args.bumps} {args.shape} bumps, {reg.n_params_:,} numbers "
+        f"(the picture has {img.size:,}), PSNR {psnr:.2f} dB, {seconds:.1f} s"
+    )
 
     if args.out:
         import matplotlib

@@ -264,7 +264,9 @@ def test_float64_exp_within_1_01_ulp_over_the_whole_range():
     if np.finfo(np.longdouble).nmant <= 52:
         pytest.skip("long double is float64 here: no reference finer than the result")
     rng = np.random.default_rng(3)
-    s = np.concatenate([rng.uniform(0.0, 708.0, 2_000_000), rng.uniform(0.0, 1.0, 500_000), np.linspace(0, 708, 100_001)[:-1]])
+    s = np.concatenate(
+        [rng.uniform(0.0, 708.0, 2_000_000), rng.uniform(0.0, 1.0, 500_000), np.linspace(0, 708, 100_001)[:-1]]
+    )
     e = np.empty_like(s)
     kernels.neg_exp_block(s, e, s.shape[0])
     ref = np.exp(-s.astype(np.longdouble))  # x87 extended precision: 11 more bits than float64
@@ -325,7 +327,9 @@ def test_normal_equations_float64_and_thread_count_free(monkeypatch):
         assert G.dtype == torch.float64 and B.dtype == torch.float64
         err = (G - G_exact).abs().max() / G_abs.max()
         assert err < 1e-6 and err <= plain, (float(err), float(plain))
-        torch.testing.assert_close(B, phi.T @ y.double(), rtol=1e-6, atol=1e-6 * float((phi.T.abs() @ y.double().abs()).max()))
+        torch.testing.assert_close(
+            B, phi.T @ y.double(), rtol=1e-6, atol=1e-6 * float((phi.T.abs() @ y.double().abs()).max())
+        )
         results.append(G)
     assert torch.equal(results[1], results[2])  # the kernel, at 1 and 2 threads
     assert _lstsq.gram_chunks(n, K, 2) > 1  # several chunks really ran

@@ -18,13 +18,17 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 GENERATED = ("_build", "auto_examples", "generated")
 # (page, text in a block, replacement): fewer steps, to stay fast; nothing else changes.
-FEWER_STEPS = [("guide/oriented.md", "range(150)", "range(60)"), ("guide/multi_output.md", "range(100)", "range(40)"),
-               ("getting_started.md", "range(300)", "range(100)")]
+FEWER_STEPS = [
+    ("guide/oriented.md", "range(150)", "range(60)"),
+    ("guide/multi_output.md", "range(100)", "range(40)"),
+    ("getting_started.md", "range(300)", "range(100)"),
+]
 
 
 def pages() -> list[pathlib.Path]:
     return sorted(
-        p for p in DOCS.rglob("*.md")
+        p
+        for p in DOCS.rglob("*.md")
         if p.name != "README.md" and not any(part in GENERATED for part in p.relative_to(DOCS).parts)
     )
 
@@ -52,8 +56,9 @@ def test_the_pages_have_the_blocks_this_test_expects():
 @pytest.mark.parametrize("page", PYTHON_PAGES, ids=_name)
 def test_every_python_block_of_the_page_runs_in_order(page, monkeypatch, tmp_path, capsys):
     # The DDP block is a torchrun script: give it a one-process world on this machine.
-    for key, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                           MASTER_PORT=str(free_port())).items():
+    for key, value in dict(
+        RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port())
+    ).items():
         monkeypatch.setenv(key, value)
     monkeypatch.chdir(tmp_path)
     torch.manual_seed(0)

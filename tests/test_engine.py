@@ -68,7 +68,7 @@ def _outputs_and_grads(fn, x, c, w, m, gy):
 
 def _assert_parity(engine, x, c, w, m, support_p, seed=0):
     g = torch.Generator().manual_seed(seed + 1)
-    gy = torch.randn((x.shape[0],) + tuple(m.shape[1:]), generator=g, dtype=x.dtype)
+    gy = torch.randn((x.shape[0], *tuple(m.shape[1:])), generator=g, dtype=x.dtype)
     y_ref, g_ref = _outputs_and_grads(lambda *a: bump_sum_reference(*a, support_p), x, c, w, m, gy)
     y, grads = _outputs_and_grads(lambda *a: _run(engine, *a, support_p), x, c, w, m, gy)
     tol = _tol(x.dtype)
@@ -158,7 +158,7 @@ def test_gradcheck_float64(engine, support_p):
 
 @pytest.mark.parametrize("d", [1, 2, 3, 4])
 def test_culled_pairs_match_reference_mask(d):
-    x, c, w, m = _problem(3000, d, 40, torch.float32, 6, w_lo=0.02, w_hi=0.15)
+    x, c, w, _m = _problem(3000, d, 40, torch.float32, 6, w_lo=0.02, w_hi=0.15)
     for support_p in (0.01, 0.3):
         got = _pair_count(x, c, w, support_p)
         assert got is not None  # culling pays here
@@ -305,24 +305,48 @@ def test_registry_describes_each_engine_and_auto_follows_priority():
 def test_unavailable_or_unsuitable_engine_says_why(monkeypatch):
     import dataclasses
 
-    missing = dataclasses.replace(ENGINES["torch"], forward=None, backward=None, unavailable="ImportError('no gpu lib')")
+    missing = dataclasses.replace(
+        ENGINES["torch"], forward=None, backward=None, unavailable="ImportError('no gpu lib')"
+    )
     monkeypatch.setitem(ENGINES, "torch", missing)
     x, c, w, m = _problem(50, 2, 3, torch.float32, 17)
     with pytest.raises(RuntimeError, match=r"backend 'torch' is unavailable here: ImportError\('no gpu lib'\)"):
         bump_sum(x, c, w, m, backend="torch")
-    with pytest.raises(ValueError, match=r"backend 'numba' needs float32/float64 tensors on cpu, but got torch.bfloat16"):
+    with pytest.raises(
+        ValueError, match=r"backend 'numba' needs float32/float64 tensors on cpu, but got torch.bfloat16"
+    ):
         bump_sum(*(t.detach().bfloat16() for t in (x, c, w, m)), backend="numba")
 
 
 @pytest.mark.parametrize(
     "args, exc, match",
     [
-        ((torch.rand(5, 2), torch.rand(3, 4), torch.rand(3, 4), torch.rand(4)), ValueError, r"x must have shape \(n_smps, 3\)"),
-        ((torch.rand(5, 3), torch.rand(3, 4), torch.rand(3, 5), torch.rand(4)), ValueError, r"w must have shape \(3, 4\)"),
-        ((torch.rand(5, 3), torch.rand(3, 4), torch.rand(3, 4), torch.rand(3)), ValueError, r"m must have shape \(K,\) or \(K, P\) with K = 4"),
-        ((torch.rand(5, 3), torch.rand(3, 4), torch.rand(3, 4), torch.rand(4, 2, 2)), ValueError, r"m must have shape \(K,\) or \(K, P\) with K = 4 \(one row per bump\), but got \(4, 2, 2\)"),
+        (
+            (torch.rand(5, 2), torch.rand(3, 4), torch.rand(3, 4), torch.rand(4)),
+            ValueError,
+            r"x must have shape \(n_smps, 3\)",
+        ),
+        (
+            (torch.rand(5, 3), torch.rand(3, 4), torch.rand(3, 5), torch.rand(4)),
+            ValueError,
+            r"w must have shape \(3, 4\)",
+        ),
+        (
+            (torch.rand(5, 3), torch.rand(3, 4), torch.rand(3, 4), torch.rand(3)),
+            ValueError,
+            r"m must have shape \(K,\) or \(K, P\) with K = 4",
+        ),
+        (
+            (torch.rand(5, 3), torch.rand(3, 4), torch.rand(3, 4), torch.rand(4, 2, 2)),
+            ValueError,
+            r"m must have shape \(K,\) or \(K, P\) with K = 4 \(one row per bump\), but got \(4, 2, 2\)",
+        ),
         ((torch.rand(5, 3), torch.rand(3, 4), torch.rand(3, 4), torch.rand(3, 2)), ValueError, r"but got \(3, 2\)"),
-        ((torch.rand(5, 3).double(), torch.rand(3, 4), torch.rand(3, 4), torch.rand(4)), TypeError, "x must have dtype"),
+        (
+            (torch.rand(5, 3).double(), torch.rand(3, 4), torch.rand(3, 4), torch.rand(4)),
+            TypeError,
+            "x must have dtype",
+        ),
         (([[0.0]], torch.rand(1, 4), torch.rand(1, 4), torch.rand(4)), TypeError, "x must be a torch.Tensor"),
         ((torch.rand(5, 3), torch.rand(3), torch.rand(3, 4), torch.rand(4)), ValueError, r"c must have shape \(d, K\)"),
     ],

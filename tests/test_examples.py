@@ -15,7 +15,10 @@ def test_multi_output_neurons_quick():
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
     r = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "multi_output_neurons.py"), "--quick"],
-        capture_output=True, text=True, timeout=300, env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert r.returncode == 0, r.stdout + r.stderr
     rows = {}
@@ -42,9 +45,22 @@ def test_fit_image_small(tmp_path):
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
     out = tmp_path / "fit.png"
     r = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "fit_image.py"), "--size", "64", "--bumps", "120", "--steps", "80",
-         "--out", str(out)],
-        capture_output=True, text=True, timeout=300, env=env,
+        [
+            sys.executable,
+            str(ROOT / "examples" / "fit_image.py"),
+            "--size",
+            "64",
+            "--bumps",
+            "120",
+            "--steps",
+            "80",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert r.returncode == 0, r.stdout + r.stderr
     m = re.search(r"astronaut 64x64: 120 oriented bumps, ([\d,]+) numbers .* PSNR ([\d.]+) dB", r.stdout)

@@ -55,7 +55,7 @@ def _resid(model, x, y):
 
 
 def test_bump_statistics_against_a_plain_sum():
-    x, y = _data()
+    x, _y = _data()
     for oriented in (False, True):
         model = _model(P=3, oriented=oriented)
         r = torch.randn(len(x), 3, dtype=torch.float64)
@@ -82,7 +82,7 @@ def test_split_targets_the_largest_error_mass_and_keeps_mass_and_moment(P, orien
     expected = torch.sort(torch.argsort(-mass, stable=True)[:3]).values
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
     state_before = {name: {k: v.clone() for k, v in opt.state[p].items()} for name, p in model.named_parameters()}
-    params_before = {name: p for name, p in model.named_parameters()}
+    params_before = dict(model.named_parameters())
     growth = Growth(max_bumps=100, fraction=0.25)
     split, pruned = growth.grow(model, opt, x, r)
     assert (split, pruned) == (3, 0) and model.n_bumps == K + 3

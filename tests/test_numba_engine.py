@@ -255,7 +255,7 @@ def test_binning_cache_reuse_and_invalidation(monkeypatch):
     monkeypatch.setattr(ne, "_register", lambda *a: registered.append(1) or real_register(*a))
     with forced_cull():
         before = ne.bin_calls
-        y0, g0 = run_engine(x, c, w, m, half, gy, True)
+        _y0, _g0 = run_engine(x, c, w, m, half, gy, True)
         assert ne.bin_calls == before + 1 and len(registered) == 1  # forward + backward: once each
         # Same storage coming back as another Python object (as under compile / custom ops).
         run_engine(x.detach(), c.clone(), w, m, half.clone(), gy, True)
@@ -283,7 +283,7 @@ def test_binning_cache_reuse_and_invalidation(monkeypatch):
 @pytest.mark.parametrize("d", [1, 2, 3, 4])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_pair_count_matches_oracle(d, dtype):
-    x, c, w, m, half, gy = problem(1500, d, 30, 1, dtype, seed=17 + d)
+    x, c, w, _m, half, _gy = problem(1500, d, 30, 1, dtype, seed=17 + d)
     with forced_cull():
         assert ne.pair_count(x, c, half) == int(oracle_mask(x, c, w, half).sum())
     inf = torch.full_like(half, math.inf)
@@ -402,7 +402,6 @@ def test_backward_reuses_the_forward_dense_decision_only_when_valid(monkeypatch)
     assert ne._dense_key is None and len(calls) == 9
 
 
-
 _FRESH_VS_CACHED = {
     "axis": """
 import hashlib, torch, wandering
@@ -424,10 +423,10 @@ out = []
 for d, P, sp in ((3, None, None), (3, None, 0.01), (2, 2, 0.01)):
     g = torch.Generator().manual_seed(0)
     K = 100
+    m = torch.randn(K, *(() if P is None else (P,)), generator=g)
     f = wandering.OrientedSumOfBumpFcns(
-        torch.rand(d, K, generator=g), 0.02 + 0.05 * torch.rand(d, K, generator=g),
-        torch.randn(K, *(() if P is None else (P,)), generator=g), angles=6 * torch.rand(d * (d - 1) // 2, K, generator=g),
-        support_p=sp, backend="numba")
+        torch.rand(d, K, generator=g), 0.02 + 0.05 * torch.rand(d, K, generator=g), m,
+        angles=6 * torch.rand(d * (d - 1) // 2, K, generator=g), support_p=sp, backend="numba")
     x = torch.rand(20000, d, generator=g).requires_grad_()
     y = f(x)
     y.square().sum().backward()
@@ -448,7 +447,9 @@ def test_results_are_the_same_right_after_a_compile_and_from_the_disk_cache(tmp_
 
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path), PYTHONHASHSEED="0")
     runs = [
-        subprocess.run([sys.executable, "-c", _FRESH_VS_CACHED[kind]], capture_output=True, text=True, env=env, timeout=600)
+        subprocess.run(
+            [sys.executable, "-c", _FRESH_VS_CACHED[kind]], capture_output=True, text=True, env=env, timeout=600
+        )
         for _ in range(2)
     ]
     for r in runs:
@@ -457,7 +458,9 @@ def test_results_are_the_same_right_after_a_compile_and_from_the_disk_cache(tmp_
     assert runs[0].stdout == runs[1].stdout
 
 
-@pytest.mark.parametrize("dtype, P", [(torch.float32, 16), (torch.float32, 32), (torch.float64, 8), (torch.float64, 24)])
+@pytest.mark.parametrize(
+    "dtype, P", [(torch.float32, 16), (torch.float32, 32), (torch.float64, 8), (torch.float64, 24)]
+)
 @pytest.mark.parametrize("path", ["dense", "culled"])
 def test_whole_line_outputs_match_oracle_and_thread_count(dtype, P, path):
     """P outputs whose rows are whole cache lines (streamed scatters) and multiples of 8
@@ -477,7 +480,9 @@ def test_whole_line_outputs_match_oracle_and_thread_count(dtype, P, path):
 
 
 @pytest.mark.parametrize("R, C", [(1, 1), (7, 5), (8, 8), (16, 2500), (2501, 19), (40, 17)])
-@pytest.mark.parametrize("src_dtype, dst_dtype", [(np.float32, np.float32), (np.float64, np.float32), (np.float64, np.float64)])
+@pytest.mark.parametrize(
+    "src_dtype, dst_dtype", [(np.float32, np.float32), (np.float64, np.float32), (np.float64, np.float64)]
+)
 def test_transpose_into(R, C, src_dtype, dst_dtype):
     from wandering._engine import _kernels
 
@@ -491,7 +496,17 @@ def test_transpose_into(R, C, src_dtype, dst_dtype):
     np.testing.assert_array_equal(dst.reshape(C, ds), want)
 
 
-@pytest.mark.parametrize("P, dtype, offset", [(1, np.float32, 0), (5, np.float32, 0), (16, np.float32, 0), (16, np.float32, 1), (32, np.float32, 0), (8, np.float64, 0)])
+@pytest.mark.parametrize(
+    "P, dtype, offset",
+    [
+        (1, np.float32, 0),
+        (5, np.float32, 0),
+        (16, np.float32, 0),
+        (16, np.float32, 1),
+        (32, np.float32, 0),
+        (8, np.float64, 0),
+    ],
+)
 def test_scatter_rows_streamed_or_not(P, dtype, offset):
     """Rows scattered through an index, by streamed whole-line stores where rows are
     whole aligned lines (offset 0 on a 64-byte aligned buffer), else one by one."""

@@ -9,7 +9,6 @@ import re
 
 import pytest
 import torch
-
 from test_docs_pages import check_command
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -41,7 +40,9 @@ def figures_table(source: str) -> str:
 
 
 def docs_text() -> str:
-    return "\n".join(p.read_text(encoding="utf-8") for p in sorted((ROOT / "docs").rglob("*.md")) if "_build" not in p.parts)
+    return "\n".join(
+        p.read_text(encoding="utf-8") for p in sorted((ROOT / "docs").rglob("*.md")) if "_build" not in p.parts
+    )
 
 
 # ---------------------------------------------------------------- shape of the page
@@ -52,7 +53,9 @@ def test_readme_is_at_most_8_kb():
 
 def test_readme_starts_with_the_two_commands():
     source = text()
-    assert source.startswith(f"# wandering\n\n```bash\n{DEMO_COMMAND}\n```\n\n```bash\n{TEST_COMMAND}\n```\n"), source[:300]
+    assert source.startswith(f"# wandering\n\n```bash\n{DEMO_COMMAND}\n```\n\n```bash\n{TEST_COMMAND}\n```\n"), source[
+        :300
+    ]
 
 
 def test_ci_runs_the_readmes_exact_test_command():

@@ -408,7 +408,12 @@ def backward(gy, x, c, w, m, half, cull, need_x):
     K, P = m.shape
     if n == 0 or K == 0 or P == 0:
         gx = torch.zeros((n, d), dtype=x.dtype) if need_x else None
-        return gx, torch.zeros((d, K), dtype=c.dtype), torch.zeros((d, K), dtype=w.dtype), torch.zeros((K, P), dtype=m.dtype)
+        return (
+            gx,
+            torch.zeros((d, K), dtype=c.dtype),
+            torch.zeros((d, K), dtype=w.dtype),
+            torch.zeros((K, P), dtype=m.dtype),
+        )
     b, plan, xn, cn, iw, hn, mn = _prepare(x, c, w, m, half, cull, trust_forward=True)
     g = _np(gy.to(x.dtype))
     gx = _buffers.empty((n, d) if (need_x or plan is None) else (0, d), x.dtype)
@@ -444,7 +449,9 @@ def pair_count(x, c, half) -> int | None:
     bounds = _bounds(plan, d, K, 1)
     with _threads_capped():
         return int(
-            _kernels.culled_pair_count(b.xs, _np(c), _np(half), plan.row_start, plan.reg_k, plan.reg_p0, plan.reg_p1, bounds)
+            _kernels.culled_pair_count(
+                b.xs, _np(c), _np(half), plan.row_start, plan.reg_k, plan.reg_p0, plan.reg_p1, bounds
+            )
         )
 
 
@@ -496,7 +503,12 @@ def oriented_backward(gy, x, c, U, m, r2, half, cull, need_x):
     K, P = m.shape
     if n == 0 or K == 0 or P == 0:
         gx = torch.zeros((n, d), dtype=x.dtype) if need_x else None
-        return gx, torch.zeros((d, K), dtype=c.dtype), torch.zeros((d, d, K), dtype=U.dtype), torch.zeros((K, P), dtype=m.dtype)
+        return (
+            gx,
+            torch.zeros((d, K), dtype=c.dtype),
+            torch.zeros((d, d, K), dtype=U.dtype),
+            torch.zeros((K, P), dtype=m.dtype),
+        )
     b, plan, xn, cn, Un, r2n, mn = _oriented_prepare(x, c, U, m, r2, half, cull, trust_forward=True)
     g = _np(gy.to(x.dtype))
     gx = _buffers.empty((n, d) if need_x else (0, d), x.dtype)

@@ -42,10 +42,10 @@ from typing import Any
 
 import torch
 
-from wandering._engine._checks import check_nonneg
 from wandering._engine import bump_sum, oriented_bump_sum
+from wandering._engine._checks import check_nonneg
 from wandering._engine._rotation import rotations
-from wandering.nn.modules import WanderingModule
+from wandering.nn.modules import _BumpModule
 
 __all__ = ["Growth", "ScheduledGrowth", "bump_statistics", "resize_bumps"]
 
@@ -74,9 +74,10 @@ def resize_bumps(
     Every parameter with a bump axis (c, w, m, angles) is replaced by a new ``Parameter`` holding
     ``cat(p[keep], new[name])`` along that axis (no gradient yet), in the module and in the
     optimizer's parameter groups; other references to the old ones (another optimizer, a
-    ``DistributedDataParallel`` wrapper) are not updated. The optimizer's per-entry state tensors (those shaped like the parameter: Adam's exp_avg,
-    exp_avg_sq, ...) are cut the same way, with zeros for the new bumps and for the kept
-    positions ``reset`` (indices into the new layout); scalar state (Adam's step) is left alone.
+    ``DistributedDataParallel`` wrapper) are not updated. The optimizer's per-entry state
+    tensors (those shaped like the parameter: Adam's exp_avg, exp_avg_sq, ...) are cut the
+    same way, with zeros for the new bumps and for the kept positions ``reset`` (indices into
+    the new layout); scalar state (Adam's step) is left alone.
 
     Args:
         module: A bump sum with c, w (d, K), m (K,) or (K, P), optionally angles (d(d-1)/2, K).
@@ -121,7 +122,7 @@ def resize_bumps(
         optimizer.state[fresh] = state
 
 
-def bump_statistics(module: WanderingModule, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+def bump_statistics(module: _BumpModule, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     """Per-bump sums over the points: (K, 3) float64. Column 0 is ``sum_i phi_k(x_i)`` (0 exactly
     when no point is in the bump's support), column 1 the error mass ``sum_i phi_k(x_i) |r_i|^2``,
     column 2 ``sum_i phi_k(x_i)^2``, so that ``|m_k|^2`` times it is what removing bump k alone
@@ -139,12 +140,11 @@ def bump_statistics(module: WanderingModule, x: torch.Tensor, residual: torch.Te
     probe = torch.ones(K, 2, dtype=c.dtype, device=c.device, requires_grad=True)
     square = torch.ones(K, dtype=c.dtype, device=c.device, requires_grad=True)
     angles = getattr(module, "angles", None)
-    oriented = isinstance(angles, torch.Tensor)
     sp = module.support_p
     # phi^2 is the bump with scales / sqrt(2); its support cut-off at sp^2 is phi's at sp.
     w2, sp2 = w / math.sqrt(2.0), (None if sp is None else sp * sp)
     with torch.enable_grad():
-        if oriented:
+        if isinstance(angles, torch.Tensor):
             out = oriented_bump_sum(x, c, w, probe, angles.detach(), support_p=sp, backend=module.backend)
             sq = oriented_bump_sum(x, c, w2, square, angles.detach(), support_p=sp2, backend=module.backend)
         else:
@@ -184,7 +184,7 @@ class Growth:
 
     def __init__(
         self,
-        module: WanderingModule | None = None,
+        module: _BumpModule | None = None,
         *,
         max_bumps: int,
         every: int = 100,
@@ -275,12 +275,12 @@ class Growth:
         return mod.n_bumps - before
 
     # ---------------------------------------------------------------- work
-    def _find_module(self, model: torch.nn.Module) -> WanderingModule:
+    def _find_module(self, model: torch.nn.Module) -> _BumpModule:
         if self.module is not None:
             return self.module
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, but got {type(model).__name__}")
-        sums = [mod for mod in model.modules() if isinstance(mod, WanderingModule) and mod.c.dim() == 2]
+        sums = [mod for mod in model.modules() if isinstance(mod, _BumpModule) and mod.c.dim() == 2]
         if len(sums) != 1:
             raise ValueError(f"model must hold exactly one bump sum for Growth (or pass module=), but got {len(sums)}")
         return sums[0]
@@ -315,8 +315,9 @@ class Growth:
             raise ValueError(f"x must have shape (n, {d}), but got {tuple(x.shape)}")
         n_out = 1 if mod.m.dim() == 1 else mod.m.shape[1]
         if residual.shape[0] != x.shape[0] or residual.dim() > 2 or residual.reshape(x.shape[0], -1).shape[1] != n_out:
-            raise ValueError(f"residual must have shape (n,) or (n, {n_out}) with n = {x.shape[0]}, "
-                             f"but got {tuple(residual.shape)}")
+            raise ValueError(
+                f"residual must have shape (n,) or (n, {n_out}) with n = {x.shape[0]}, but got {tuple(residual.shape)}"
+            )
         self.counter += 1
         x = x.detach().to(device=mod.c.device, dtype=mod.c.dtype)
         stats = self._reduce(bump_statistics(mod, x, residual)).cpu()
@@ -355,7 +356,7 @@ class Growth:
             mod.bound()
         return n_split, K - n_alive
 
-    def _split(self, mod: WanderingModule, parents: torch.Tensor) -> tuple[dict, dict]:
+    def _split(self, mod: _BumpModule, parents: torch.Tensor) -> tuple[dict, dict]:
         """(appended children, parents' new values), each name -> tensor along the bump axis."""
         dev = mod.c.device
         idx = parents.to(dev)
@@ -407,7 +408,7 @@ class ScheduledGrowth(Growth):
 
     def __init__(
         self,
-        module: WanderingModule | None = None,
+        module: _BumpModule | None = None,
         *,
         initial_bumps: int,
         max_bumps: int,
@@ -416,11 +417,19 @@ class ScheduledGrowth(Growth):
         start: int | None = None,
         distributed: Any = "auto",
     ) -> None:
-        super().__init__(module, max_bumps=max_bumps, every=every, start=start, stop=_as_int(stop, "stop", 0),
-                         fraction=0.0, distributed=distributed)
+        super().__init__(
+            module,
+            max_bumps=max_bumps,
+            every=every,
+            start=start,
+            stop=_as_int(stop, "stop", 0),
+            fraction=0.0,
+            distributed=distributed,
+        )
         self.initial_bumps = _as_int(initial_bumps, "initial_bumps", 1)
         if self.initial_bumps > self.max_bumps:
             raise ValueError(f"initial_bumps must be <= max_bumps = {self.max_bumps}, but got {initial_bumps}")
+        assert self.stop is not None  # ScheduledGrowth requires stop (checked above)
         self.events = len(range(self.start, self.stop, self.every))
         if self.events < 1 and self.initial_bumps < self.max_bumps:
             raise ValueError(f"stop must leave at least one event after start = {self.start}, but got stop={stop}")
