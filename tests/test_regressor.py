@@ -439,12 +439,14 @@ def test_oriented_fit_trains_the_angles():
     axis = BumpRegressor(**kw).fit(x, y)
     assert isinstance(axis.module_.bumps, SlowSumOfBumpFcns) and axis.n_params_ == 5 * 8 + 1
     assert est.score(x, y) > axis.score(x, y) + 0.1, (est.score(x, y), axis.score(x, y))  # 0.99 against 0.70
-    # no angle rate: the angles stay exactly at their start, 0
+    # no angle rate: the angles stay exactly at their start (the cells' shapes, see test_oriented_init)
     still = BumpRegressor(**kw, shape="oriented", lr_angle=0.0).fit(x, y)
-    assert not still.module_.bumps.angles.any()
+    start = BumpRegressor(**{**kw, "steps": 1}, shape="oriented", lr_angle=0.0).fit(x, y)
+    assert start.module_.bumps.angles.any()
+    assert torch.equal(still.module_.bumps.angles, start.module_.bumps.angles)
 
 
-def test_oriented_start_is_the_axis_aligned_start_solved_on_the_ellipsoids():
+def test_oriented_start_is_the_axis_aligned_placement_shaped_and_solved_on_the_ellipsoids():
     from wandering._lstsq import solve_magnitudes
 
     x, y = _ridge_data(400)
@@ -453,9 +455,15 @@ def test_oriented_start_is_the_axis_aligned_start_solved_on_the_ellipsoids():
     ax = BumpRegressor(**frozen).fit(x, y).module_
     est = BumpRegressor(**frozen, shape="oriented").fit(x, y)
     bumps = est.module_.bumps
-    for name in ("c", "w"):  # the same placement and widths
-        assert torch.equal(getattr(ax.bumps, name), getattr(bumps, name)), name
-    assert not bumps.angles.any()
+    assert torch.equal(ax.bumps.c, bumps.c)  # the same placement
+    # turned and stretched like their cells (wandering._oriented_init), the scales' geometric mean
+    # the axis-aligned width wherever the bounds did not clip them
+    assert bumps.angles.any()
+    w, w_ax = bumps.w.detach().double(), ax.bumps.w.detach().double()
+    lo, hi = bumps.w_bounds[0].tolist()
+    free = ((w > lo * (1 + 1e-6)) & (w < hi * (1 - 1e-6))).all(0)
+    assert free.any() and (w.max(0).values > 1.5 * w.min(0).values).any()
+    torch.testing.assert_close(w.log().mean(0)[free].exp(), w_ax[0][free], rtol=1e-5, atol=0)
     # the magnitudes are the exact ridge solve of the oriented design (the ellipsoids inside the boxes)
     xt = torch.as_tensor((x - est.x_lo_) / est.x_scale_, dtype=torch.float32)
     yt = torch.as_tensor((y - est.y_mean_[0]) / est.y_std_[0], dtype=torch.float32)

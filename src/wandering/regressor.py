@@ -24,6 +24,7 @@ from ._engine import ENGINES
 from ._fit_settings import DEFAULT_SHAPE, SHAPES
 from ._lstsq import RIDGE_GRID, solve_magnitudes, solve_magnitudes_cv
 from .modules import SlowSumOfBumpFcns
+from ._oriented_init import oriented_start
 from .oriented import SlowOrientedSumOfBumpFcns
 from .relocation import Relocation
 from .training import attach
@@ -580,19 +581,23 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
         val_mask = self._validation_mask(n, rng, dev) if few else None
         if few:
             fit_np = ~val_mask.cpu().numpy()
-            cent = self._init_centres(xu[fit_np], yu[fit_np], xt[~val_mask], yt[~val_mask], K, w0, p, rng)
+            cent, xs0, wts0 = self._init_centres(xu[fit_np], yu[fit_np], xt[~val_mask], yt[~val_mask], K, w0, p, rng)
         else:
-            cent = self._init_centres(xu, yu, xt, yt, K, w0, p, rng)
+            cent, xs0, wts0 = self._init_centres(xu, yu, xt, yt, K, w0, p, rng)
         cent = np.clip(cent, c_bounds[:, 0], c_bounds[:, 1])
 
-        # Oriented bumps start with angles 0: the axis-aligned start.
         kind = SlowOrientedSumOfBumpFcns if self.shape == "oriented" else SlowSumOfBumpFcns
+        w_start, extra = torch.full((d, K), w0, dtype=dtype), {}
+        if self.shape == "oriented":  # each bump shaped like its cell's residual-weighted points
+            ang_np, w_np = oriented_start(xs0, cent, w0, w_bounds, weights=wts0)
+            w_start = torch.as_tensor(w_np, dtype=dtype)
+            extra["angles"] = torch.as_tensor(ang_np, dtype=dtype)
         with torch.random.fork_rng(devices=[]):  # the module's seed draw must not touch global state
             bumps = kind(
-                torch.as_tensor(cent.T, dtype=dtype), torch.full((d, K), w0, dtype=dtype),
+                torch.as_tensor(cent.T, dtype=dtype), w_start,
                 torch.zeros((K,) if P == 1 else (K, P), dtype=dtype),
                 torch.as_tensor(c_bounds, dtype=dtype), torch.as_tensor(w_bounds, dtype=dtype),
-                p["c_grad_std"], p["w_grad_std"], p["m_grad_gain"], p["support_p"], device=dev,
+                p["c_grad_std"], p["w_grad_std"], p["m_grad_gain"], p["support_p"], device=dev, **extra,
             )
         bumps.noise_seed.fill_(_noise.mix_key(seed, 0, 99) >> 1)
         if wants_split and val_mask is None:
@@ -682,13 +687,15 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
         self.ridge_.append(ridge)
         return m, b
 
-    def _init_centres(self, xu, yu, xt, yt, K, w0, p, rng) -> np.ndarray:
+    def _init_centres(self, xu, yu, xt, yt, K, w0, p, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Centres (K, d), the (sub)sampled points they came from and each point's weight for the
+        oriented start's cell shapes (its squared residual over the mean; 1 with init="kmeans")."""
         n = len(xu)
         sub = rng.choice(n, size=min(n, 20000), replace=False) if n > 20000 else np.arange(n)
         xs = xu[sub]
         cent = _weighted_kmeans(xs, K, np.ones(len(xs)), rng)
         if self.init == "kmeans" or n < 2:
-            return cent
+            return cent, xs, np.ones(len(xs))
         # variation: weight each point by its squared residual under a first least-squares fit
         # on the k-means bumps, plus its share of the density, and place the bumps again.
         c_t = torch.as_tensor(cent.T, dtype=xt.dtype, device=xt.device)
@@ -700,8 +707,9 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
         with torch.no_grad():
             pred = bump_sum(xsub, c_t, w_t, m.to(xt.dtype).to(xt.device), support_p=p["support_p"]) + b.to(xt.dtype)
         r2 = ((ysub - pred) ** 2).reshape(len(xs), -1).sum(1).double().cpu().numpy()
-        wts = r2 / max(r2.mean(), 1e-300) + 1.0
-        return _weighted_kmeans(xs, K, wts, rng, iters=10)
+        rel = r2 / max(r2.mean(), 1e-300)
+        # the oriented start's shapes follow the residual alone (the density would round them)
+        return _weighted_kmeans(xs, K, rel + 1.0, rng, iters=10), xs, rel
 
     def _train(self, model: _BumpModel, xt, yt, p, spacing, w0, seed, val_mask=None,
                keep_best: bool = False) -> list[float]:
