@@ -40,6 +40,17 @@ Methods, at a budget of K bumps:
     python benchmarks/fit_quality.py --quick
     python benchmarks/fit_quality.py --datasets elevation mri --budgets 256 --methods bump grid-ls
     python benchmarks/fit_quality.py --datasets diabetes
+    python benchmarks/fit_quality.py --datasets layers3d --target-r2 0.99 --points 10000 \\
+        --methods bump-oriented bump grid-ls
+
+- layers3d:   synthetic, 3-D: clustered points on four tilted thin layers (neuron-like; see
+  ``layers3d``). Oriented bumps can lie flat in a layer; axis-aligned ones cannot.
+
+``--target-r2 R2`` sweeps each method's size instead of running fixed budgets: bump methods
+try K = 4, 8, ..., 1024 (or ``--budgets``), grid methods g^d Gaussians for g = 2, 3, ... up to
+``--sweep-max-grid`` (4096), and each reports the parameter count at which its held-out R^2
+first reaches R2 (or the best it reached). A method stops at its first success, or after three
+sizes in a row that do not beat its best.
 """
 
 from __future__ import annotations
@@ -62,7 +73,7 @@ from wandering import BumpRegressor, FitQualityWarning, SumOfBumpFcns  # noqa: E
 from wandering.regressor import auto_n_bumps  # noqa: E402
 from wandering._lstsq import solve_magnitudes  # noqa: E402
 
-DATASETS = ("elevation", "topography", "mri", "photo", "demo", "diabetes")
+DATASETS = ("elevation", "topography", "mri", "photo", "demo", "diabetes", "layers3d")
 METHODS = ("bump", "bump-norelocate", "grid-ls", "grid-ls-params", "rbf-K", "rbf-all", "mlp", "adam-dense", "linear")
 ONCE = ("rbf-all", "linear")  # not budget-matched: once per dataset
 DEFAULT_BUDGETS = {"diabetes": ["auto", 16, 64, 256]}  # every other dataset: 64, 256, 1024
@@ -76,9 +87,50 @@ def _grid_points(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x, img.ravel().astype(np.float64)
 
 
+LAYER_NOISE = 0.02  # std of the noise added to the layers3d target (its std is about 1)
+
+
+def layers3d(n_points: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Clustered points on four tilted thin layers in the unit cube (neuron-like), and a target.
+
+    The layers (planes 0.01 thick, tilted by 15 to 60 degrees about different axes) and the
+    clusters on them (10 per layer, in-plane std 0.07) are fixed; ``seed`` draws the points.
+    The target varies smoothly along a layer (a product of sines in its in-plane
+    coordinates u, v, different per layer), sharply across it (slope 40 per unit of the
+    distance t from the layer's mid-plane, so 0.4 over its std), steps between layers
+    (a level per layer), plus N(0, LAYER_NOISE^2) noise.
+
+    Returns:
+        x float64 (n_points, 3), y float64 (n_points,).
+    """
+    geo = np.random.default_rng(20261207)  # the fixed geometry
+    tilts = np.radians([15.0, 30.0, 45.0, 60.0])
+    axes = [(1.0, 0.0), (0.0, 1.0), (0.7071, 0.7071), (0.7071, -0.7071)]  # tilt axis in the x-y plane
+    heights, levels, phases = [0.2, 0.4, 0.6, 0.8], [-1.0, 0.5, -0.3, 1.0], geo.uniform(0, 2 * np.pi, 4)
+    rng = np.random.default_rng(seed)
+    layer = rng.integers(0, 4, size=n_points)
+    x = np.empty((n_points, 3))
+    y = np.empty(n_points)
+    for i in range(4):
+        a = np.array([*axes[i], 0.0])
+        a /= np.linalg.norm(a)
+        normal = np.cos(tilts[i]) * np.array([0.0, 0.0, 1.0]) + np.sin(tilts[i]) * np.cross(a, [0.0, 0.0, 1.0])
+        e1 = a
+        e2 = np.cross(normal, e1)
+        clusters = geo.uniform(-0.35, 0.35, size=(10, 2))
+        sel = np.flatnonzero(layer == i)
+        uv = clusters[rng.integers(0, 10, size=len(sel))] + 0.07 * rng.normal(size=(len(sel), 2))
+        t = 0.01 * rng.normal(size=len(sel))
+        x[sel] = (np.array([0.5, 0.5, heights[i]]) + uv[:, :1] * e1 + uv[:, 1:] * e2 + t[:, None] * normal)
+        y[sel] = (levels[i] + np.sin(6.0 * uv[:, 0] + phases[i]) * np.cos(4.0 * uv[:, 1]) + 40.0 * t)
+    return x, y + LAYER_NOISE * rng.normal(size=n_points)
+
+
 def load(name: str, n_points: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     from matplotlib import cbook
 
+    if name == "layers3d":
+        return layers3d(n_points, seed)
     if name == "demo":
         from wandering.demo import demo_target
 
@@ -291,6 +343,59 @@ def _parse_set(items):
     return out
 
 
+SWEEP_BUMPS = [4, 8, 16, 32, 64, 128, 256, 512, 1024]  # --target-r2: bump counts tried (or --budgets)
+
+
+def _score(y_te, pred):
+    res = y_te - pred
+    return 1 - float((res ** 2).sum() / ((y_te - y_te.mean()) ** 2).sum())
+
+
+def target_sweep(a) -> int:
+    """--target-r2: per dataset and method, the smallest size (parameter count) reaching the target.
+
+    Bump methods try the bump counts ``--budgets`` (default SWEEP_BUMPS) in increasing order; a
+    grid method (any ``grid-ls*``) tries g^d Gaussians for g = 2, 3, ... up to MAX_GRID. Each
+    stops at the first held-out R^2 >= the target; otherwise the best reached is reported."""
+    extra = _parse_set(a.set)
+    print(f"threads: torch {torch.get_num_threads()}; load average {os.getloadavg()[0]:.2f} at start; "
+          f"target held-out R2 {a.target_r2}; extra settings {extra}", flush=True)
+    summary = []
+    for ds in a.datasets:
+        x, y = load(ds, a.points, a.seed)
+        tr, te = split(len(x), a.seed)
+        d = x.shape[1]
+        for meth in a.methods:
+            if meth.startswith("grid-ls"):
+                sizes = [g ** d for g in range(2, 10 ** 6) if g ** d <= a.sweep_max_grid]
+                run = lambda k: grid_ls(x[tr], y[tr], x[te], k, a.seed)  # noqa: E731
+            elif meth.startswith("bump"):
+                sizes = sorted(a.budgets or SWEEP_BUMPS)
+                run = lambda k, m=meth: RUNNERS[m](x[tr], y[tr], x[te], k, a.seed, extra=extra)  # noqa: E731
+            else:
+                print(f"{ds:<11}{meth:<24} skipped (--target-r2 sweeps bump and grid-ls methods)", flush=True)
+                continue
+            best = None
+            for i, k in enumerate(sizes):
+                t0 = time.perf_counter()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", FitQualityWarning)
+                    pred, n_par = run(k)
+                r2 = _score(y[te], pred)
+                print(f"{ds:<11}{meth:<24} size {k:>6}  R2 {r2:.4f}  params {n_par:>7}  "
+                      f"{time.perf_counter() - t0:.1f} s", flush=True)
+                if best is None or r2 > best[0]:
+                    best = (r2, n_par, k)
+                if r2 >= a.target_r2 or (i >= 3 and best[2] <= sizes[i - 3]):
+                    break  # reached, or three sizes in a row without a better R^2
+            summary.append((ds, meth, best, best[0] >= a.target_r2))
+    print(f"\nparameters needed for held-out R2 >= {a.target_r2}:")
+    for ds, meth, (r2, n_par, k), ok in summary:
+        print(f"  {ds:<11}{meth:<24} " + (f"{n_par:>7} params (size {k}, R2 {r2:.4f})" if ok else
+                                          f"not reached; best R2 {r2:.4f} at {n_par} params (size {k})"))
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
@@ -302,7 +407,14 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="5000 points, budgets 64 and 256")
     ap.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="extra BumpRegressor settings (bump methods)")
     ap.add_argument("--markdown", action="store_true", help="print the table as markdown")
+    ap.add_argument("--target-r2", type=float, default=None, metavar="R2",
+                    help="sweep each method's size upwards and report the parameter count that first reaches "
+                         "this held-out R^2 (or the best reached)")
+    ap.add_argument("--sweep-max-grid", type=int, default=4096,
+                    help="--target-r2: the most Gaussians a grid method tries (default 4096)")
     a = ap.parse_args(argv)
+    if a.target_r2 is not None:
+        return target_sweep(a)
     if a.quick:
         a.points = min(a.points, 5000)
 
