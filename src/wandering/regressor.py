@@ -286,8 +286,9 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
         support_p: Each bump counts only inside its support box (ellipsoid, for oriented bumps;
             see the modules).
         shape: "axis" (axis-aligned bumps, ``SlowSumOfBumpFcns``) or "oriented" (full-covariance
-            bumps, ``SlowOrientedSumOfBumpFcns``: each also learns d(d-1)/2 rotation angles,
-            starting at 0, the axis-aligned start).
+            bumps, ``SlowOrientedSumOfBumpFcns``: each also learns d(d-1)/2 rotation angles;
+            each starts shaped like its k-means cell's residual-weighted points, see
+            ``wandering._oriented_init``).
         c_grad_std, w_grad_std, m_grad_gain: Gradient noise (in unit-box coordinates), as in
             ``SlowSumOfBumpFcns``. Default 0: relocation does the moving.
         bounds: Box for the centres in data units, (d, 2) with columns lower and upper;
