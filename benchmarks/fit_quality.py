@@ -472,7 +472,7 @@ def main(argv=None) -> int:
     if "bump-oriented" in a.methods and others:
         print("\noriented gain (R2 of bump-oriented minus the other's; grid-ls-oriented-params has as many numbers):")
         for ds in a.datasets:
-            for k in a.budgets:
+            for k in dict.fromkeys(r[1] for r in rows if r[0] == ds and r[1] != "-"):  # budgets run, in order
                 got = {r[2]: r[3] for r in rows if r[0] == ds and r[1] == k}
                 diffs = [f"{m} {got['bump-oriented'] - got[m]:+.4f}" for m in ("bump", "grid-ls-oriented-params")
                          if m in got]
