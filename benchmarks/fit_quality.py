@@ -40,6 +40,17 @@ Methods, at a budget of K bumps:
     python benchmarks/fit_quality.py --quick
     python benchmarks/fit_quality.py --datasets elevation mri --budgets 256 --methods bump grid-ls
     python benchmarks/fit_quality.py --datasets diabetes
+    python benchmarks/fit_quality.py --datasets layers3d --target-r2 0.99 --points 10000 \\
+        --methods bump-oriented bump grid-ls
+
+- layers3d:   synthetic, 3-D: clustered points on four tilted thin layers (neuron-like; see
+  ``layers3d``). Oriented bumps can lie flat in a layer; axis-aligned ones cannot.
+
+``--target-r2 R2`` sweeps each method's size instead of running fixed budgets: bump methods
+try K = 4, 8, ..., 1024 (or ``--budgets``), grid methods g^d Gaussians for g = 2, 3, ... up to
+``--sweep-max-grid`` (4096), and each reports the parameter count at which its held-out R^2
+first reaches R2 (or the best it reached). A method stops at its first success, or after three
+sizes in a row that do not beat its best.
 """
 
 from __future__ import annotations
@@ -59,10 +70,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "src"))
 
 from wandering import BumpRegressor, FitQualityWarning, SumOfBumpFcns  # noqa: E402
-from wandering.fit.regressor import auto_n_bumps  # noqa: E402
 from wandering.fit._lstsq import solve_magnitudes  # noqa: E402
+from wandering.fit.regressor import auto_n_bumps  # noqa: E402
 
-DATASETS = ("elevation", "topography", "mri", "photo", "demo", "diabetes")
+DATASETS = ("elevation", "topography", "mri", "photo", "demo", "diabetes", "layers3d")
 METHODS = ("bump", "bump-norelocate", "grid-ls", "grid-ls-params", "rbf-K", "rbf-all", "mlp", "adam-dense", "linear")
 ONCE = ("rbf-all", "linear")  # not budget-matched: once per dataset
 DEFAULT_BUDGETS = {"diabetes": ["auto", 16, 64, 256]}  # every other dataset: 64, 256, 1024
@@ -76,9 +87,50 @@ def _grid_points(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x, img.ravel().astype(np.float64)
 
 
+LAYER_NOISE = 0.02  # std of the noise added to the layers3d target (its std is about 1)
+
+
+def layers3d(n_points: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Clustered points on four tilted thin layers in the unit cube (neuron-like), and a target.
+
+    The layers (planes 0.01 thick, tilted by 15 to 60 degrees about different axes) and the
+    clusters on them (10 per layer, in-plane std 0.07) are fixed; ``seed`` draws the points.
+    The target varies smoothly along a layer (a product of sines in its in-plane
+    coordinates u, v, different per layer), sharply across it (slope 40 per unit of the
+    distance t from the layer's mid-plane, so 0.4 over its std), steps between layers
+    (a level per layer), plus N(0, LAYER_NOISE^2) noise.
+
+    Returns:
+        x float64 (n_points, 3), y float64 (n_points,).
+    """
+    geo = np.random.default_rng(20261207)  # the fixed geometry
+    tilts = np.radians([15.0, 30.0, 45.0, 60.0])
+    axes = [(1.0, 0.0), (0.0, 1.0), (0.7071, 0.7071), (0.7071, -0.7071)]  # tilt axis in the x-y plane
+    heights, levels, phases = [0.2, 0.4, 0.6, 0.8], [-1.0, 0.5, -0.3, 1.0], geo.uniform(0, 2 * np.pi, 4)
+    rng = np.random.default_rng(seed)
+    layer = rng.integers(0, 4, size=n_points)
+    x = np.empty((n_points, 3))
+    y = np.empty(n_points)
+    for i in range(4):
+        a = np.array([*axes[i], 0.0])
+        a /= np.linalg.norm(a)
+        normal = np.cos(tilts[i]) * np.array([0.0, 0.0, 1.0]) + np.sin(tilts[i]) * np.cross(a, [0.0, 0.0, 1.0])
+        e1 = a
+        e2 = np.cross(normal, e1)
+        clusters = geo.uniform(-0.35, 0.35, size=(10, 2))
+        sel = np.flatnonzero(layer == i)
+        uv = clusters[rng.integers(0, 10, size=len(sel))] + 0.07 * rng.normal(size=(len(sel), 2))
+        t = 0.01 * rng.normal(size=len(sel))
+        x[sel] = np.array([0.5, 0.5, heights[i]]) + uv[:, :1] * e1 + uv[:, 1:] * e2 + t[:, None] * normal
+        y[sel] = levels[i] + np.sin(6.0 * uv[:, 0] + phases[i]) * np.cos(4.0 * uv[:, 1]) + 40.0 * t
+    return x, y + LAYER_NOISE * rng.normal(size=n_points)
+
+
 def load(name: str, n_points: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     from matplotlib import cbook
 
+    if name == "layers3d":
+        return layers3d(n_points, seed)
     if name == "demo":
         from wandering.cli.demo import demo_target
 
@@ -219,9 +271,13 @@ def adam_dense(x_tr, y_tr, x_te, n_bumps, seed, steps=2000, lr=0.01):
     sub = xu[rng.choice(len(xu), size=min(len(xu), 20000), replace=False)]
     cent = _weighted_kmeans(sub, n_bumps, np.ones(len(sub)), rng)
     torch.manual_seed(seed)
-    mod = SumOfBumpFcns(torch.as_tensor(cent.T, dtype=torch.float32),
-                        torch.full((d, n_bumps), n_bumps ** (-1.0 / d), dtype=torch.float32),
-                        torch.zeros(n_bumps), None, None)
+    mod = SumOfBumpFcns(
+        torch.as_tensor(cent.T, dtype=torch.float32),
+        torch.full((d, n_bumps), n_bumps ** (-1.0 / d), dtype=torch.float32),
+        torch.zeros(n_bumps),
+        None,
+        None,
+    )
     off = torch.nn.Parameter(torch.zeros(()))
     xt = torch.as_tensor(xu, dtype=torch.float32)
     yt = torch.as_tensor((y_tr - mu) / sd, dtype=torch.float32)
@@ -291,18 +347,103 @@ def _parse_set(items):
     return out
 
 
+SWEEP_BUMPS = [4, 8, 16, 32, 64, 128, 256, 512, 1024]  # --target-r2: bump counts tried (or --budgets)
+
+
+def _score(y_te, pred):
+    res = y_te - pred
+    return 1 - float((res**2).sum() / ((y_te - y_te.mean()) ** 2).sum())
+
+
+def target_sweep(a) -> int:
+    """--target-r2: per dataset and method, the smallest size (parameter count) reaching the target.
+
+    Bump methods try the bump counts ``--budgets`` (default SWEEP_BUMPS) in increasing order; a
+    grid method (any ``grid-ls*``) tries g^d Gaussians for g = 2, 3, ... up to MAX_GRID. Each
+    stops at the first held-out R^2 >= the target; otherwise the best reached is reported."""
+    extra = _parse_set(a.set)
+    print(
+        f"threads: torch {torch.get_num_threads()}; load average {os.getloadavg()[0]:.2f} at start; "
+        f"target held-out R2 {a.target_r2}; extra settings {extra}",
+        flush=True,
+    )
+    summary = []
+    for ds in a.datasets:
+        x, y = load(ds, a.points, a.seed)
+        tr, te = split(len(x), a.seed)
+        d = x.shape[1]
+        for meth in a.methods:
+            if meth.startswith("grid-ls"):
+                sizes = [g**d for g in range(2, 10**6) if g**d <= a.sweep_max_grid]
+                run = lambda k: grid_ls(x[tr], y[tr], x[te], k, a.seed)  # noqa: E731
+            elif meth.startswith("bump"):
+                sizes = sorted(a.budgets or SWEEP_BUMPS)
+                run = lambda k, m=meth: RUNNERS[m](x[tr], y[tr], x[te], k, a.seed, extra=extra)  # noqa: E731
+            else:
+                print(f"{ds:<11}{meth:<24} skipped (--target-r2 sweeps bump and grid-ls methods)", flush=True)
+                continue
+            best = None
+            for i, k in enumerate(sizes):
+                t0 = time.perf_counter()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", FitQualityWarning)
+                    pred, n_par = run(k)
+                r2 = _score(y[te], pred)
+                print(
+                    f"{ds:<11}{meth:<24} size {k:>6}  R2 {r2:.4f}  params {n_par:>7}  {time.perf_counter() - t0:.1f} s",
+                    flush=True,
+                )
+                if best is None or r2 > best[0]:
+                    best = (r2, n_par, k)
+                if r2 >= a.target_r2 or (i >= 3 and best[2] <= sizes[i - 3]):
+                    break  # reached, or three sizes in a row without a better R^2
+            summary.append((ds, meth, best, best[0] >= a.target_r2))
+    print(f"\nparameters needed for held-out R2 >= {a.target_r2}:")
+    for ds, meth, (r2, n_par, k), ok in summary:
+        print(
+            f"  {ds:<11}{meth:<24} "
+            + (
+                f"{n_par:>7} params (size {k}, R2 {r2:.4f})"
+                if ok
+                else f"not reached; best R2 {r2:.4f} at {n_par} params (size {k})"
+            )
+        )
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
-    ap.add_argument("--budgets", nargs="+", type=_budget, default=None,
-                    help="bump counts or 'auto' (default: 64 256 1024; diabetes: auto 16 64 256)")
+    ap.add_argument(
+        "--budgets",
+        nargs="+",
+        type=_budget,
+        default=None,
+        help="bump counts or 'auto' (default: 64 256 1024; diabetes: auto 16 64 256)",
+    )
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--points", type=int, default=20000, help="points sampled per dataset (before the split)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="5000 points, budgets 64 and 256")
     ap.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="extra BumpRegressor settings (bump methods)")
     ap.add_argument("--markdown", action="store_true", help="print the table as markdown")
+    ap.add_argument(
+        "--target-r2",
+        type=float,
+        default=None,
+        metavar="R2",
+        help="sweep each method's size upwards and report the parameter count that first reaches "
+        "this held-out R^2 (or the best reached)",
+    )
+    ap.add_argument(
+        "--sweep-max-grid",
+        type=int,
+        default=4096,
+        help="--target-r2: the most Gaussians a grid method tries (default 4096)",
+    )
     a = ap.parse_args(argv)
+    if a.target_r2 is not None:
+        return target_sweep(a)
     if a.quick:
         a.points = min(a.points, 5000)
 
@@ -311,10 +452,14 @@ def main(argv=None) -> int:
         if a.quick:
             return [b for b in given if b == "auto" or b <= 256] or [64]
         return given
+
     extra = _parse_set(a.set)
     rows = []
-    print(f"threads: torch {torch.get_num_threads()}; load average {os.getloadavg()[0]:.2f} at start; "
-          f"extra settings {extra}", flush=True)
+    print(
+        f"threads: torch {torch.get_num_threads()}; load average {os.getloadavg()[0]:.2f} at start; "
+        f"extra settings {extra}",
+        flush=True,
+    )
     hdr = f"{'dataset':<11}{'K':>7}  {'method':<24}{'R2':>8}{'RMSE':>11}{'params':>9}{'seconds':>9}"
     print(hdr, flush=True)
     for ds in a.datasets:
@@ -339,16 +484,21 @@ def main(argv=None) -> int:
                     print(f"{ds:<11}{label!s:>7}  {meth:<16}{'n/a':>8}  (a grid of {n_par - 1} Gaussians)", flush=True)
                     continue
                 res = y[te] - pred
-                r2 = 1 - float((res ** 2).sum() / ((y[te] - y[te].mean()) ** 2).sum())
-                rmse = float(np.sqrt((res ** 2).mean()))
+                r2 = 1 - float((res**2).sum() / ((y[te] - y[te].mean()) ** 2).sum())
+                rmse = float(np.sqrt((res**2).mean()))
                 rows.append((ds, label if meth not in ONCE else "-", meth, r2, rmse, n_par, secs, warned))
-                print(f"{ds:<11}{rows[-1][1]!s:>7}  {meth:<24}{r2:>8.4f}{rmse:>11.4g}{n_par:>9}{secs:>9.1f}"
-                      f"{'  FitQualityWarning' if warned else ''}", flush=True)
+                print(
+                    f"{ds:<11}{rows[-1][1]!s:>7}  {meth:<24}{r2:>8.4f}{rmse:>11.4g}{n_par:>9}{secs:>9.1f}"
+                    f"{'  FitQualityWarning' if warned else ''}",
+                    flush=True,
+                )
     if a.markdown:
         print("\n| dataset | K | method | held-out R² | RMSE | params | seconds |\n|---|---:|---|---:|---:|---:|---:|")
         for r in rows:
-            print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.4f}{' (warned)' if r[7] else ''} | {r[4]:.4g} | {r[5]} | "
-                  f"{r[6]:.1f} |")
+            print(
+                f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.4f}{' (warned)' if r[7] else ''} | {r[4]:.4g} | {r[5]} | "
+                f"{r[6]:.1f} |"
+            )
     if "bump" in a.methods and "bump-norelocate" in a.methods:
         print("\nrelocation gain (R2 with - without):")
         for ds in a.datasets:
@@ -360,10 +510,11 @@ def main(argv=None) -> int:
     if "bump-oriented" in a.methods and others:
         print("\noriented gain (R2 of bump-oriented minus the other's; grid-ls-oriented-params has as many numbers):")
         for ds in a.datasets:
-            for k in a.budgets:
+            for k in dict.fromkeys(r[1] for r in rows if r[0] == ds and r[1] != "-"):  # budgets run, in order
                 got = {r[2]: r[3] for r in rows if r[0] == ds and r[1] == k}
-                diffs = [f"{m} {got['bump-oriented'] - got[m]:+.4f}" for m in ("bump", "grid-ls-oriented-params")
-                         if m in got]
+                diffs = [
+                    f"{m} {got['bump-oriented'] - got[m]:+.4f}" for m in ("bump", "grid-ls-oriented-params") if m in got
+                ]
                 if diffs:
                     print(f"  {ds:<11} K={k:<5} " + "   ".join(diffs))
     return 0

@@ -3,6 +3,7 @@ errors, and the package working without scikit-learn."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import pathlib
 import subprocess
@@ -87,8 +88,9 @@ def test_minibatch_callback_noise_and_bounds():
         seen.append((step, loss))
         return step == 9  # stop after 10 steps
 
-    est = BumpRegressor(n_bumps=16, steps=100, batch=128, c_grad_std=1e-3, bounds=[[-1, 2], [-2, 3]],
-                        random_state=0, callback=cb).fit(x, y)
+    est = BumpRegressor(
+        n_bumps=16, steps=100, batch=128, c_grad_std=1e-3, bounds=[[-1, 2], [-2, 3]], random_state=0, callback=cb
+    ).fit(x, y)
     assert [s for s, _ in seen] == list(range(10)) and len(est.loss_curve_) == 10
     c = est.module_.bumps.c.detach().numpy() * est.x_scale_[:, None] + est.x_lo_[:, None]
     assert (c[0] >= -1 - 1e-5).all() and (c[0] <= 2 + 1e-5).all()
@@ -97,8 +99,9 @@ def test_minibatch_callback_noise_and_bounds():
 def test_relocation_moves_bumps():
     x, y = _data()
     # a start far from the data (centres bounded to a box the data only touch) leaves dead bumps
-    kw = dict(n_bumps=32, steps=200, relocate_every=20, relocate_max_fraction=0.5, relocate_min_rel_m=0.2,
-              random_state=0)
+    kw = dict(
+        n_bumps=32, steps=200, relocate_every=20, relocate_max_fraction=0.5, relocate_min_rel_m=0.2, random_state=0
+    )
     est = BumpRegressor(relocate=True, **kw).fit(x, y)
     assert est.relocated_ > 0
     off = BumpRegressor(**kw).fit(x, y)  # off by default
@@ -152,10 +155,16 @@ def test_fit_input_errors(X, y, exc, match):
         (dict(grow_from=4, grow_every=0), ValueError, "grow_every must be >= 1, but got 0"),
         (dict(grow_from=4, grow_until=0.0), ValueError, r"grow_until must be in \(0, 1.0\], but got 0.0"),
         (dict(grow_from=4, grow_until=1.5), ValueError, r"grow_until must be in \(0, 1.0\], but got 1.5"),
-        (dict(grow_from=4, grow_every=30), ValueError,
-         "grow_every must be < grow_until \\* steps = 30 for growth to reach n_bumps, but got 30"),
-        (dict(grow_from=1, grow_every=10), ValueError,
-         r"grow_from must be >= n_bumps / 2\*\*2 \(growth events\) = 4 to reach n_bumps = 16, but got 1"),
+        (
+            dict(grow_from=4, grow_every=30),
+            ValueError,
+            "grow_every must be < grow_until \\* steps = 30 for growth to reach n_bumps, but got 30",
+        ),
+        (
+            dict(grow_from=1, grow_every=10),
+            ValueError,
+            r"grow_from must be >= n_bumps / 2\*\*2 \(growth events\) = 4 to reach n_bumps = 16, but got 1",
+        ),
     ],
 )
 def test_parameter_errors(params, exc, match):
@@ -176,8 +185,7 @@ def test_early_stopping_restores_the_best_parameters():
     def cb(step, loss, model):  # the parameters after step + 1 steps
         snaps[step + 1] = [t.detach().clone() for t in model.parameters()]
 
-    kw = dict(n_bumps=64, steps=120, lr_position=0.5, lr_magnitude=0.05, init="kmeans", polish=False,
-              random_state=0)
+    kw = dict(n_bumps=64, steps=120, lr_position=0.5, lr_magnitude=0.05, init="kmeans", polish=False, random_state=0)
     est = BumpRegressor(**kw, early_stopping=True, validation_every=10, callback=cb).fit(x, y)
     steps = [s for s, _ in est.validation_loss_]
     assert steps == list(range(0, 121, 10))  # before the first step, every 10 steps, after the last
@@ -210,7 +218,7 @@ def test_widths_stay_above_the_point_spacing():
     est = BumpRegressor(n_bumps=64, steps=150, lr_position=0.5, random_state=0).fit(x, y)
     w = est.module_.bumps.w.detach().numpy()
     # unit-box widths: at least min(the initial width, one point spacing n**(-1/d))
-    assert w.min() >= min(0.7 * 64 ** -0.5, 400 ** -0.5) * (1 - 1e-5)
+    assert w.min() >= min(0.7 * 64**-0.5, 400**-0.5) * (1 - 1e-5)
 
 
 def test_predict_errors():
@@ -274,8 +282,8 @@ def test_works_without_sklearn():
 
 @pytest.mark.parametrize("P", [None, 2])
 def test_least_squares_paths_agree_with_the_dense_design(monkeypatch, P):
-    from wandering.fit import _lstsq
     from wandering._engine._geometry import support_halfwidths
+    from wandering.fit import _lstsq
 
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(700, 2, generator=gen)
@@ -426,6 +434,8 @@ def test_with_few_points_the_validation_points_stay_unseen_until_the_polish(monk
     y_fit[fit[: len(val)]] = y[fit[: len(val)]][::-1]
     _, cw_fit = centres_widths(y_fit)
     assert float((cw_fit - cw).abs().max()) > 1e-3
+
+
 # ---------------------------------------------------------------- oriented bumps
 def _ridge_data(n=900, seed=0):
     """An oblique ridge: what one rotated bump fits and axis-aligned ones need many for."""
@@ -449,12 +459,14 @@ def test_oriented_fit_trains_the_angles():
     axis = BumpRegressor(**kw).fit(x, y)
     assert isinstance(axis.module_.bumps, SlowSumOfBumpFcns) and axis.n_params_ == 5 * 8 + 1
     assert est.score(x, y) > axis.score(x, y) + 0.1, (est.score(x, y), axis.score(x, y))  # 0.99 against 0.70
-    # no angle rate: the angles stay exactly at their start, 0
+    # no angle rate: the angles stay exactly at their start (the cells' shapes, see test_oriented_init)
     still = BumpRegressor(**kw, shape="oriented", lr_angle=0.0).fit(x, y)
-    assert not still.module_.bumps.angles.any()
+    start = BumpRegressor(**{**kw, "steps": 1}, shape="oriented", lr_angle=0.0).fit(x, y)
+    assert start.module_.bumps.angles.any()
+    assert torch.equal(still.module_.bumps.angles, start.module_.bumps.angles)
 
 
-def test_oriented_start_is_the_axis_aligned_start_solved_on_the_ellipsoids():
+def test_oriented_start_is_the_axis_aligned_placement_shaped_and_solved_on_the_ellipsoids():
     from wandering.fit._lstsq import solve_magnitudes
 
     x, y = _ridge_data(400)
@@ -463,9 +475,15 @@ def test_oriented_start_is_the_axis_aligned_start_solved_on_the_ellipsoids():
     ax = BumpRegressor(**frozen).fit(x, y).module_
     est = BumpRegressor(**frozen, shape="oriented").fit(x, y)
     bumps = est.module_.bumps
-    for name in ("c", "w"):  # the same placement and widths
-        assert torch.equal(getattr(ax.bumps, name), getattr(bumps, name)), name
-    assert not bumps.angles.any()
+    assert torch.equal(ax.bumps.c, bumps.c)  # the same placement
+    # turned and stretched like their cells (wandering.fit._oriented_init), the scales' geometric mean
+    # the axis-aligned width wherever the bounds did not clip them
+    assert bumps.angles.any()
+    w, w_ax = bumps.w.detach().double(), ax.bumps.w.detach().double()
+    lo, hi = bumps.w_bounds[0].tolist()
+    free = ((w > lo * (1 + 1e-6)) & (w < hi * (1 - 1e-6))).all(0)
+    assert free.any() and (w.max(0).values > 1.5 * w.min(0).values).any()
+    torch.testing.assert_close(w.log().mean(0)[free].exp(), w_ax[0][free], rtol=1e-5, atol=0)
     # the magnitudes are the exact ridge solve of the oriented design (the ellipsoids inside the boxes)
     xt = torch.as_tensor((x - est.x_lo_) / est.x_scale_, dtype=torch.float32)
     yt = torch.as_tensor((y - est.y_mean_[0]) / est.y_std_[0], dtype=torch.float32)
@@ -494,8 +512,15 @@ def test_oriented_fit_dimensions_outputs_and_determinism(d, P):
 
 def test_oriented_fit_relocates_and_stops_early():
     x, y = _data(400)
-    kw = dict(n_bumps=32, steps=60, relocate_every=10, relocate_max_fraction=0.5, relocate_min_rel_m=0.2,
-              shape="oriented", random_state=0)
+    kw = dict(
+        n_bumps=32,
+        steps=60,
+        relocate_every=10,
+        relocate_max_fraction=0.5,
+        relocate_min_rel_m=0.2,
+        shape="oriented",
+        random_state=0,
+    )
     est = BumpRegressor(relocate=True, early_stopping=True, validation_every=20, **kw).fit(x, y)
     assert est.relocated_ > 0 and est.best_step_ is not None
     assert est.score(x, y) > 0.95
@@ -517,7 +542,7 @@ def test_growth_reaches_n_bumps_on_schedule_and_is_deterministic(shape, P):
     assert est.module_.bumps.m.shape == ((40,) if P is None else (40, P))
     # K: 10 until the first event (after step 5), then growing at steps 5, 10, ..., 25, 40 from step 25 on
     assert events[:5] == [10] * 5 and events[5] > 10
-    assert all(a <= b for a, b in zip(events, events[1:])) and events[25:] == [40] * 35
+    assert all(a <= b for a, b in itertools.pairwise(events)) and events[25:] == [40] * 35
     assert len(set(events)) == 6  # one K per event (5 events) and the start
     assert est.n_params_ == sum(t.numel() for t in est.module_.parameters())
     again = BumpRegressor(**kw).fit(x, y)
@@ -528,6 +553,14 @@ def test_growth_reaches_n_bumps_on_schedule_and_is_deterministic(shape, P):
 
 def test_growth_with_early_stopping_keeps_a_final_size_best():
     x, y = _data(600)
-    est = BumpRegressor(n_bumps=24, steps=60, grow_from=8, grow_every=10, grow_until=0.5, early_stopping=True,
-                        validation_every=5, random_state=0).fit(x, y)
+    est = BumpRegressor(
+        n_bumps=24,
+        steps=60,
+        grow_from=8,
+        grow_every=10,
+        grow_until=0.5,
+        early_stopping=True,
+        validation_every=5,
+        random_state=0,
+    ).fit(x, y)
     assert est.module_.bumps.n_bumps == 24 and est.best_step_ >= 21  # after the last event (step 20)

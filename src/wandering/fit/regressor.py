@@ -14,16 +14,18 @@ import math
 import numbers
 import time
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 
-from wandering.nn import _noise
 from wandering._engine import ENGINES
-from wandering.fit._settings import DEFAULT_SHAPE, SHAPES
 from wandering.fit._kmeans import nearest_centre
 from wandering.fit._lstsq import RIDGE_GRID, solve_magnitudes, solve_magnitudes_cv
+from wandering.fit._oriented_init import oriented_start
+from wandering.fit._settings import DEFAULT_SHAPE, SHAPES
+from wandering.nn import _noise
 from wandering.nn.growth import ScheduledGrowth
 from wandering.nn.modules import SlowSumOfBumpFcns
 from wandering.nn.oriented import SlowOrientedSumOfBumpFcns
@@ -65,8 +67,10 @@ except ImportError:  # pragma: no cover - exercised in an environment without sk
             valid = self._get_param_names()
             for key, value in params.items():
                 if key not in valid:
-                    raise ValueError(f"Invalid parameter {key!r} for estimator {type(self).__name__}. "
-                                     f"Valid parameters are: {valid!r}.")
+                    raise ValueError(
+                        f"Invalid parameter {key!r} for estimator {type(self).__name__}. "
+                        f"Valid parameters are: {valid!r}."
+                    )
                 setattr(self, key, value)
             return self
 
@@ -145,7 +149,7 @@ def _as_2d_float(X: Any, name: str = "X") -> np.ndarray:
         X = X.detach().cpu().numpy()
     try:
         arr = np.asarray(X)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise TypeError(f"{name} must be an array of numbers, but got {type(X).__name__}") from exc
     if arr.dtype.kind in "cOSUV" or arr.dtype == object:
         try:
@@ -166,8 +170,9 @@ def _check_finite(a: np.ndarray, name: str) -> None:
 def _validate_plain(est, X, y=None, reset=True):
     X = _as_2d_float(X)
     if X.ndim != 2:
-        raise ValueError(f"Expected 2D array, got {X.ndim}D array instead: reshape your data to (n_samples, "
-                         f"n_features)")
+        raise ValueError(
+            f"Expected 2D array, got {X.ndim}D array instead: reshape your data to (n_samples, n_features)"
+        )
     if X.shape[0] < 1:
         raise ValueError(f"Found array with 0 sample(s) (shape={X.shape}) while a minimum of 1 is required.")
     if X.shape[1] < 1:
@@ -176,8 +181,10 @@ def _validate_plain(est, X, y=None, reset=True):
     if reset:
         est.n_features_in_ = X.shape[1]
     elif X.shape[1] != est.n_features_in_:
-        raise ValueError(f"X has {X.shape[1]} features, but {type(est).__name__} is expecting "
-                         f"{est.n_features_in_} features as input.")
+        raise ValueError(
+            f"X has {X.shape[1]} features, but {type(est).__name__} is expecting "
+            f"{est.n_features_in_} features as input."
+        )
     if y is None:
         return X
     yv = _as_2d_float(y, "y")
@@ -218,8 +225,9 @@ def _seed_from(random_state: Any) -> int:
     raise ValueError(f"random_state must be None, an int, a numpy RandomState or Generator, but got {random_state!r}")
 
 
-def _weighted_kmeans(xs: np.ndarray, k: int, weights: np.ndarray, rng: np.random.Generator,
-                     iters: int = 10) -> np.ndarray:
+def _weighted_kmeans(
+    xs: np.ndarray, k: int, weights: np.ndarray, rng: np.random.Generator, iters: int = 10
+) -> np.ndarray:
     """Centres of mass ``weights`` (k-means++-like seeding by weight, then weighted Lloyd steps)."""
     n, d = xs.shape
     p = weights / weights.sum()
@@ -283,8 +291,9 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
         support_p: Each bump counts only inside its support box (ellipsoid, for oriented bumps;
             see the modules).
         shape: "axis" (axis-aligned bumps, ``SlowSumOfBumpFcns``) or "oriented" (full-covariance
-            bumps, ``SlowOrientedSumOfBumpFcns``: each also learns d(d-1)/2 rotation angles,
-            starting at 0, the axis-aligned start).
+            bumps, ``SlowOrientedSumOfBumpFcns``: each also learns d(d-1)/2 rotation angles;
+            each starts shaped like its k-means cell's residual-weighted points, see
+            ``wandering.fit._oriented_init``).
         c_grad_std, w_grad_std, m_grad_gain: Gradient noise (in unit-box coordinates), as in
             ``SlowSumOfBumpFcns``. Default 0: relocation does the moving.
         bounds: Box for the centres in data units, (d, 2) with columns lower and upper;
@@ -448,8 +457,10 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
         if HAVE_SKLEARN:
             _sk_check_is_fitted(self, "module_")
         elif not hasattr(self, "module_"):
-            raise NotFittedError(f"This {type(self).__name__} instance is not fitted yet. Call 'fit' with "
-                                 f"appropriate arguments before using this estimator.")
+            raise NotFittedError(
+                f"This {type(self).__name__} instance is not fitted yet. Call 'fit' with "
+                f"appropriate arguments before using this estimator."
+            )
 
     def _checked_params(self, d: int) -> dict:
         def pos_int(name):
@@ -492,7 +503,8 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
             "relocate_until": pos_float("relocate_until", allow_zero=True, upper=1.0),
             "relocate_min_rel_m": pos_float("relocate_min_rel_m", allow_zero=True, upper=1.0),
             "relocate_max_fraction": pos_float("relocate_max_fraction", allow_zero=True, upper=1.0),
-            "ridge": "auto" if isinstance(self.ridge, str) and self.ridge == "auto"
+            "ridge": "auto"
+            if isinstance(self.ridge, str) and self.ridge == "auto"
             else pos_float("ridge", allow_zero=True),
             "support_p": pos_float("support_p", upper=1.0),
         }
@@ -520,8 +532,9 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
         if self.bounds is not None:
             b = np.asarray(self.bounds, dtype=np.float64)
             if b.shape != (d, 2) or not np.isfinite(b).all() or (b[:, 0] > b[:, 1]).any():
-                raise ValueError(f"bounds must be None or finite (d, 2) = ({d}, 2) with lower <= upper, "
-                                 f"but got {self.bounds!r}")
+                raise ValueError(
+                    f"bounds must be None or finite (d, 2) = ({d}, 2) with lower <= upper, but got {self.bounds!r}"
+                )
             p["bounds"] = b
         else:
             p["bounds"] = None
@@ -579,12 +592,16 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
         if K0 > K:
             raise ValueError(f"grow_from must be <= n_bumps = {K}, but got {K0}")
         if K0 < K and p["grow_every"] >= int(p["grow_until"] * p["steps"]):
-            raise ValueError(f"grow_every must be < grow_until * steps = {int(p['grow_until'] * p['steps'])} for "
-                             f"growth to reach n_bumps, but got {p['grow_every']}")
+            raise ValueError(
+                f"grow_every must be < grow_until * steps = {int(p['grow_until'] * p['steps'])} for "
+                f"growth to reach n_bumps, but got {p['grow_every']}"
+            )
         events = len(range(p["grow_every"], int(p["grow_until"] * p["steps"]), p["grow_every"]))
         if K0 < K and K0 * 2**events < K:  # an event at most doubles K
-            raise ValueError(f"grow_from must be >= n_bumps / 2**{events} (growth events) = {K / 2**events:g} to reach "
-                             f"n_bumps = {K}, but got {K0} (or take more steps or a smaller grow_every)")
+            raise ValueError(
+                f"grow_from must be >= n_bumps / 2**{events} (growth events) = {K / 2**events:g} to reach "
+                f"n_bumps = {K}, but got {K0} (or take more steps or a smaller grow_every)"
+            )
         w0 = p["width"] * K0 ** (-1.0 / d)
         if p["bounds"] is None:
             c_bounds = np.tile([0.0, 1.0], (d, 1))
@@ -605,19 +622,30 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
         val_mask = self._validation_mask(n, rng, dev) if few else None
         if few:
             fit_np = ~val_mask.cpu().numpy()
-            cent = self._init_centres(xu[fit_np], yu[fit_np], xt[~val_mask], yt[~val_mask], K0, w0, p, rng)
+            cent, xs0, wts0 = self._init_centres(xu[fit_np], yu[fit_np], xt[~val_mask], yt[~val_mask], K0, w0, p, rng)
         else:
-            cent = self._init_centres(xu, yu, xt, yt, K0, w0, p, rng)
+            cent, xs0, wts0 = self._init_centres(xu, yu, xt, yt, K0, w0, p, rng)
         cent = np.clip(cent, c_bounds[:, 0], c_bounds[:, 1])
 
-        # Oriented bumps start with angles 0: the axis-aligned start.
         kind = SlowOrientedSumOfBumpFcns if self.shape == "oriented" else SlowSumOfBumpFcns
+        w_start, extra = torch.full((d, K0), w0, dtype=dtype), {}
+        if self.shape == "oriented":  # each bump shaped like its cell's residual-weighted points
+            ang_np, w_np = oriented_start(xs0, cent, w0, w_bounds, weights=wts0)
+            w_start = torch.as_tensor(w_np, dtype=dtype)
+            extra["angles"] = torch.as_tensor(ang_np, dtype=dtype)
         with torch.random.fork_rng(devices=[]):  # the module's seed draw must not touch global state
             bumps = kind(
-                torch.as_tensor(cent.T, dtype=dtype), torch.full((d, K0), w0, dtype=dtype),
+                torch.as_tensor(cent.T, dtype=dtype),
+                w_start,
                 torch.zeros((K0,) if P == 1 else (K0, P), dtype=dtype),
-                torch.as_tensor(c_bounds, dtype=dtype), torch.as_tensor(w_bounds, dtype=dtype),
-                p["c_grad_std"], p["w_grad_std"], p["m_grad_gain"], p["support_p"], device=dev,
+                torch.as_tensor(c_bounds, dtype=dtype),
+                torch.as_tensor(w_bounds, dtype=dtype),
+                p["c_grad_std"],
+                p["w_grad_std"],
+                p["m_grad_gain"],
+                p["support_p"],
+                device=dev,
+                **extra,
             )
         bumps.noise_seed.fill_(_noise.mix_key(seed, 0, 99) >> 1)
         if wants_split and val_mask is None:
@@ -653,24 +681,31 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
         self.fit_seconds_ = time.perf_counter() - t_start
         return self
 
-    def _warn_worse_than_constant(self, r2: np.ndarray, n: int, d: int, K: int, P: int, n_val: int,
-                                  unseen: bool) -> None:
+    def _warn_worse_than_constant(
+        self, r2: np.ndarray, n: int, d: int, K: int, P: int, n_val: int, unseen: bool
+    ) -> None:
         """The FitQualityWarning: one line with the validation R^2 and the size of the problem."""
         if P == 1:
             what = f"validation R^2 {r2[0]:.3g}"
         else:
             bad = np.flatnonzero(r2 < 0)
-            what = (f"validation R^2 below 0 for output{'s' if len(bad) > 1 else ''} "
-                    f"{', '.join(str(int(j)) for j in bad)} of {P} (lowest {r2.min():.3g})")
+            what = (
+                f"validation R^2 below 0 for output{'s' if len(bad) > 1 else ''} "
+                f"{', '.join(str(int(j)) for j in bad)} of {P} (lowest {r2.min():.3g})"
+            )
         n_par = self.n_params_
         seen = "" if unseen else ", though the moving bumps had fitted them too"
         auto = auto_n_bumps(n, d, self.shape)
-        advice = (f"fewer bumps may help (n_bumps='auto' picks {auto} here)" if K > auto
-                  else "the points may hold too little signal for it, or be too few")
+        advice = (
+            f"fewer bumps may help (n_bumps='auto' picks {auto} here)"
+            if K > auto
+            else "the points may hold too little signal for it, or be too few"
+        )
         warnings.warn(
             f"BumpRegressor predicts its validation split worse than a constant: {what} on {n_val} held-out "
             f"points{seen} ({K} bumps, {n_par:,} parameters, {n:,} points in {d}-D); {advice}",
-            FitQualityWarning, stacklevel=3,
+            FitQualityWarning,
+            stacklevel=3,
         )
 
     @staticmethod
@@ -696,9 +731,18 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
             m, b = solve_magnitudes(xt, yt, bumps.c, bumps.w, p["support_p"], ridge, angles=angles)
         else:
             grid = RIDGE_GRID if floor is None else [r for r in RIDGE_GRID if r >= floor] or [floor]
-            m, b, ridge, sse = solve_magnitudes_cv(xt, yt, bumps.c, bumps.w, p["support_p"], val_mask,
-                                                   ridges=grid, refit_all=refit_all, return_sse=True,
-                                                   angles=angles)
+            m, b, ridge, sse = solve_magnitudes_cv(
+                xt,
+                yt,
+                bumps.c,
+                bumps.w,
+                p["support_p"],
+                val_mask,
+                ridges=grid,
+                refit_all=refit_all,
+                return_sse=True,
+                angles=angles,
+            )
             y_fit = yt[~val_mask].double().reshape(int((~val_mask).sum()), -1)
             y_val = yt[val_mask].double().reshape(int(val_mask.sum()), -1)
             sse_const = ((y_val - y_fit.mean(0)) ** 2).sum(0).cpu().numpy()  # the constant fitted on the 90%
@@ -707,14 +751,16 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
         self.ridge_.append(ridge)
         return m, b
 
-    def _init_centres(self, xu, yu, xt, yt, K, w0, p, rng) -> np.ndarray:
+    def _init_centres(self, xu, yu, xt, yt, K, w0, p, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Centres (K, d), the (sub)sampled points they came from and each point's weight for the
+        oriented start's cell shapes (its squared residual over the mean; 1 with init="kmeans")."""
         n = len(xu)
         size = max(_INIT_POINTS, _INIT_POINTS_PER_BUMP * K)  # many bumps (pictures): enough points per bump
         sub = rng.choice(n, size=size, replace=False) if n > size else np.arange(n)
         xs = xu[sub]
         cent = _weighted_kmeans(xs, K, np.ones(len(xs)), rng)
         if self.init == "kmeans" or n < 2:
-            return cent
+            return cent, xs, np.ones(len(xs))
         # variation: weight each point by its squared residual under a first least-squares fit
         # on the k-means bumps, plus its share of the density, and place the bumps again.
         c_t = torch.as_tensor(cent.T, dtype=xt.dtype, device=xt.device)
@@ -726,11 +772,13 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
         with torch.no_grad():
             pred = bump_sum(xsub, c_t, w_t, m.to(xt.dtype).to(xt.device), support_p=p["support_p"]) + b.to(xt.dtype)
         r2 = ((ysub - pred) ** 2).reshape(len(xs), -1).sum(1).double().cpu().numpy()
-        wts = r2 / max(r2.mean(), 1e-300) + 1.0
-        return _weighted_kmeans(xs, K, wts, rng, iters=10)
+        rel = r2 / max(r2.mean(), 1e-300)
+        # the oriented start's shapes follow the residual alone (the density would round them)
+        return _weighted_kmeans(xs, K, rel + 1.0, rng, iters=10), xs, rel
 
-    def _train(self, model: _BumpModel, xt, yt, p, spacing, w0, seed, val_mask=None,
-               keep_best: bool = False) -> list[float]:
+    def _train(
+        self, model: _BumpModel, xt, yt, p, spacing, w0, seed, val_mask=None, keep_best: bool = False
+    ) -> list[float]:
         """Adam on the points outside ``val_mask`` (all when None); ``keep_best``: early stopping on the others."""
         bumps = model.bumps
         steps = p["steps"]
@@ -757,14 +805,24 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
         reloc = None
         if self.relocate and p["relocate_until"] > 0:
             reloc = Relocation(
-                bumps, every=p["relocate_every"], stop=int(p["relocate_until"] * steps),
-                min_rel_m=p["relocate_min_rel_m"], max_fraction=p["relocate_max_fraction"], width=w0,
+                bumps,
+                every=p["relocate_every"],
+                stop=int(p["relocate_until"] * steps),
+                min_rel_m=p["relocate_min_rel_m"],
+                max_fraction=p["relocate_max_fraction"],
+                width=w0,
                 distributed=False,
             )
         growth = None
         if p["grow_from"] is not None and bumps.n_bumps < self.n_bumps_:
-            growth = ScheduledGrowth(bumps, initial_bumps=bumps.n_bumps, max_bumps=self.n_bumps_,
-                                     every=p["grow_every"], stop=int(p["grow_until"] * steps), distributed=False)
+            growth = ScheduledGrowth(
+                bumps,
+                initial_bumps=bumps.n_bumps,
+                max_bumps=self.n_bumps_,
+                every=p["grow_every"],
+                stop=int(p["grow_until"] * steps),
+                distributed=False,
+            )
         gen = torch.Generator(device="cpu").manual_seed(seed)
         bar = None
         if self.progress:
@@ -816,7 +874,7 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
                 pred = model(xb)
                 loss = torch.mean((pred - yb) ** 2)
                 if lam > 0:
-                    (loss + lam * (bumps.m ** 2).sum()).backward()
+                    (loss + lam * (bumps.m**2).sum()).backward()
                 else:
                     loss.backward()
                 opt.step()
