@@ -9,7 +9,6 @@ small stand-in provides ``get_params``/``set_params``/``score`` and the same che
 from __future__ import annotations
 
 import copy
-import inspect
 import math
 import numbers
 import time
@@ -21,10 +20,19 @@ import numpy as np
 import torch
 
 from wandering._engine import ENGINES
-from wandering.fit._kmeans import nearest_centre
 from wandering.fit._lstsq import RIDGE_GRID, solve_magnitudes, solve_magnitudes_cv
 from wandering.fit._oriented_init import oriented_start
 from wandering.fit._settings import DEFAULT_SHAPE, SHAPES
+from wandering.fit._start import _numbers_per_bump, _seed_from, _weighted_kmeans, auto_n_bumps
+from wandering.fit._validation import (
+    HAVE_SKLEARN,
+    NotFittedError,
+    _BaseEstimator,
+    _RegressorMixin,
+    _sk_check_is_fitted,
+    _sk_validate_data,
+    _validate_plain,
+)
 from wandering.nn import _noise
 from wandering.nn.growth import ScheduledGrowth
 from wandering.nn.modules import SlowSumOfBumpFcns
@@ -32,168 +40,16 @@ from wandering.nn.oriented import SlowOrientedSumOfBumpFcns
 from wandering.nn.relocation import Relocation
 from wandering.nn.training import attach
 
-try:  # optional: the `fit` extra
-    from sklearn.base import BaseEstimator as _BaseEstimator
-    from sklearn.base import RegressorMixin as _RegressorMixin
-    from sklearn.exceptions import NotFittedError
-    from sklearn.utils.validation import check_is_fitted as _sk_check_is_fitted
-
-    try:
-        from sklearn.utils.validation import validate_data as _sk_validate_data
-    except ImportError:  # scikit-learn < 1.6
-
-        def _sk_validate_data(est, *args, **kwargs):
-            return est._validate_data(*args, **kwargs)
-
-    HAVE_SKLEARN = True
-except ImportError:  # pragma: no cover - exercised in an environment without sklearn
-    HAVE_SKLEARN = False
-
-    class NotFittedError(ValueError, AttributeError):
-        """Raised by predict/score before fit (sklearn's class when sklearn is installed)."""
-
-    class _BaseEstimator:
-        """get_params/set_params/repr from the constructor's signature, as in scikit-learn."""
-
-        @classmethod
-        def _get_param_names(cls) -> list[str]:
-            sig = inspect.signature(cls.__init__)
-            return sorted(p.name for p in sig.parameters.values() if p.name != "self" and p.kind != p.VAR_KEYWORD)
-
-        def get_params(self, deep: bool = True) -> dict:
-            return {name: getattr(self, name) for name in self._get_param_names()}
-
-        def set_params(self, **params: Any):
-            valid = self._get_param_names()
-            for key, value in params.items():
-                if key not in valid:
-                    raise ValueError(
-                        f"Invalid parameter {key!r} for estimator {type(self).__name__}. "
-                        f"Valid parameters are: {valid!r}."
-                    )
-                setattr(self, key, value)
-            return self
-
-        def __repr__(self) -> str:
-            defaults = {p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()}
-            changed = [f"{k}={v!r}" for k, v in self.get_params().items() if not _same(v, defaults.get(k))]
-            return f"{type(self).__name__}({', '.join(changed)})"
-
-    class _RegressorMixin:
-        _estimator_type = "regressor"
-
-        def score(self, X, y, sample_weight=None) -> float:
-            """R^2 of the predictions (averaged uniformly over outputs)."""
-            return _r2(np.asarray(y, dtype=np.float64), self.predict(X), sample_weight)
-
-
 __all__ = ["BumpRegressor", "FitQualityWarning", "NotFittedError", "HAVE_SKLEARN", "auto_n_bumps"]
 
 _WIDTH_LO = 0.1  # widths bounded to [0.1, 4] times the bump spacing,
 _WIDTH_LO_POINTS = 1.0  # and below by this many point spacings n**(-1/d): a narrower bump fits single points
 _TRAIN_RIDGE = 1.0  # Adam minimises the MSE plus this times the start's ridge penalty on the magnitudes
 _INIT_POINTS, _INIT_POINTS_PER_BUMP = 20000, 32  # the placement's k-means sees at most max(these) points
-_AUTO_MAX_BUMPS = 256  # n_bumps="auto": at most this many bumps,
-_AUTO_POINTS_PER_PARAMETER = 4  # and at least this many points per parameter of one output ((2d + 1) K)
 
 
 class FitQualityWarning(UserWarning):
     """A fitted BumpRegressor predicts its own validation split worse than a constant."""
-
-
-def auto_n_bumps(n_points: int, n_dims: int, shape: str = "axis") -> int:
-    """The bump count ``n_bumps="auto"`` resolves to: as many bumps as leave at least 4 points
-    per parameter of one output, ``(2d + 1) K`` (a centre and a width per dimension and a
-    magnitude per bump; oriented bumps add their d(d-1)/2 angles), and at most 256; at least 1.
-
-    Args:
-        n_points: n, the points the regressor is fitted on.
-        n_dims: d, their dimension.
-        shape: "axis" or "oriented", as ``BumpRegressor(shape=...)``.
-
-    Returns:
-        K = min(256, max(1, n // (4 q))) with q = 2d + 1 (+ d(d-1)/2 oriented) numbers per bump.
-    """
-    per_bump = _AUTO_POINTS_PER_PARAMETER * _numbers_per_bump(n_dims, shape)
-    return int(min(_AUTO_MAX_BUMPS, max(1, n_points // per_bump)))
-
-
-def _numbers_per_bump(d: int, shape: str) -> int:
-    """Trainable numbers of one bump with one output: centre, scales (and angles), magnitude."""
-    return 2 * d + 1 + (d * (d - 1) // 2 if shape == "oriented" else 0)
-
-
-def _same(a: Any, b: Any) -> bool:
-    try:
-        return bool(a == b) if not isinstance(a, np.ndarray) else False
-    except Exception:  # noqa: BLE001
-        return False
-
-
-def _r2(y: np.ndarray, pred: np.ndarray, sample_weight=None) -> float:
-    y2, p2 = y.reshape(len(y), -1), np.asarray(pred, dtype=np.float64).reshape(len(y), -1)
-    wts = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
-    mean = (wts[:, None] * y2).sum(0) / wts.sum()
-    sse = (wts[:, None] * (y2 - p2) ** 2).sum(0)
-    sst = (wts[:, None] * (y2 - mean) ** 2).sum(0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        r2 = np.where(sst > 0, 1.0 - sse / np.where(sst > 0, sst, 1.0), np.where(sse == 0, 1.0, 0.0))
-    return float(r2.mean())
-
-
-# ---------------------------------------------------------------- validation without sklearn
-def _as_2d_float(X: Any, name: str = "X") -> np.ndarray:
-    if hasattr(X, "toarray") or type(X).__module__.startswith("scipy.sparse"):
-        raise TypeError(f"Sparse data was passed for {name}, but dense data is required.")
-    if isinstance(X, torch.Tensor):
-        X = X.detach().cpu().numpy()
-    try:
-        arr = np.asarray(X)
-    except Exception as exc:
-        raise TypeError(f"{name} must be an array of numbers, but got {type(X).__name__}") from exc
-    if arr.dtype.kind in "cOSUV" or arr.dtype == object:
-        try:
-            arr = arr.astype(np.float64)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"{name} must hold real numbers, but got dtype {arr.dtype}") from exc
-    if arr.dtype.kind == "c":
-        raise ValueError("Complex data not supported")
-    return arr.astype(np.float64, copy=False)
-
-
-def _check_finite(a: np.ndarray, name: str) -> None:
-    if not np.isfinite(a).all():
-        kind = "NaN" if np.isnan(a).any() else "infinity"
-        raise ValueError(f"Input {name} contains {kind}.")
-
-
-def _validate_plain(est, X, y=None, reset=True):
-    X = _as_2d_float(X)
-    if X.ndim != 2:
-        raise ValueError(
-            f"Expected 2D array, got {X.ndim}D array instead: reshape your data to (n_samples, n_features)"
-        )
-    if X.shape[0] < 1:
-        raise ValueError(f"Found array with 0 sample(s) (shape={X.shape}) while a minimum of 1 is required.")
-    if X.shape[1] < 1:
-        raise ValueError(f"Found array with 0 feature(s) (shape={X.shape}) while a minimum of 1 is required.")
-    _check_finite(X, "X")
-    if reset:
-        est.n_features_in_ = X.shape[1]
-    elif X.shape[1] != est.n_features_in_:
-        raise ValueError(
-            f"X has {X.shape[1]} features, but {type(est).__name__} is expecting "
-            f"{est.n_features_in_} features as input."
-        )
-    if y is None:
-        return X
-    yv = _as_2d_float(y, "y")
-    if yv.ndim not in (1, 2):
-        raise ValueError(f"y must have shape (n_samples,) or (n_samples, n_outputs), but got {yv.shape}")
-    if len(yv) != len(X):
-        raise ValueError(f"Found input variables with inconsistent numbers of samples: [{len(X)}, {len(yv)}]")
-    _check_finite(yv, "y")
-    return X, yv
 
 
 class _BumpModel(torch.nn.Module):
@@ -210,41 +66,6 @@ class _BumpModel(torch.nn.Module):
 
 def _is_oriented(bumps: torch.nn.Module) -> bool:
     return isinstance(bumps, SlowOrientedSumOfBumpFcns)
-
-
-def _seed_from(random_state: Any) -> int:
-    """An int seed from None (fresh), an int, a numpy RandomState or Generator."""
-    if random_state is None:
-        return int(np.random.SeedSequence().generate_state(1, np.uint64)[0] >> 2)
-    if isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
-        return int(random_state) & ((1 << 62) - 1)
-    if isinstance(random_state, np.random.RandomState):
-        return int(random_state.randint(0, 2**31 - 1))
-    if isinstance(random_state, np.random.Generator):
-        return int(random_state.integers(0, 2**62))
-    raise ValueError(f"random_state must be None, an int, a numpy RandomState or Generator, but got {random_state!r}")
-
-
-def _weighted_kmeans(
-    xs: np.ndarray, k: int, weights: np.ndarray, rng: np.random.Generator, iters: int = 10
-) -> np.ndarray:
-    """Centres of mass ``weights`` (k-means++-like seeding by weight, then weighted Lloyd steps)."""
-    n, d = xs.shape
-    p = weights / weights.sum()
-    cent = xs[rng.choice(n, size=k, replace=k > n, p=p)].copy()
-    if k >= n:
-        return cent + rng.normal(scale=1e-3, size=cent.shape)
-    for _ in range(iters):
-        lab = nearest_centre(xs, cent)[0]  # a grid search in d <= 3: O(n), not O(n k)
-        mass = np.bincount(lab, weights=weights, minlength=k)
-        sums = np.zeros_like(cent)
-        for j in range(d):
-            sums[:, j] = np.bincount(lab, weights=weights * xs[:, j], minlength=k)
-        filled = mass > 0
-        cent[filled] = sums[filled] / mass[filled, None]
-        if not filled.all():  # an empty cluster restarts at a heavy point
-            cent[~filled] = xs[rng.choice(n, size=int((~filled).sum()), p=p)]
-    return cent
 
 
 class BumpRegressor(_RegressorMixin, _BaseEstimator):
@@ -519,7 +340,7 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
                 raise TypeError(f"{name} must be a bool, but got {type(getattr(self, name)).__name__}")
         if self.batch is None or (isinstance(self.batch, str) and self.batch == "auto"):
             p["batch"] = None
-        elif isinstance(self.batch, numbers.Integral) and not isinstance(self.batch, bool) and self.batch >= 1:
+        elif isinstance(self.batch, numbers.Integral) and not isinstance(self.batch, bool) and int(self.batch) >= 1:
             p["batch"] = int(self.batch)
         else:
             raise ValueError(f"batch must be None, 'auto' or a positive int, but got {self.batch!r}")
@@ -835,7 +656,7 @@ class BumpRegressor(_RegressorMixin, _BaseEstimator):
         losses: list[float] = []
         self.relocated_ = 0
         self.grown_ = 0
-        self.validation_loss_ = []
+        self.validation_loss_: list[float] = []
         self.best_step_ = None
         best = None
 
