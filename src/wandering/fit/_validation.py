@@ -39,6 +39,7 @@ try:  # optional: the `fit` extra
     HAVE_SKLEARN = True
 except ImportError:  # pragma: no cover - exercised in an environment without sklearn
     HAVE_SKLEARN = False
+    _sk_check_is_fitted = _sk_validate_data = None  # only called with scikit-learn (HAVE_SKLEARN)
 
     class NotFittedError(ValueError, AttributeError):
         """Raised by predict/score before fit (sklearn's class when sklearn is installed)."""
