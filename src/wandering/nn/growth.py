@@ -45,17 +45,11 @@ import torch
 from wandering._engine import bump_sum, oriented_bump_sum
 from wandering._engine._checks import check_nonneg
 from wandering._engine._rotation import rotations
+from wandering.nn._schedule import EveryNSteps
+from wandering.nn._schedule import as_int as _as_int
 from wandering.nn.modules import _BumpModule
 
 __all__ = ["Growth", "ScheduledGrowth", "bump_statistics", "resize_bumps"]
-
-
-def _as_int(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, but got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, but got {value}")
-    return value
 
 
 # (parameter name, its bump axis) of every parameter that has one.
@@ -154,7 +148,7 @@ def bump_statistics(module: _BumpModule, x: torch.Tensor, residual: torch.Tensor
     return torch.cat([stats[0], stats[1][:, None]], dim=1).double()
 
 
-class Growth:
+class Growth(EveryNSteps):
     """Splits the bumps holding the most squared residual, up to a budget; optionally prunes dead ones.
 
     Args:
@@ -196,13 +190,8 @@ class Growth:
         prune_fraction: float = 0.0,
         distributed: Any = "auto",
     ) -> None:
-        if module is not None and not isinstance(module, torch.nn.Module):
-            raise TypeError(f"module must be a bump-sum module or None, but got {type(module).__name__}")
-        self.module = module
+        self._init_schedule(module, every, start, stop, distributed)
         self.max_bumps = _as_int(max_bumps, "max_bumps", 1)
-        self.every = _as_int(every, "every", 1)
-        self.start = self.every if start is None else _as_int(start, "start", 0)
-        self.stop = None if stop is None else _as_int(stop, "stop", 0)
         self.fraction = check_nonneg(fraction, "fraction")
         if not self.fraction <= 1:
             raise ValueError(f"fraction must be in [0, 1], but got {fraction}")
@@ -215,9 +204,6 @@ class Growth:
         self.prune_fraction = check_nonneg(prune_fraction, "prune_fraction")
         if not self.prune_fraction < 1:
             raise ValueError(f"prune_fraction must be in [0, 1), but got {prune_fraction}")
-        if distributed not in ("auto", True, False):
-            raise ValueError(f"distributed must be 'auto', True or False, but got {distributed!r}")
-        self.distributed = distributed
         self.counter = 0
         self.history: list[tuple[int, int, int]] = []
 
@@ -240,12 +226,6 @@ class Growth:
         )
 
     # ---------------------------------------------------------------- hooks
-    def due(self, step: int) -> bool:
-        """Whether :meth:`step_post` acts at this step."""
-        if step < self.start or (self.stop is not None and step >= self.stop):
-            return False
-        return (step - self.start) % self.every == 0
-
     def step_post(
         self,
         model: torch.nn.Module,
@@ -275,23 +255,10 @@ class Growth:
         return mod.n_bumps - before
 
     # ---------------------------------------------------------------- work
-    def _find_module(self, model: torch.nn.Module) -> _BumpModule:
-        if self.module is not None:
-            return self.module
-        if not isinstance(model, torch.nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, but got {type(model).__name__}")
-        sums = [mod for mod in model.modules() if isinstance(mod, _BumpModule) and mod.c.dim() == 2]
-        if len(sums) != 1:
-            raise ValueError(f"model must hold exactly one bump sum for Growth (or pass module=), but got {len(sums)}")
-        return sums[0]
-
     def _reduce(self, stats: torch.Tensor) -> torch.Tensor:
         import torch.distributed as dist
 
-        active = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-        if self.distributed is True and not active:
-            raise RuntimeError("distributed=True but torch.distributed is not initialised with several ranks")
-        if self.distributed is not False and active:
+        if self._distributed_active():
             stats = stats.clone()
             dist.all_reduce(stats)
         return stats

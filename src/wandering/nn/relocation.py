@@ -47,20 +47,14 @@ from wandering._engine._checks import check_nonneg
 from wandering._engine._geometry import support_halfwidths
 from wandering._engine._rotation import rotations
 from wandering.nn import _noise
+from wandering.nn._schedule import EveryNSteps
+from wandering.nn._schedule import as_int as _as_int
 from wandering.nn.modules import _BumpModule
 
 __all__ = ["Relocation"]
 
 
-def _as_int(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, but got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, but got {value}")
-    return value
-
-
-class Relocation:
+class Relocation(EveryNSteps):
     """Moves dead bumps of a bump sum to where the squared residual is large.
 
     Args:
@@ -110,12 +104,7 @@ class Relocation:
         seed: int | None = None,
         distributed: Any = "auto",
     ) -> None:
-        if module is not None and not isinstance(module, torch.nn.Module):
-            raise TypeError(f"module must be a bump-sum module or None, but got {type(module).__name__}")
-        self.module = module
-        self.every = _as_int(every, "every", 1)
-        self.start = self.every if start is None else _as_int(start, "start", 0)
-        self.stop = None if stop is None else _as_int(stop, "stop", 0)
+        self._init_schedule(module, every, start, stop, distributed)
         self.min_rel_m = check_nonneg(min_rel_m, "min_rel_m")
         self.max_fraction = check_nonneg(max_fraction, "max_fraction")
         if self.max_fraction > 1:
@@ -123,9 +112,6 @@ class Relocation:
         self.n_sample = _as_int(n_sample, "n_sample", 1)
         self.width = width
         self.seed = None if seed is None else _as_int(seed, "seed", 0)
-        if distributed not in ("auto", True, False):
-            raise ValueError(f"distributed must be 'auto', True or False, but got {distributed!r}")
-        self.distributed = distributed
         self.counter = 0
         self.last_moved = torch.zeros(0, dtype=torch.int64)
         self.history: list[tuple[int, int]] = []
@@ -164,22 +150,6 @@ class Relocation:
         )
 
     # ---------------------------------------------------------------- hooks
-    def due(self, step: int) -> bool:
-        """Whether :meth:`step_post` relocates at this step.
-
-        Args:
-            step: The step just taken (0-based).
-
-        Returns:
-            True at ``start``, ``start + every``, ... before ``stop``.
-
-        Raises:
-            TypeError: (from Python) ``step`` is not a number.
-        """
-        if step < self.start or (self.stop is not None and step >= self.stop):
-            return False
-        return (step - self.start) % self.every == 0
-
     def step_post(
         self,
         model: torch.nn.Module,
@@ -210,25 +180,10 @@ class Relocation:
         return int(moved.numel())
 
     # ---------------------------------------------------------------- work
-    def _find_module(self, model: torch.nn.Module) -> _BumpModule:
-        if self.module is not None:
-            return self.module
-        if not isinstance(model, torch.nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, but got {type(model).__name__}")
-        sums = [mod for mod in model.modules() if isinstance(mod, _BumpModule) and mod.c.dim() == 2]
-        if len(sums) != 1:
-            raise ValueError(
-                f"model must hold exactly one bump sum for Relocation (or pass module=), but got {len(sums)}"
-            )
-        return sums[0]
-
     def _world(self) -> tuple[int, int]:
         import torch.distributed as dist
 
-        active = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-        if self.distributed is True and not active:
-            raise RuntimeError("distributed=True but torch.distributed is not initialised with several ranks")
-        if self.distributed is False or not active:
+        if not self._distributed_active():
             return 0, 1
         return dist.get_rank(), dist.get_world_size()
 
