@@ -27,6 +27,7 @@ PUBLIC_SUBMODULES = (
     "wandering.nn.relocation",
     "wandering.fit.checkpoint",
     "wandering.nn.training",
+    "wandering.nn.growth",
 )  # Relocation is relocation's
 # Callables that take arguments but raise nothing of their own, and why.
 NOTHING_TO_RAISE = {"wandering.WanderingHooks": "built by attach(), which checks everything"}

@@ -80,6 +80,11 @@ def resize_bumps(
         new: Parameter name -> values of the appended bumps (bump axis as the parameter's);
             every bump parameter must be given, or none (nothing appended).
         reset: LongTensor of positions in the new layout whose optimizer state is zeroed.
+
+    Raises:
+        ValueError: ``new`` names some of the module's bump parameters but not all.
+        IndexError, RuntimeError: (from torch) ``keep`` or ``reset`` indices out of range, or
+            ``new`` values whose shapes do not match the parameters' other axes.
     """
     names = [name for name, _ in _BUMP_PARAMS if isinstance(getattr(module, name, None), torch.nn.Parameter)]
     new = dict(new or {})
@@ -127,6 +132,13 @@ def bump_statistics(module: _BumpModule, x: torch.Tensor, residual: torch.Tensor
         module: The bump sum (oriented ones use their angles).
         x: Points (n, d), in the module's coordinates.
         residual: (n,) or (n, P).
+
+    Returns:
+        (K, 3) float64 tensor on the module's device: occupancy, error mass, sum of squares.
+
+    Raises:
+        RuntimeError, ValueError: (from the engine) ``x`` of another dimension than the module's,
+            or ``residual`` with another number of points than ``x``.
     """
     c, w = module.c.detach(), module.w.detach()
     K = c.shape[1]
@@ -174,6 +186,13 @@ class Growth(EveryNSteps):
     Attributes:
         counter: Events so far (saved by :meth:`state_dict`).
         history: ``(step, n_split, n_pruned)`` for every event of this object (not saved).
+
+    Raises:
+        TypeError: ``module`` that is not a module, counts that are not ints, ``prune_empty``
+            that is not a bool.
+        ValueError: ``max_bumps`` or ``every`` below 1, a negative ``start`` or ``stop``,
+            ``fraction`` or ``prune_min_rel_m`` outside [0, 1], ``prune_fraction`` outside
+            [0, 1), an unknown ``distributed``.
     """
 
     def __init__(
@@ -209,10 +228,23 @@ class Growth(EveryNSteps):
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict:
-        """The event counter: all a resumed fit needs besides the model and optimizer."""
+        """The event counter: all a resumed fit needs besides the model and optimizer.
+
+        Returns:
+            ``{"counter": int}``.
+        """
         return {"counter": int(self.counter)}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restores :meth:`state_dict`'s counter, so the next events follow an uninterrupted fit's.
+
+        Args:
+            state: A dict from :meth:`state_dict`.
+
+        Raises:
+            ValueError: ``state`` is not a dict with a ``"counter"``, or the counter is negative.
+            TypeError: (from ``int()``) a counter that is not a number.
+        """
         if not isinstance(state, dict) or "counter" not in state:
             raise ValueError("state must be a dict from Growth.state_dict(), with a 'counter'")
         self.counter = _as_int(int(state["counter"]), "counter", 0)
@@ -245,6 +277,9 @@ class Growth(EveryNSteps):
 
         Returns:
             The change of K (0 when not due).
+
+        Raises:
+            TypeError, ValueError: as :meth:`grow`, at the steps that are due.
         """
         if not self.due(step):
             return 0
@@ -270,9 +305,21 @@ class Growth(EveryNSteps):
         x: torch.Tensor,
         residual: torch.Tensor,
     ) -> tuple[int, int]:
-        """One event now (whatever the step): prune, then split. Returns (bumps split, bumps pruned).
+        """One event now (whatever the step): prune, then split. Advances :attr:`counter` by one.
 
-        Advances :attr:`counter` by one.
+        Args:
+            model: The bump-sum module, or a model holding exactly one (DDP wrappers too).
+            optimizer: The optimizer holding the module's parameters (its state is rewritten), or None.
+            x: The points of this event, in the module's coordinates (n, d).
+            residual: target - prediction at those points, (n,) or (n, P).
+
+        Returns:
+            (bumps split, bumps pruned).
+
+        Raises:
+            TypeError: ``model`` is not a module, or ``x``/``residual`` are not tensors.
+            ValueError: ``model`` holds no bump sum or several, ``x`` is not (n, d), ``residual``
+                is not (n,) or (n, P).
         """
         mod = self._find_module(model)
         if not isinstance(x, torch.Tensor) or not isinstance(residual, torch.Tensor):
@@ -402,13 +449,40 @@ class ScheduledGrowth(Growth):
             raise ValueError(f"stop must leave at least one event after start = {self.start}, but got stop={stop}")
 
     def target(self, event: int) -> int:
-        """K after event ``event`` (1-based) of the schedule."""
+        """K after event ``event`` (1-based) of the schedule.
+
+        Args:
+            event: The event number, 1 for the first (``max_bumps`` from the last one on).
+
+        Returns:
+            The number of bumps the schedule asks for after that event.
+
+        Raises:
+            TypeError: (from Python) ``event`` is not a number.
+        """
         if event >= self.events:
             return self.max_bumps
         ratio = self.max_bumps / self.initial_bumps
         return min(self.max_bumps, int(round(self.initial_bumps * ratio ** (event / self.events))))
 
-    def grow(self, model, optimizer, x, residual):
+    def grow(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer | None,
+        x: torch.Tensor,
+        residual: torch.Tensor,
+    ) -> tuple[int, int]:
+        """One event of the schedule now: splits enough bumps to reach :meth:`target` of the next event.
+
+        Args:
+            model, optimizer, x, residual: As :meth:`Growth.grow`.
+
+        Returns:
+            (bumps split, bumps pruned).
+
+        Raises:
+            TypeError, ValueError: As :meth:`Growth.grow`.
+        """
         n_now = self._find_module(model).n_bumps
         want = self.target(self.counter + 1) - n_now
         # floor(fraction * n_now) == want exactly (the 0.5 keeps rounding off the boundary)
