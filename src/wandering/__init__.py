@@ -105,6 +105,24 @@ if not any(isinstance(f, _MovedModuleFinder) for f in sys.meta_path):
     sys.meta_path.append(_MovedModuleFinder())
 
 
+def _lazy_exports(module_name: str, exports: dict[str, str]):
+    """PEP 562 ``__getattr__`` and ``__dir__`` for a subpackage whose public names are imported
+    on first use (so that importing a sibling, e.g. the CLI's settings, loads no torch)."""
+    module = sys.modules[module_name]
+
+    def getattr_(name: str):
+        if name not in exports:
+            raise AttributeError(f"module {module_name!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(exports[name], module_name), name)
+        setattr(module, name, value)
+        return value
+
+    def dir_():
+        return sorted(set(vars(module)) | set(exports))
+
+    return getattr_, dir_
+
+
 def __getattr__(name: str):
     if name in _EXPORTS:
         value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)

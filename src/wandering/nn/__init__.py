@@ -5,7 +5,7 @@ conventions; ``training``, ``relocation`` and ``growth`` bound, perturb, synchro
 add bumps between optimiser steps. Built on :mod:`wandering._engine`; imports nothing above it.
 """
 
-import importlib
+from wandering import _lazy_exports
 
 _EXPORTS = {
     "WanderingModule": ".modules",
@@ -25,13 +25,4 @@ _EXPORTS = {
 __all__ = list(_EXPORTS)
 
 
-def __getattr__(name: str):  # PEP 562: importing a sibling (e.g. the CLI's settings) must not load torch
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS)
